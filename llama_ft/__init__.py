@@ -1,6 +1,34 @@
 """llama_ft: fine-tune Llama-family decoders for classification and extractive QA, in plain PyTorch."""
 from .config import PRESETS, ConfigError, LlamaConfig
+from .export import save_pretrained
+from .loading import build_model, from_pretrained, random_model
+from .model import (
+    KVCache,
+    LlamaForCausalLM,
+    LlamaForQuestionAnswering,
+    LlamaForSequenceClassification,
+    LlamaModel,
+)
+from .weights import WeightsError
 
 __version__ = "0.1.0"
 
-__all__ = ["LlamaConfig", "ConfigError", "PRESETS", "__version__"]
+
+def count_parameters(model, dtype=None) -> dict:
+    """{"total", "trainable", "frozen", "by_module", "bytes"}; a tied weight is counted once."""
+    from .audit import count_parameters as _count
+    return _count(model, dtype)
+
+
+def load_tokenizer(src, **kwargs):
+    """The tokenizer of a model source (folder, .gguf, preset/embedded name, Hub id)."""
+    from .tokenizer import load_tokenizer as _load
+    return _load(src, **kwargs)
+
+
+__all__ = [
+    "LlamaConfig", "ConfigError", "PRESETS", "WeightsError", "KVCache",
+    "LlamaModel", "LlamaForCausalLM", "LlamaForSequenceClassification", "LlamaForQuestionAnswering",
+    "from_pretrained", "build_model", "random_model", "save_pretrained", "count_parameters",
+    "load_tokenizer", "__version__",
+]

@@ -1,0 +1,142 @@
+"""Parameter audit from a config alone: counts, breakdown by module, bytes, and training memory per policy.
+
+    python -m llama_ft.audit ../shared/data/llama3/Llama-3.2-1B [--train lora:8] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+POLICIES = ("head", "last:1", "last:4", "lora:8", "full")
+TASK_NAMES = ("causal-lm", "classification", "qa")
+
+
+def _group(name: str) -> str:
+    parts = name.split(".")
+    if "embed_tokens" in parts:
+        return "embeddings"
+    if "layers" in parts:
+        i = parts.index("layers")
+        kind = parts[i + 2]
+        kind = {"self_attn": "attention", "mlp": "mlp"}.get(kind, "norms")
+        if any(p.startswith("lora_") for p in parts):
+            kind = "lora"
+        return f"layers.{parts[i + 1]}.{kind}"
+    if parts[-2:] == ["norm", "weight"]:
+        return "final_norm"
+    return "head:" + parts[0]
+
+
+def count_parameters(model: nn.Module, dtype: torch.dtype | None = None) -> dict:
+    """{"total", "trainable", "frozen", "by_module", "bytes"}; a tied weight is counted once."""
+    total = trainable = 0
+    by_module: dict[str, int] = defaultdict(int)
+    by_dtype: dict[str, int] = defaultdict(int)
+    for name, p in model.named_parameters():  # named_parameters() yields a shared (tied) tensor once
+        n = p.numel()
+        total += n
+        trainable += n if p.requires_grad else 0
+        by_module[_group(name)] += n
+        dt = dtype or p.dtype
+        by_dtype[str(dt).removeprefix("torch.")] += n * dt.itemsize
+    return {"total": total, "trainable": trainable, "frozen": total - trainable,
+            "by_module": dict(by_module), "bytes": dict(by_dtype)}
+
+
+def memory_estimate(counts: dict, weight_dtype: torch.dtype) -> dict:
+    """Bytes for weights, fp32 gradients, AdamW's two fp32 states and fp32 master copies (no activations)."""
+    t = counts["trainable"]
+    weights = counts["total"] * weight_dtype.itemsize
+    master = 4 * t if weight_dtype != torch.float32 else 0
+    out = {"weights": weights, "master": master, "grads": 4 * t, "adamw": 8 * t}
+    out["total"] = sum(out.values())
+    return out
+
+
+def audit(src: str, tasks=TASK_NAMES, policies=POLICIES, num_labels: int = 2,
+          weight_dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Audit every task × policy for a model source, from its config only (meta device, nothing read)."""
+    from .config import LlamaConfig
+    from .loading import build_model
+    from .policies import apply_policy
+    cfg = LlamaConfig.from_pretrained(src)
+    report = {"source": str(src), "config": {k: v for k, v in cfg.to_dict().items()
+                                               if not k.startswith("_")}, "tasks": {}}
+    for task in tasks:
+        model = build_model(cfg, task, num_labels)
+        base = count_parameters(model)
+        entry = {"total": base["total"], "by_module": base["by_module"], "bytes": {}, "policies": {}}
+        for dt in (torch.float32, torch.bfloat16):
+            entry["bytes"][str(dt).removeprefix("torch.")] = base["total"] * dt.itemsize
+        for pol in policies:
+            # LoRA adds modules, so it gets its own copy; the other policies only flip requires_grad.
+            m = copy.deepcopy(model) if pol.startswith("lora") else model
+            apply_policy(m, pol)
+            c = count_parameters(m)
+            entry["policies"][pol] = {"total": c["total"], "trainable": c["trainable"], "frozen": c["frozen"],
+                                      "memory_bytes": memory_estimate(c, weight_dtype)}
+        report["tasks"][task] = entry
+    return report
+
+
+def _gib(b: int) -> str:
+    return f"{b / 2**30:.2f} GiB"
+
+
+def format_report(rep: dict) -> str:
+    lines = [f"# Parameter audit: {rep['source']}", ""]
+    lines += ["| task | total parameters | fp32 | bf16 |", "|---|---:|---:|---:|"]
+    for task, e in rep["tasks"].items():
+        lines.append(f"| {task} | {e['total']:,} | {_gib(e['bytes']['float32'])} | {_gib(e['bytes']['bfloat16'])} |")
+    for task, e in rep["tasks"].items():
+        lines += ["", f"## {task}: trainable parameters and training memory (bf16 frozen weights, fp32 "
+                      "master/grads/AdamW, activations not included)", "",
+                  "| policy | total | trainable | frozen | memory |", "|---|---:|---:|---:|---:|"]
+        for pol, p in e["policies"].items():
+            lines.append(f"| {pol} | {p['total']:,} | {p['trainable']:,} | {p['frozen']:,} | "
+                         f"{_gib(p['memory_bytes']['total'])} |")
+    e = next(iter(rep["tasks"].values()))
+    lines += ["", "## breakdown by module (first task)", "", "| module | parameters |", "|---|---:|"]
+    groups: dict[str, int] = defaultdict(int)
+    for name, n in e["by_module"].items():
+        if name.startswith("layers."):
+            _, idx, kind = name.split(".")
+            groups[f"layers.*.{kind} (x{rep['config']['num_hidden_layers']})"] += n
+        else:
+            groups[name] += n
+    lines += [f"| {k} | {v:,} |" for k, v in groups.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m llama_ft.audit", description=__doc__.splitlines()[0])
+    ap.add_argument("source", help="model folder, config.json, preset name (llama-3.2-1b, smollm2-135m), .gguf or Hub id")
+    ap.add_argument("--task", choices=TASK_NAMES + ("all",), default="all")
+    ap.add_argument("--train", action="append", help="policy to audit (repeatable); default: " + ", ".join(POLICIES))
+    ap.add_argument("--num-labels", type=int, default=2)
+    ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    args = ap.parse_args(argv)
+    from .config import ConfigError
+    from .policies import parse_policy
+    t0 = time.perf_counter()
+    try:
+        policies = tuple(str(parse_policy(p)) for p in (args.train or POLICIES))
+        tasks = TASK_NAMES if args.task == "all" else (args.task,)
+        rep = audit(args.source, tasks, policies, args.num_labels)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rep["seconds"] = round(time.perf_counter() - t0, 3)
+    print(json.dumps(rep, indent=2) if args.json else format_report(rep) + f"\n\n({rep['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Low-rank adapters (LoRA) on nn.Linear, keeping the Hugging Face parameter names of the wrapped layer."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoRALinear(nn.Linear):
+    """y = x W^T + b + (alpha / r) * x A^T B^T, with W frozen and A, B trained; B starts at zero."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias = base.weight, base.bias
+        self.rank, self.scaling = rank, alpha / rank
+        # Adapters are trained, so they keep fp32 master weights even when the frozen base is bf16.
+        dev, dt = base.weight.device, torch.float32
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, device=dev, dtype=dt))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=dev, dtype=dt))
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        if not self.lora_A.is_meta:
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias) + F.linear(
+            F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+
+    @torch.no_grad()
+    def merged(self) -> nn.Linear:
+        """A plain nn.Linear with the adapter folded into its weight."""
+        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device=self.weight.device, dtype=self.weight.dtype)
+        delta = (self.lora_B.float() @ self.lora_A.float()) * self.scaling
+        out.weight.copy_((self.weight.float() + delta).to(self.weight.dtype))
+        if self.bias is not None:
+            out.bias.copy_(self.bias)
+        return out
+
+
+def add_lora(module: nn.Module, rank: int, alpha: float | None = None, dropout: float = 0.0,
+             targets: tuple[str, ...] = TARGETS, layers: list[int] | None = None) -> list[str]:
+    """Wrap the target projections of the chosen decoder layers in LoRA; returns the wrapped names."""
+    alpha = float(2 * rank if alpha is None else alpha)
+    wrapped = []
+    for name, mod in list(module.named_modules()):
+        parts = name.split(".")
+        if "layers" not in parts or len(parts) < parts.index("layers") + 3:
+            continue
+        idx = int(parts[parts.index("layers") + 1])
+        if layers is not None and idx not in layers:
+            continue
+        for child_name, child in list(mod.named_children()):
+            if child_name in targets and type(child) is nn.Linear:
+                setattr(mod, child_name, LoRALinear(child, rank, alpha, dropout))
+                wrapped.append(f"{name}.{child_name}")
+    return wrapped
+
+
+def merge_lora(module: nn.Module) -> int:
+    """Fold every adapter into its weight and restore plain nn.Linear layers; returns how many."""
+    n = 0
+    for name, mod in list(module.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, LoRALinear):
+                setattr(mod, child_name, child.merged())
+                n += 1
+    return n
