@@ -1,6 +1,7 @@
 """llama_ft: fine-tune Llama-family decoders for classification and extractive QA, in plain PyTorch."""
 from .config import PRESETS, ConfigError, LlamaConfig
 from .export import save_pretrained
+from .generate import generate
 from .loading import build_model, from_pretrained, random_model
 from .model import (
     KVCache,
@@ -30,5 +31,5 @@ __all__ = [
     "LlamaConfig", "ConfigError", "PRESETS", "WeightsError", "KVCache",
     "LlamaModel", "LlamaForCausalLM", "LlamaForSequenceClassification", "LlamaForQuestionAnswering",
     "from_pretrained", "build_model", "random_model", "save_pretrained", "count_parameters",
-    "load_tokenizer", "__version__",
+    "load_tokenizer", "generate", "__version__",
 ]

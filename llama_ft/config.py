@@ -173,7 +173,7 @@ class LlamaConfig:
         if isinstance(src, str) and src.lower() in PRESETS:
             return cls.from_dict(dict(PRESETS[src.lower()]), source=f"preset {src.lower()!r}")
         p = Path(src)
-        if p.is_file() and p.suffix == ".json":
+        if p.suffix == ".json":
             return cls.from_json_file(p)
         if p.is_dir() and (p / "config.json").is_file():
             return cls.from_json_file(p / "config.json")

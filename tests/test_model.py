@@ -179,3 +179,18 @@ def test_gradient_checkpointing_gives_equal_gradients():
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 3
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6)
+
+
+def test_generate_batched_left_padding_matches_one_by_one():
+    from llama_ft import generate
+    torch.manual_seed(9)
+    model = LlamaForCausalLM(LlamaConfig.from_dict(CONFIGS["llama3-rope"])).eval()
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
+    together = generate(model, prompts, max_new_tokens=6, stop_ids=[])
+    alone = [generate(model, [p], max_new_tokens=6, stop_ids=[])[0] for p in prompts]
+    assert together == alone and all(len(x) == 6 for x in together)
+    # Greedy equals argmax of a full forward at each step.
+    ids = torch.tensor([prompts[0]])
+    for t in together[0]:
+        assert int(model(ids)[0, -1].argmax()) == t
+        ids = torch.cat((ids, torch.tensor([[t]])), dim=1)
