@@ -70,8 +70,10 @@ def from_pretrained(src: str | Path, task: str | None = None, num_labels: int | 
     Task heads missing from the checkpoint (a base model under a classification or QA head) are
     initialised as transformers does, from `seed` when given.
     """
-    from .sources import resolve
-    folder = Path(resolve(src, revision=revision, token=token))
+    folder = Path(src)
+    if not folder.is_dir():
+        from .sources import resolve
+        folder = Path(resolve(src, revision=revision, token=token))
     cfg = LlamaConfig.from_json_file(folder / "config.json")
     saved_task, saved_labels = _saved_task(folder)
     task = task or saved_task or "causal-lm"
