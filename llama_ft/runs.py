@@ -1,0 +1,64 @@
+"""A run's output folder: refuse to clobber a previous run, write every result file atomically."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+# Files that mark a folder as holding a finished or running llama_ft run.
+RUN_MARKERS = ("metrics.json", "run_config.json", "results.md", "checkpoint")
+
+
+class RunDirError(ValueError):
+    """The output folder cannot be used as asked; the message says which flag fixes it."""
+
+
+def prepare_output_dir(path: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
+    """Create `path`, or refuse when it holds a previous run (unless --overwrite, or --resume to continue it)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"--output-dir {path} is a file; give a folder.")
+    previous = path.is_dir() and any((path / m).exists() for m in RUN_MARKERS)
+    if previous and not (overwrite or resume):
+        raise RunDirError(f"--output-dir {path} holds a previous run ({', '.join(m for m in RUN_MARKERS if (path / m).exists())}). "
+                          "Pass --overwrite to replace it, --resume to continue it, or choose another folder.")
+    if previous and overwrite and not resume:
+        for m in RUN_MARKERS:
+            target = path / m
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a file atomically (temp file + rename): readers never see half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(x):
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "__dict__"):
+        return vars(x)
+    return str(x)
+
+
+def command_line() -> str:
+    """The command that started this process, for run configs and model cards."""
+    return " ".join(["python"] + [a if a and " " not in a else repr(a) for a in sys.argv])
