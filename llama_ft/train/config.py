@@ -1,0 +1,115 @@
+"""TrainConfig: every knob of a training run, in one dataclass (the recipes' command lines map onto it)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+
+
+@dataclass
+class TrainConfig:
+    """A training run.
+
+    policy: `head | last:K | lora:R[:alpha] | full` (see llama_ft.policies); applied by `train` unless the model
+        already carries the same policy.
+    lr, weight_decay: AdamW; decay applies to matrices only (not to norms, biases or LoRA A/B, whose small
+        rank already regularises them and whose B starts at zero).
+    schedule: `linear` or `cosine` decay to zero after `warmup_ratio` of the steps of linear warm-up.
+    batch_size: examples per forward pass (micro-batch) on one process.
+    global_batch: examples per optimizer step over all processes; gradient accumulation makes up the
+        difference (must be a multiple of batch_size * world size). None: batch_size * world size.
+    epochs / max_steps: max_steps, when set, caps the optimizer steps (and the schedule length).
+    max_grad_norm: clip the global gradient norm (None or 0: no clipping, the norm is still logged).
+    amp: `bf16` (CPU and CUDA), `fp16` (CUDA only, with a GradScaler), `none` (fp32), `auto` (bf16 on a
+        device that runs it, else none).
+    grad_checkpointing: recompute each trainable decoder block in backward (non-reentrant).
+    trunk_cache: store the frozen trunk's output once and train every epoch from it; `auto` does so when the
+        policy leaves a frozen deterministic bottom and the run has more than one epoch; True insists.
+    trunk_cache_ram_gib: above this size the cache is a memory-mapped file in output_dir/tmp.
+    frozen_dtype: dtype of the frozen weights (`bf16` halves their memory and speeds up CPU matmuls, `fp32`);
+        `auto`: bf16 under bf16/fp16 autocast, fp32 otherwise. Trainable weights are always fp32 masters.
+    length_grouping: shuffle, sort chunks of ~50 steps by length, shuffle the batches (less padding).
+    output_dir: where checkpoint/, best/, train_log.jsonl and tmp/ go (None: nothing is written).
+    checkpoint_every / eval_every: in optimizer steps (None: at the end of each epoch / only at the end).
+    select_metric: eval_fn metric naming the best checkpoint (higher is better unless the name ends in
+        `loss`); the best weights are restored into the model when training ends.
+    log_every: steps between progress-bar refreshes (the JSONL log has every step).
+    resume: continue from output_dir/checkpoint when it exists.
+    """
+    policy: str = "head"
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    schedule: str = "linear"
+    warmup_ratio: float = 0.0
+    batch_size: int = 16
+    global_batch: int | None = None
+    epochs: int = 3
+    max_steps: int | None = None
+    max_grad_norm: float | None = 1.0
+    amp: str = "auto"
+    seed: int = 1
+    grad_checkpointing: bool = False
+    trunk_cache: str | bool = "auto"
+    trunk_cache_ram_gib: float = 4.0
+    frozen_dtype: str = "auto"
+    length_grouping: bool = True
+    output_dir: str | None = None
+    checkpoint_every: int | None = None
+    eval_every: int | None = None
+    select_metric: str | None = None
+    log_every: int = 10
+    progress: bool = True
+    device: str = "auto"
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("linear", "cosine"):
+            raise ValueError(f"TrainConfig.schedule={self.schedule!r}; use `linear` or `cosine`.")
+        if self.amp not in ("bf16", "fp16", "none", "auto"):
+            raise ValueError(f"TrainConfig.amp={self.amp!r}; use bf16, fp16 (CUDA), none or auto.")
+        if self.frozen_dtype not in ("bf16", "fp32", "auto"):
+            raise ValueError(f"TrainConfig.frozen_dtype={self.frozen_dtype!r}; use bf16, fp32 or auto.")
+        if self.trunk_cache not in ("auto", True, False):
+            raise ValueError(f"TrainConfig.trunk_cache={self.trunk_cache!r}; use auto, True or False.")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"TrainConfig.warmup_ratio={self.warmup_ratio}; it is a fraction in [0, 1).")
+        if self.batch_size < 1:
+            raise ValueError(f"TrainConfig.batch_size={self.batch_size}; it must be at least 1.")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available; use device='cpu' or 'auto'.")
+    return dev
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `amp` on `device` (None: fp32); a dtype the device cannot run is an error."""
+    if amp == "auto":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("amp='fp16' needs CUDA (fp16 autocast with a gradient scaler); on CPU use amp='bf16'.")
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("amp='bf16' is not supported by this GPU (pre-Ampere); use amp='fp16'.")
+    return AMP_DTYPES[amp]
+
+
+def resolve_frozen_dtype(frozen_dtype: str, amp_dtype: torch.dtype | None) -> torch.dtype:
+    if frozen_dtype == "auto":
+        return torch.bfloat16 if amp_dtype is not None else torch.float32
+    if frozen_dtype == "bf16" and amp_dtype is None:
+        raise ValueError("frozen_dtype='bf16' needs autocast to mix bf16 weights with fp32 activations; "
+                         "use amp='bf16' or frozen_dtype='fp32'.")
+    return torch.bfloat16 if frozen_dtype == "bf16" else torch.float32

@@ -1,0 +1,162 @@
+"""The frozen trunk: where a policy's frozen bottom ends, running it without autograd, and caching its output.
+
+A policy that freezes the embeddings and the first `start` decoder layers makes their output a fixed
+function of the input ids. Training then runs that bottom under no_grad (no graph, no activations kept,
+no backward through it) and the trainable top from its output via `start_layer` / `hidden_states`; with the
+cache, the bottom runs once for the whole training set and each later epoch costs only the top.
+
+Feature kinds (what the frozen trunk hands to the trainable top):
+    ids     nothing is frozen below the first trainable weight (the embeddings train: `full`)
+    hidden  the hidden state entering decoder layer `start` (`last:K`, `lora:R`, a trainable final norm)
+    normed  the final-norm hidden states (`head` on QA: the top is qa_outputs alone)
+    pooled  the final-norm vector of each example's last real token (`head` on classification)
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .batching import collate, sorted_batches
+
+
+@dataclass(frozen=True)
+class TrunkSplit:
+    kind: str    # ids | hidden | normed | pooled
+    start: int   # first decoder layer of the trainable top (num_layers when none train)
+
+    @property
+    def has_frozen_bottom(self) -> bool:
+        return self.kind != "ids"
+
+    @property
+    def per_token(self) -> bool:
+        return self.kind in ("hidden", "normed")
+
+
+def _trains(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def find_split(model: nn.Module) -> TrunkSplit:
+    """Where the frozen bottom of `model` (requires_grad already set by the policy) ends."""
+    if model.task not in ("classification", "qa"):
+        raise ValueError(f"train() handles classification and qa models; got task {model.task!r}.")
+    bb = model.backbone
+    n = len(bb.layers)
+    if _trains(bb.embed_tokens):
+        return TrunkSplit("ids", 0)
+    start = next((i for i, layer in enumerate(bb.layers) if _trains(layer)), n)
+    if start == n and not _trains(bb.norm):
+        return TrunkSplit("pooled" if model.task == "classification" else "normed", n)
+    return TrunkSplit("hidden", start)
+
+
+def is_deterministic(model: nn.Module, split: TrunkSplit) -> bool:
+    """True when the frozen bottom has no dropout, so its output can be stored once."""
+    bb = model.backbone
+    mods = [bb.embed_tokens, *bb.layers[:split.start]]
+    return all(not (isinstance(m, nn.Dropout) and m.p > 0) for mod in mods for m in mod.modules())
+
+
+def bottom_forward(model: nn.Module, split: TrunkSplit, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """The frozen trunk's output (call it under no_grad or inference_mode)."""
+    bb = model.backbone
+    if split.kind == "hidden":
+        return bb(input_ids, attention_mask, end_layer=split.start, final_norm=False)
+    h = bb(input_ids, attention_mask)
+    return model.pool(h, input_ids, attention_mask) if split.kind == "pooled" else h
+
+
+def top_forward(model: nn.Module, split: TrunkSplit, input_ids: Tensor | None, attention_mask: Tensor,
+                features: Tensor | None):
+    """Task outputs (class logits, or (start, end) logits) from the trunk's features (or ids for `ids`)."""
+    if split.kind == "ids":
+        return model(input_ids, attention_mask)
+    if split.kind == "hidden":
+        return model(None, attention_mask, hidden_states=features, start_layer=split.start)
+    if split.kind == "pooled":
+        return model.score(features)
+    logits = model.qa_outputs(features)
+    return logits[..., 0].float(), logits[..., 1].float()
+
+
+class TrunkCache:
+    """The frozen trunk's output for every example: one row per example (pooled) or its real tokens only.
+
+    Stored in `dtype` (bf16 under autocast) in RAM, or in a numpy memory map under `tmp_dir` when larger than
+    `ram_bytes`; `batch(indices)` gives right-padded features (zeros at pads) on `device`.
+    """
+
+    def __init__(self, model: nn.Module, split: TrunkSplit, dataset: list[dict], lengths: np.ndarray, *,
+                 batch_size: int, device: torch.device, amp_dtype: torch.dtype | None, dtype: torch.dtype,
+                 ram_bytes: float, tmp_dir: str | Path | None, show_progress: bool = False):
+        self.split, self.lengths, self.dtype = split, lengths, dtype
+        hidden = model.config.hidden_size
+        rows = len(dataset) if split.kind == "pooled" else int(lengths.sum())
+        self.offsets = np.zeros(len(dataset) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=self.offsets[1:])
+        nbytes = rows * hidden * dtype.itemsize
+        self.path = None
+        if nbytes > ram_bytes and tmp_dir is not None:
+            os.makedirs(tmp_dir, exist_ok=True)
+            self.path = Path(tmp_dir) / f"trunk_cache_{os.getpid()}.bin"
+            np_dtype = np.uint16 if dtype == torch.bfloat16 else np.dtype(str(dtype).removeprefix("torch."))
+            self._mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=np_dtype, shape=(rows, hidden))
+            self.store = torch.from_numpy(self._mm).view(dtype)
+        else:
+            self.store = torch.empty(rows, hidden, dtype=dtype)
+        self.nbytes = nbytes
+        pad = model.config.pad_token_id
+        was_training = model.training
+        model.eval()
+        from tqdm.auto import tqdm
+        batches = sorted_batches(lengths, batch_size)
+        for idx in tqdm(batches, desc="trunk cache", disable=not show_progress, leave=False):
+            b = collate([dataset[i] for i in idx], pad)
+            ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
+            with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16,
+                                                        enabled=amp_dtype is not None):
+                feats = bottom_forward(model, split, ids, mask).to(dtype).cpu()
+            for row, i in enumerate(idx):
+                if split.kind == "pooled":
+                    self.store[i].copy_(feats[row])
+                else:
+                    self.store[self.offsets[i]:self.offsets[i + 1]].copy_(feats[row, :lengths[i]])
+        model.train(was_training)
+
+    def batch(self, indices: np.ndarray, device: torch.device) -> Tensor:
+        if self.split.kind == "pooled":
+            return self.store[torch.as_tensor(indices)].to(device, non_blocking=True)
+        T = int(self.lengths[indices].max())
+        out = torch.zeros(len(indices), T, self.store.shape[1], dtype=self.dtype)
+        for row, i in enumerate(indices):
+            out[row, :self.lengths[i]] = self.store[self.offsets[i]:self.offsets[i + 1]]
+        return out.to(device, non_blocking=True)
+
+    def close(self) -> None:
+        """Drop the storage (and delete the memory-mapped file)."""
+        self.store = None
+        if self.path is not None:
+            del self._mm
+            self.path.unlink(missing_ok=True)
+
+
+def cache_bytes(split: TrunkSplit, lengths: np.ndarray, hidden: int, dtype: torch.dtype) -> int:
+    rows = len(lengths) if split.kind == "pooled" else int(lengths.sum())
+    return rows * hidden * dtype.itemsize
+
+
+def flop_ratio(model: nn.Module, split: TrunkSplit) -> float:
+    """Training-step FLOPs without the cache over FLOPs with it (forward of the bottom + 3x the top).
+
+    Counts only the decoder-layer matmuls (the embedding is a lookup; heads are negligible)."""
+    n = len(model.backbone.layers)
+    top = n - split.start
+    bottom = split.start
+    return (bottom + 3 * top) / max(3 * top, 1e-9) if top else math.inf
