@@ -197,3 +197,14 @@ PRESETS: dict[str, dict] = {
         mlp_bias=False, bos_token_id=1, eos_token_id=2, pad_token_id=2,
         _name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct"),
 }
+
+
+def hub_id_for(src: str) -> str | None:
+    """The Hugging Face Hub id a model source stands for (preset names map to their models), if any."""
+    s = str(src)
+    if s.lower() in PRESETS:
+        return PRESETS[s.lower()].get("_name_or_path")
+    parts = s.split("/")
+    if len(parts) == 2 and all(parts) and not Path(s).exists() and not s.endswith(".gguf"):
+        return s
+    return None

@@ -1,0 +1,183 @@
+"""GLUE SST-2: loading (TSV, JSONL, parquet, the Hub), the study's stratified 80:20 split, and tokenisation."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+LABELS = ["negative", "positive"]
+HUB_REPO = "nyu-mll/glue"
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the file, the row or field, and the fix."""
+
+
+@dataclass(frozen=True)
+class Example:
+    sentence: str
+    label: int
+
+
+def _check(rows: list[Example], where: str) -> list[Example]:
+    if not rows:
+        raise DataError(f"{where}: no labelled rows.")
+    return rows
+
+
+def _row(sentence, label, where: str, line: int) -> Example:
+    if not isinstance(sentence, str) or not sentence.strip():
+        raise DataError(f"{where}, row {line}: empty sentence. Remove the row or fill it in.")
+    try:
+        y = int(label)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}, row {line}: label {label!r} is not 0 or 1.") from None
+    if y not in (0, 1) or str(label).strip() not in ("0", "1"):
+        raise DataError(f"{where}, row {line}: label {label!r} is outside {{0, 1}} "
+                        "(SST-2 labels are 0 = negative, 1 = positive).")
+    return Example(sentence.strip(), y)
+
+
+def read_tsv(path: str | Path) -> list[Example]:
+    """A GLUE-format TSV with a header naming `sentence` and `label` columns."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as f:
+        header = f.readline().rstrip("\r\n").split("\t")
+        if len(header) < 2 or "sentence" not in header:
+            raise DataError(f"{path}: not a GLUE SST-2 TSV; the first line must be a tab-separated header "
+                            f"with `sentence` and `label` columns, got {header[:4]!r}.")
+        if "label" not in header:
+            raise DataError(f"{path}: has no `label` column (GLUE's test.tsv is unlabelled); "
+                            "use train.tsv / dev.tsv or a labelled file.")
+        si, li = header.index("sentence"), header.index("label")
+        rows = []
+        for line, fields in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=2):
+            if len(fields) != len(header):
+                raise DataError(f"{path}, row {line}: {len(fields)} tab-separated fields, the header has "
+                                f"{len(header)}. Is this a TSV file?")
+            rows.append(_row(fields[si], fields[li], str(path), line))
+    return _check(rows, str(path))
+
+
+def read_jsonl(path: str | Path) -> list[Example]:
+    """One JSON object a line with `sentence` and `label`."""
+    path = Path(path)
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                d = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}, line {line}: not JSON ({e}).") from None
+            if not isinstance(d, dict) or "sentence" not in d or "label" not in d:
+                raise DataError(f"{path}, line {line}: needs `sentence` and `label` fields.")
+            rows.append(_row(d["sentence"], d["label"], str(path), line))
+    return _check(rows, str(path))
+
+
+def read_parquet(path: str | Path) -> list[Example]:
+    """The Hugging Face datasets layout (`sentence`, `label` columns)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading parquet needs pyarrow; run `pip install pyarrow`.") from None
+    table = pq.read_table(path).to_pydict()
+    if "sentence" not in table or "label" not in table:
+        raise DataError(f"{path}: needs `sentence` and `label` columns, has {sorted(table)}.")
+    rows = [_row(s, y, str(path), i + 1) for i, (s, y) in enumerate(zip(table["sentence"], table["label"]))]
+    return _check(rows, str(path))
+
+
+def read_file(path: str | Path) -> list[Example]:
+    """Any labelled SST-2 file, by extension: .tsv, .jsonl/.json, .parquet."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file.")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return read_jsonl(path)
+    if suffix == ".parquet":
+        return read_parquet(path)
+    return read_tsv(path)
+
+
+def load_sst2(source: str | Path | None = None) -> dict[str, list[Example]]:
+    """Labelled splits {"train": ..., "validation": ...?} from a file, a GLUE folder, or the Hub (None)."""
+    if source is None:
+        return _from_hub()
+    p = Path(source)
+    if p.is_file():
+        return {"train": read_file(p)}
+    if p.is_dir():
+        out = {}
+        for split, names in (("train", ("train.tsv", "train.jsonl", "train.parquet")),
+                             ("validation", ("dev.tsv", "validation.tsv", "validation.jsonl",
+                                             "validation.parquet"))):
+            for n in names:
+                if (p / n).is_file():
+                    out[split] = read_file(p / n)
+                    break
+        if "train" not in out:
+            raise DataError(f"{p}: no train.tsv / train.jsonl / train.parquet in this folder.")
+        return out
+    raise DataError(f"--data {source}: no such file or folder.")
+
+
+def _from_hub() -> dict[str, list[Example]]:
+    from huggingface_hub import HfApi, hf_hub_download
+    try:
+        files = [f for f in HfApi().list_repo_files(HUB_REPO, repo_type="dataset") if f.startswith("sst2/")]
+        out = {}
+        for split in ("train", "validation"):
+            parts = [f for f in files if f.split("/")[-1].startswith(split) and f.endswith(".parquet")]
+            out[split] = [r for f in parts for r in read_parquet(hf_hub_download(HUB_REPO, f, repo_type="dataset"))]
+        return out
+    except DataError:
+        raise
+    except Exception as e:  # network, auth: say what to do instead
+        raise DataError(f"could not fetch SST-2 from the Hugging Face Hub ({HUB_REPO}): {e}. "
+                        "Pass --data with a local GLUE SST-2 folder or file instead.") from None
+
+
+def stratified_split(rows: list[Example], test_fraction: float = 0.2, seed: int = 1,
+                     n_test: int | None = None) -> tuple[list[Example], list[Example]]:
+    """The study's split: ceil(fraction * n) test rows, allocated to labels in proportion, shuffled by seed."""
+    rng = np.random.RandomState(seed)
+    labels = np.array([r.label for r in rows])
+    if n_test is None:
+        n_test = math.ceil(round(test_fraction * len(rows), 6))
+    classes, counts = np.unique(labels, return_counts=True)
+    # Largest-remainder allocation: per-class test counts add up to n_test exactly.
+    exact = counts * n_test / len(rows)
+    per_class = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - per_class), kind="stable")[: n_test - per_class.sum()]:
+        per_class[i] += 1
+    test_idx, train_idx = [], []
+    for c, k in zip(classes, per_class):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        test_idx.extend(idx[:k])
+        train_idx.extend(idx[k:])
+    train_idx, test_idx = rng.permutation(train_idx), rng.permutation(test_idx)
+    return [rows[i] for i in train_idx], [rows[i] for i in test_idx]
+
+
+def subsample(rows: list[Example], n: int | None, seed: int = 1) -> list[Example]:
+    """A stratified random subset of `n` rows (all of them when n is None or larger)."""
+    if n is None or n >= len(rows):
+        return rows
+    return stratified_split(rows, seed=seed, n_test=n)[1]
+
+
+def encode(rows: list[Example], tokenizer, max_length: int = 128) -> list[dict]:
+    """Engine-ready examples {"input_ids", "label"}, truncated to `max_length` tokens (BOS as the model wants)."""
+    out = []
+    for r in rows:
+        ids = tokenizer.encode(r.sentence)
+        out.append({"input_ids": ids[:max_length], "label": r.label})
+    return out

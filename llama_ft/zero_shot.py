@@ -1,0 +1,69 @@
+"""Zero-shot sentiment by prompting the causal LM: no training, one forward pass per sentence.
+
+The prompt is fixed. With a chat template (instruct models) the user turn is
+
+    Is the sentiment of this movie review positive or negative? Answer with one word.
+
+    Review: {sentence}
+
+and the assistant turn is scored; without one, the plain text `Review: {sentence}\nSentiment:` is.
+The prediction is whichever label's first tokens (" positive"/"positive"/"Positive" vs the negative ones) get
+more next-token probability mass.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+INSTRUCTION = "Is the sentiment of this movie review positive or negative? Answer with one word."
+LABEL_WORDS = (("negative", "Negative", " negative", " Negative"), ("positive", "Positive", " positive", " Positive"))
+
+
+def sentiment_prompt(tokenizer, sentence: str) -> list[int]:
+    """Token ids of the fixed prompt for one sentence (the chat template when the tokenizer has one)."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{INSTRUCTION}\n\nReview: {sentence}"}], add_generation_prompt=True)
+        return tokenizer.encode(text, add_special_tokens=False)
+    return tokenizer.encode(f"Review: {sentence}\nSentiment:")
+
+
+def label_token_ids(tokenizer) -> list[list[int]]:
+    """Per label, the distinct first token ids of its label words."""
+    out = []
+    for words in LABEL_WORDS:
+        ids = {tokenizer.encode(w, add_special_tokens=False)[0] for w in words}
+        out.append(sorted(ids))
+    if set(out[0]) & set(out[1]):
+        raise ValueError("the tokenizer maps a positive and a negative label word to the same first token; "
+                         "prompt scoring cannot tell them apart.")
+    return out
+
+
+@torch.inference_mode()
+def classify_by_prompt(lm, tokenizer, sentences: list[str], batch_size: int = 32,
+                       amp: torch.dtype | None = torch.bfloat16, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted labels [N], P(positive) renormalised over the two label sets [N]) for each sentence."""
+    device = next(lm.parameters()).device
+    label_ids = label_token_ids(tokenizer)
+    prompts = [sentiment_prompt(tokenizer, s) for s in sentences]
+    order = np.argsort([len(p) for p in prompts], kind="stable")
+    p_pos = np.zeros(len(sentences))
+    pad = lm.config.pad_token_id or 0
+    for start in tqdm(range(0, len(order), batch_size), desc="zero-shot prompt", disable=not progress,
+                      unit="batch"):
+        idx = order[start:start + batch_size]
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(idx):
+            ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]):] = 1
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = lm(ids.to(device), mask.to(device), last_only=True)[:, -1].float()
+        probs = logits.softmax(-1)
+        neg = probs[:, label_ids[0]].sum(-1)
+        pos = probs[:, label_ids[1]].sum(-1)
+        p_pos[idx] = (pos / (pos + neg).clamp_min(1e-30)).cpu().numpy()
+    return (p_pos > 0.5).astype(int), p_pos
