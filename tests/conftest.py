@@ -12,3 +12,30 @@ def shared() -> Path:
     if not (SHARED / "data").is_dir():
         pytest.fail(f"{SHARED}/data is missing: clone llama_ft next to the project's shared/ folder.")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The embedded SmolLM2-135M-Instruct GGUF converted to a Hugging Face folder (once; kept in the
+    llama_ft cache, $LLAMA_FT_CACHE or ~/.cache/llama_ft, for later sessions)."""
+    from llama_ft.sources import SourceError, resolve
+    try:
+        return resolve("smollm2-135m")
+    except SourceError as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2_dir) -> Path:
+    """A tiny random Llama (2 layers, hidden 32) with the real SmolLM2 tokenizer and vocabulary, saved as a
+    Hugging Face folder: recipes run end to end on it in seconds."""
+    import llama_ft
+    folder = tmp_path_factory.mktemp("tiny-smollm2")
+    cfg = llama_ft.LlamaConfig.from_dict(dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=49152, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        max_position_embeddings=2048, _name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct"))
+    model = llama_ft.random_model(cfg, "causal-lm", seed=0)
+    llama_ft.save_pretrained(model, folder, dtype="float32", tokenizer=llama_ft.load_tokenizer(smollm2_dir),
+                             overwrite=True)
+    return folder
