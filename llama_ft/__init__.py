@@ -12,6 +12,12 @@ from .model import (
 )
 from .weights import WeightsError
 
+
+def resolve(src, **kwargs):
+    """A local Hugging Face folder for any model source (folder, .gguf, embedded name, Hub id)."""
+    from .sources import resolve as _resolve
+    return _resolve(src, **kwargs)
+
 __version__ = "0.1.0"
 
 
@@ -27,9 +33,16 @@ def load_tokenizer(src, **kwargs):
     return _load(src, **kwargs)
 
 
+def push_to_hub(directory, repo_id: str, private: bool = False, token: str | None = None,
+                commit_message: str | None = None) -> str:
+    """Upload an exported folder to the Hub repo `repo_id` in one commit; its URL (see llama_ft.hub)."""
+    from .hub import push_to_hub as _push
+    return _push(directory, repo_id, private=private, token=token, commit_message=commit_message)
+
+
 __all__ = [
     "LlamaConfig", "ConfigError", "PRESETS", "WeightsError", "KVCache",
     "LlamaModel", "LlamaForCausalLM", "LlamaForSequenceClassification", "LlamaForQuestionAnswering",
-    "from_pretrained", "build_model", "random_model", "save_pretrained", "count_parameters",
-    "load_tokenizer", "generate", "__version__",
+    "from_pretrained", "build_model", "random_model", "save_pretrained", "push_to_hub", "count_parameters",
+    "load_tokenizer", "resolve", "generate", "__version__",
 ]

@@ -123,6 +123,13 @@ class LlamaConfig:
         if mt not in (None, "llama"):
             warnings.warn(f"{where}: model_type is {mt!r}, not 'llama'; loading it as a Llama decoder.",
                           stacklevel=2)
+        if isinstance(d.get("rope_parameters"), dict):
+            # transformers >= 5 writes rope_theta and the scaling together as `rope_parameters`.
+            d = dict(d)
+            rp = dict(d.pop("rope_parameters"))
+            d.setdefault("rope_theta", rp.pop("rope_theta", cls.rope_theta))
+            if rp.get("rope_type", rp.get("type", "default")) != "default":
+                d.setdefault("rope_scaling", rp)
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "source"}
         kwargs = {k: d[k] for k in known if k in d}
         extra = {k: v for k, v in d.items() if k not in known}

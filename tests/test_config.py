@@ -55,3 +55,13 @@ def test_not_json_names_the_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         LlamaConfig.from_json_file(path)
+
+
+def test_transformers_5_rope_parameters_are_read():
+    d = {k: v for k, v in LlamaConfig().to_dict().items() if k not in ("rope_theta", "rope_scaling")}
+    d["rope_parameters"] = {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    cfg = LlamaConfig.from_dict(d)
+    assert cfg.rope_theta == 500000.0 and cfg.rope_type == "llama3" and cfg.rope_scaling["factor"] == 32.0
+    d["rope_parameters"] = {"rope_theta": 1e4, "rope_type": "default"}
+    assert LlamaConfig.from_dict(d).rope_scaling is None
