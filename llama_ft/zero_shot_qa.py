@@ -1,0 +1,126 @@
+"""Zero-shot extractive QA by prompting the causal LM: greedy generation from a fixed prompt, the reply cut
+down to a span-like string.
+
+The prompt is fixed. With a chat template (instruct models) the user turn is
+
+    Answer the question using a short span copied exactly from the context. Reply with the answer only.
+
+    Context: {context}
+
+    Question: {question}
+
+and the assistant's greedy reply is taken; without a chat template (base models) the plain text
+`Context: {context}\\nQuestion: {question}\\nAnswer:` is continued.
+
+Post-processing (`clean_answer`), in order: keep the first non-empty line; drop a leading "Answer:"; strip
+whitespace, surrounding quotes/brackets and one trailing period; then snap to the context: when the cleaned
+reply occurs in the context (ignoring case) that exact substring is used, otherwise the run of context words
+with the highest SQuAD token F1 against the reply, if that F1 is at least SNAP_MIN_F1; else the cleaned reply
+stays as it is. Snapping turns "The Denver Broncos won." into the context's "Denver Broncos" form an extractive
+metric expects; `snap=False` scores the cleaned reply as generated.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+from tqdm.auto import tqdm
+
+from .data.squad import SquadExample
+from .generate import generate
+from .metrics.squad import normalize_answer
+
+INSTRUCTION = "Answer the question using a short span copied exactly from the context. Reply with the answer only."
+SNAP_MIN_F1 = 0.5
+SNAP_EXTRA_WORDS = 3   # a context span may be this many words longer than the reply
+_LEAD = re.compile(r"^\s*(?:the\s+)?answer\s*(?:is)?\s*[:\-]\s*", re.IGNORECASE)
+_WORD = re.compile(r"\S+")
+
+
+def qa_prompt(tokenizer, context: str, question: str) -> list[int]:
+    """Token ids of the fixed prompt for one question (the chat template when the tokenizer has one)."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{INSTRUCTION}\n\nContext: {context}\n\nQuestion: {question}"}],
+            add_generation_prompt=True)
+        return tokenizer.encode(text, add_special_tokens=False)
+    return tokenizer.encode(f"Context: {context}\nQuestion: {question}\nAnswer:")
+
+
+def _f1(pred: list[str], gold: list[str]) -> float:
+    common = 0
+    rest = list(gold)
+    for t in pred:
+        if t in rest:
+            rest.remove(t)
+            common += 1
+    if common == 0:
+        return 0.0
+    p, r = common / len(pred), common / len(gold)
+    return 2 * p * r / (p + r)
+
+
+def snap_to_context(answer: str, context: str) -> str | None:
+    """The context substring an answer most likely means (see the module docstring), or None."""
+    if not answer:
+        return None
+    i = context.lower().find(answer.lower())
+    if i != -1:
+        return context[i:i + len(answer)]
+    target = normalize_answer(answer).split()
+    if not target:
+        return None
+    words = [(m.start(), m.end()) for m in _WORD.finditer(context)]
+    norm = [normalize_answer(context[s:e]) for s, e in words]
+    best, best_span = 0.0, None
+    longest = len(answer.split()) + SNAP_EXTRA_WORDS
+    for a in range(len(words)):
+        toks: list[str] = []
+        for b in range(a, min(a + longest, len(words))):
+            toks += norm[b].split()
+            if not toks:
+                continue
+            f = _f1(toks, target)
+            if f > best:
+                best, best_span = f, (words[a][0], words[b][1])
+    if best < SNAP_MIN_F1 or best_span is None:
+        return None
+    text = context[best_span[0]:best_span[1]]
+    return text.strip(" \t\n\"'“”‘’()[],;:").rstrip(".") or None
+
+
+def clean_answer(reply: str, context: str, snap: bool = True) -> str:
+    """A generated reply cut down to a span-like answer (see the module docstring for the exact steps)."""
+    lines = [ln for ln in reply.splitlines() if ln.strip()]
+    text = _LEAD.sub("", lines[0]) if lines else ""
+    text = text.strip().strip("\"'“”‘’()[]").strip()
+    if text.endswith(".") and not text.endswith(".."):
+        text = text[:-1].rstrip()
+    if snap:
+        snapped = snap_to_context(text, context)
+        if snapped is not None:
+            return snapped
+    return text
+
+
+@torch.inference_mode()
+def answer_by_prompt(lm, tokenizer, examples: list[SquadExample], batch_size: int = 16, max_new_tokens: int = 24,
+                     amp: torch.dtype | None = torch.bfloat16, progress: bool = True) -> dict[str, str]:
+    """{qid: raw generated reply} for each question (greedy, stops at EOS or a newline)."""
+    prompts = [qa_prompt(tokenizer, ex.context, ex.question) for ex in examples]
+    stop = list(tokenizer.eos_token_ids)
+    newline = tokenizer.encode("\n", add_special_tokens=False)
+    if len(newline) == 1:
+        stop.append(newline[0])
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    replies: dict[str, str] = {}
+    bar = tqdm(total=len(order), desc="zero-shot prompt", unit="q", disable=not progress, dynamic_ncols=True)
+    for k in range(0, len(order), batch_size):
+        idx = order[k:k + batch_size]
+        outs = generate(lm, [prompts[i] for i in idx], max_new_tokens=max_new_tokens, stop_ids=stop,
+                        pad_id=tokenizer.pad_token_id, amp=amp)
+        for i, ids in zip(idx, outs):
+            replies[examples[i].qid] = tokenizer.decode(ids, skip_special_tokens=True)
+        bar.update(len(idx))
+    bar.close()
+    return {ex.qid: replies[ex.qid] for ex in examples}
