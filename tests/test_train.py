@@ -335,7 +335,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
 
 
 def test_two_process_gloo_ddp_equals_one_process(tmp_path):
-    cfg = {"policy": "last:2", "epochs": 2, "batch_size": 4, "global_batch": 8, "trunk_cache": False, "amp": "none"}
+    cfg = {"policy": "last:2", "epochs": 2, "batch_size": 4, "global_batch": 8, "trunk_cache": False, "amp": "none",
+           "device": "cpu"}
     one = tmp_path / "one.json"
     single = run_worker({"task": "qa", "cfg": cfg, "out": str(one)}, wait=False)
     env = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
