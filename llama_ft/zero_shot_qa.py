@@ -9,15 +9,16 @@ The prompt is fixed. With a chat template (instruct models) the user turn is
 
     Question: {question}
 
-and the assistant's greedy reply is taken; without a chat template (base models) the plain text
-`Context: {context}\\nQuestion: {question}\\nAnswer:` is continued.
+and the assistant's greedy reply is taken (for SQuAD v2 the instruction adds UNANSWERABLE_INSTRUCTION); without
+a chat template (base models) the plain text `Context: {context}\nQuestion: {question}\nAnswer:` is continued.
 
-Post-processing (`clean_answer`), in order: keep the first non-empty line; drop a leading "Answer:"; strip
-whitespace, surrounding quotes/brackets and one trailing period; then snap to the context: when the cleaned
-reply occurs in the context (ignoring case) that exact substring is used, otherwise the run of context words
-with the highest SQuAD token F1 against the reply, if that F1 is at least SNAP_MIN_F1; else the cleaned reply
-stays as it is. Snapping turns "The Denver Broncos won." into the context's "Denver Broncos" form an extractive
-metric expects; `snap=False` scores the cleaned reply as generated.
+Post-processing (`clean_answer`), in order: keep the first non-empty line; drop a leading "Answer:" or "The
+answer (to the question) is:"; strip whitespace, surrounding quotes/brackets and one trailing period; map
+"unanswerable" to '' (v2); then snap to the context: when the cleaned reply occurs in the context (ignoring case)
+that exact substring is used, otherwise the run of context words with the highest SQuAD token F1 against the
+reply, if that F1 is at least SNAP_MIN_F1; else the cleaned reply stays as it is. Snapping turns "The Denver
+Broncos won." into the context's "Denver Broncos" form an extractive metric expects; `snap=False` scores the
+cleaned reply as generated.
 """
 from __future__ import annotations
 
@@ -31,17 +32,21 @@ from .generate import generate
 from .metrics.squad import normalize_answer
 
 INSTRUCTION = "Answer the question using a short span copied exactly from the context. Reply with the answer only."
+UNANSWERABLE_INSTRUCTION = ' If the context does not contain the answer, reply "unanswerable".'
+UNANSWERABLE = "unanswerable"
 SNAP_MIN_F1 = 0.5
 SNAP_EXTRA_WORDS = 3   # a context span may be this many words longer than the reply
-_LEAD = re.compile(r"^\s*(?:the\s+)?answer\s*(?:is)?\s*[:\-]\s*", re.IGNORECASE)
+_LEAD = re.compile(r"^\s*(?:the\s+)?answer(?:\s+to\s+(?:the|this|your)\s+question)?(?:\s+is\s*:?|\s*[:\-])\s*",
+                   re.IGNORECASE)
 _WORD = re.compile(r"\S+")
 
 
-def qa_prompt(tokenizer, context: str, question: str) -> list[int]:
+def qa_prompt(tokenizer, context: str, question: str, unanswerable: bool = False) -> list[int]:
     """Token ids of the fixed prompt for one question (the chat template when the tokenizer has one)."""
     if getattr(tokenizer, "chat_template", None):
+        instruction = INSTRUCTION + (UNANSWERABLE_INSTRUCTION if unanswerable else "")
         text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"{INSTRUCTION}\n\nContext: {context}\n\nQuestion: {question}"}],
+            [{"role": "user", "content": f"{instruction}\n\nContext: {context}\n\nQuestion: {question}"}],
             add_generation_prompt=True)
         return tokenizer.encode(text, add_special_tokens=False)
     return tokenizer.encode(f"Context: {context}\nQuestion: {question}\nAnswer:")
@@ -90,10 +95,13 @@ def snap_to_context(answer: str, context: str) -> str | None:
 
 
 def clean_answer(reply: str, context: str, snap: bool = True) -> str:
-    """A generated reply cut down to a span-like answer (see the module docstring for the exact steps)."""
+    """A generated reply cut down to a span-like answer (see the module docstring for the exact steps);
+    '' for the v2 reply "unanswerable"."""
     lines = [ln for ln in reply.splitlines() if ln.strip()]
     text = _LEAD.sub("", lines[0]) if lines else ""
     text = text.strip().strip("\"'“”‘’()[]").strip()
+    if text.lower().rstrip(".") == UNANSWERABLE:
+        return ""
     if text.endswith(".") and not text.endswith(".."):
         text = text[:-1].rstrip()
     if snap:
@@ -105,9 +113,11 @@ def clean_answer(reply: str, context: str, snap: bool = True) -> str:
 
 @torch.inference_mode()
 def answer_by_prompt(lm, tokenizer, examples: list[SquadExample], batch_size: int = 16, max_new_tokens: int = 24,
-                     amp: torch.dtype | None = torch.bfloat16, progress: bool = True) -> dict[str, str]:
-    """{qid: raw generated reply} for each question (greedy, stops at EOS or a newline)."""
-    prompts = [qa_prompt(tokenizer, ex.context, ex.question) for ex in examples]
+                     amp: torch.dtype | None = torch.bfloat16, progress: bool = True,
+                     unanswerable: bool = False) -> dict[str, str]:
+    """{qid: raw generated reply} for each question (greedy, stops at EOS or a newline); `unanswerable`: the
+    SQuAD v2 prompt, which allows the reply "unanswerable"."""
+    prompts = [qa_prompt(tokenizer, ex.context, ex.question, unanswerable) for ex in examples]
     stop = list(tokenizer.eos_token_ids)
     newline = tokenizer.encode("\n", add_special_tokens=False)
     if len(newline) == 1:
