@@ -81,7 +81,7 @@ def from_pretrained(src: str | Path, task: str | None = None, num_labels: int | 
         num_labels = saved_labels if (saved_task == task and saved_labels) else 2
     if cfg.pad_token_id is None:
         # Llama 3 has no pad token; the tokenizer's choice is recorded so pooling and exports agree.
-        cfg.pad_token_id, cfg.extra["pad_token_source"] = default_pad_token(folder, cfg)
+        cfg.pad_token_id, cfg.extra["pad_token_id_source"] = default_pad_token(folder, cfg)
     model = build_model(cfg, task, num_labels)
     if seed is not None:
         torch.manual_seed(seed)
