@@ -1,0 +1,126 @@
+"""Forward throughput of llama_ft vs transformers (same config, weights, batch, dtype, same run), and the
+peak memory of loading a checkpoint.
+
+    python benchmarks/forward.py [--quick] [--shapes smollm2-135m,llama-3.2-1b] [--json out.json]
+
+Each measurement alternates ours / transformers repetitions, so background load hits both alike; the
+figure is the median over repetitions. Prints a table and JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import llama_ft
+
+
+def hf_twin(ours, dtype):
+    """transformers' LlamaForCausalLM holding exactly our weights."""
+    import transformers
+    d = {k: v for k, v in ours.config.to_dict().items() if k != "architectures"}
+    with torch.device("meta"):
+        ref = transformers.LlamaForCausalLM(transformers.LlamaConfig(**d))
+    ref.load_state_dict(ours.state_dict(), strict=False, assign=True)
+    if ours.config.tie_word_embeddings:
+        ref.lm_head.weight = ref.model.embed_tokens.weight
+    # The rope buffer is not in the state dict: rebuild that module off the meta device.
+    ref.model.rotary_emb = type(ref.model.rotary_emb)(config=ref.config)
+    return ref.to(dtype).eval()
+
+
+def time_forward(fn, reps: int) -> list[float]:
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def bench_shape(shape: str, batch: int, seq: int, reps: int, modes: list[str]) -> list[dict]:
+    cfg = llama_ft.LlamaConfig.from_pretrained(shape)
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq))
+    rows = []
+    for mode in modes:
+        weights = torch.bfloat16 if mode == "bf16-weights" else torch.float32
+        ours = llama_ft.random_model(cfg, "causal-lm", dtype=weights, seed=0).eval()
+        ref = hf_twin(ours, weights)
+        amp = mode != "fp32"
+
+        def run(model, hf):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                out = model(ids)
+                return out.logits if hf else out
+        # One warm-up each, and a check that both compute the same thing.
+        a, b = run(ours, False).float(), run(ref, True).float()
+        diff = (a - b).abs().max().item()
+        t_ours, t_ref = [], []
+        for _ in range(reps):
+            t_ours += time_forward(lambda: run(ours, False), 1)
+            t_ref += time_forward(lambda: run(ref, True), 1)
+        o, r = statistics.median(t_ours), statistics.median(t_ref)
+        rows.append({"shape": shape, "mode": mode, "batch": batch, "seq": seq,
+                     "ours_tokens_per_s": batch * seq / o, "transformers_tokens_per_s": batch * seq / r,
+                     "ratio": r / o, "max_abs_logit_diff": diff, "reps": reps})
+        del ours, ref
+    return rows
+
+
+def load_peak(dtype: str) -> dict:
+    """Peak RSS growth while loading the embedded model's converted folder into `dtype`, in a fresh process."""
+    folder = llama_ft.resolve("smollm2-135m")
+    code = (
+        "import resource, torch, llama_ft, json, sys\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"m = llama_ft.from_pretrained({str(folder)!r}, dtype={dtype!r})\n"
+        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "n = sum(p.numel() * p.element_size() for p in m.parameters())\n"
+        "print(json.dumps({'peak_growth_bytes': (peak - base) * 1024, 'model_bytes': n}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    r["dtype"] = dtype
+    r["ratio"] = r["peak_growth_bytes"] / r["model_bytes"]
+    return r
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small batch, few repetitions (about a minute)")
+    ap.add_argument("--shapes", default="smollm2-135m,llama-3.2-1b")
+    ap.add_argument("--modes", default="fp32,bf16-autocast,bf16-weights",
+                    help="fp32; bf16-autocast (fp32 weights); bf16-weights (bf16 weights + autocast)")
+    ap.add_argument("--json", help="also write the JSON here")
+    args = ap.parse_args(argv)
+    batch, seq, reps = (4, 128, 3) if args.quick else (8, 256, 5)
+    rows = []
+    for shape in args.shapes.split(","):
+        rows += bench_shape(shape, batch, seq, reps, args.modes.split(","))
+    loads = [load_peak(d) for d in ("float32", "bfloat16")]
+    report = {"benchmark": "forward", "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "machine": platform.processor() or platform.machine(), "rows": rows, "load": loads}
+    print(json.dumps(report, indent=2))
+    print("\n| shape | mode | batch x seq | llama_ft tok/s | transformers tok/s | ratio | max |logit diff| |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['shape']} | {r['mode']} | {r['batch']}x{r['seq']} | {r['ours_tokens_per_s']:,.0f} | "
+              f"{r['transformers_tokens_per_s']:,.0f} | {r['ratio']:.2f}x | {r['max_abs_logit_diff']:.2g} |")
+    print("\n| load smollm2-135m into | model bytes | peak RSS growth | ratio |\n|---|---:|---:|---:|")
+    for r in loads:
+        print(f"| {r['dtype']} | {r['model_bytes']:,} | {r['peak_growth_bytes']:,} | {r['ratio']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
