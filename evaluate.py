@@ -1,0 +1,108 @@
+"""Score predictions and print the study's tables.
+
+    python evaluate.py squad --dataset DATA.json[.zip] --predictions PRED.json [--na-probs NA.json]
+        [--before PRED0.json [--before-na-probs NA0.json]] [--json OUT.json]
+    python evaluate.py classification --gold GOLD --predictions PRED [--before PRED0] [--json OUT.json]
+
+SQuAD files use the official formats (predictions {question_id: answer_text}). A question without prediction
+scores 0 in exact_match/f1 and is scored as '' by the other metrics; the count is printed. Label files are a
+JSON list, a JSON object {id: label}, or a TSV with a `label` or `prediction` column (see
+llama_ft/metrics/inputs.py). METEOR needs the NLTK data built once by `python -m llama_ft.metrics.nltk_data`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from llama_ft.metrics import (
+    SetupError,
+    classification_report,
+    format_classification_table,
+    format_squad_table,
+    squad_report,
+)
+from llama_ft.metrics.inputs import (
+    InputError,
+    align_labels,
+    load_labels,
+    load_na_probs,
+    load_predictions,
+    load_squad_dataset,
+)
+
+
+def _squad(args: argparse.Namespace) -> dict:
+    references = load_squad_dataset(args.dataset)
+    runs = {"after": (args.predictions, args.na_probs)}
+    if args.before:
+        runs = {"before": (args.before, args.before_na_probs), **runs}
+    reports = {}
+    for name, (path, na_path) in runs.items():
+        predictions = load_predictions(path)
+        if predictions and not any(qid in references for qid in predictions):
+            raise InputError(
+                f"{path}: none of its {len(predictions)} question ids is in {args.dataset} "
+                f"(first: {next(iter(predictions))!r}); is it the right dataset?"
+            )
+        na_probs = load_na_probs(na_path) if na_path else None
+        reports[name] = report = squad_report(predictions, references, na_probs)
+        if report["missing_predictions"]:
+            missing, questions = report["missing_predictions"], report["questions"]
+            print(
+                f"{path}: {missing} of {questions} questions had no prediction and score 0 "
+                "(exact_match/f1; the empty answer for the other metrics)"
+            )
+        if report["unknown_predictions"]:
+            print(
+                f"{path}: {report['unknown_predictions']} predictions have ids not in {args.dataset} "
+                "and were ignored"
+            )
+    print(format_squad_table(reports.get("before"), reports["after"]))
+    return reports
+
+
+def _classification(args: argparse.Namespace) -> dict:
+    gold = load_labels(args.gold)
+    paths = ([args.before] if args.before else []) + [args.predictions]
+    reports = {}
+    for path in paths:
+        y_true, y_pred = align_labels(gold, load_labels(path), args.gold, path)
+        reports[Path(path).name] = classification_report(y_true, y_pred)
+    print(format_classification_table(reports))
+    return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, score, print the table; a bad input prints one error line and returns 2."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    tasks = parser.add_subparsers(dest="task", required=True)
+    squad = tasks.add_parser("squad", help="SQuAD v1.1/v2.0: bleu, exact_match, f1, meteor, rouge, squad_v2")
+    squad.add_argument("--dataset", required=True, help="official SQuAD dataset, .json or .zip")
+    squad.add_argument("--predictions", required=True, help="{question_id: answer_text} JSON")
+    squad.add_argument("--na-probs", help="{question_id: no-answer probability} JSON for --predictions")
+    squad.add_argument("--before", help="predictions before fine-tuning: adds the Before column")
+    squad.add_argument("--before-na-probs", help="no-answer probabilities for --before")
+    squad.add_argument("--json", help="also write the reports to this JSON file")
+    classification = tasks.add_parser("classification", help="SST-2: accuracy, weighted precision/recall/F1")
+    classification.add_argument("--gold", required=True, help="true labels: JSON list/object or TSV")
+    classification.add_argument("--predictions", required=True, help="predicted labels, same layout")
+    classification.add_argument("--before", help="predictions before fine-tuning: adds a row")
+    classification.add_argument("--json", help="also write the reports to this JSON file")
+    args = parser.parse_args(argv)
+    if args.task == "squad" and args.before_na_probs and not args.before:
+        parser.error("--before-na-probs needs --before")
+    try:
+        reports = _squad(args) if args.task == "squad" else _classification(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(reports, indent=2) + "\n")
+    except (InputError, SetupError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

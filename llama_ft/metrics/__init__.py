@@ -1,0 +1,41 @@
+"""Metrics of the study, each our own code and pinned by tests to its reference implementation.
+
+classification (sklearn), squad (the official v1.1 / v2.0 scripts), bleu (evaluate's "bleu" = tensorflow/nmt,
+and sacrebleu), rouge (rouge-score, evaluate's bootstrap), meteor (nltk; needs `python -m
+llama_ft.metrics.nltk_data`).
+"""
+
+from .bleu import bleu, sacrebleu_corpus_bleu, tokenize_13a
+from .classification import accuracy, class_labels, confusion_matrix, precision_recall_f1
+from .meteor import meteor, single_meteor
+from .nltk_data import SetupError
+from .report import classification_report, format_classification_table, format_squad_table, squad_report
+from .rouge import ROUGE_TYPES, rouge, rouge_scores, rouge_tokenize
+from .squad import exact_match_score, f1_score, f1_score_v2, normalize_answer, squad_v1, squad_v2
+
+__all__ = [
+    "ROUGE_TYPES",
+    "SetupError",
+    "accuracy",
+    "bleu",
+    "class_labels",
+    "classification_report",
+    "confusion_matrix",
+    "exact_match_score",
+    "f1_score",
+    "f1_score_v2",
+    "format_classification_table",
+    "format_squad_table",
+    "meteor",
+    "normalize_answer",
+    "precision_recall_f1",
+    "rouge",
+    "rouge_scores",
+    "rouge_tokenize",
+    "sacrebleu_corpus_bleu",
+    "single_meteor",
+    "squad_report",
+    "squad_v1",
+    "squad_v2",
+    "tokenize_13a",
+]
