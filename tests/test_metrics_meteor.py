@@ -137,6 +137,22 @@ def test_missing_data_names_the_setup_command(tmp_path, monkeypatch):
     assert SETUP_COMMAND in str(error.value) and "absent does not exist" in str(error.value)
 
 
+CONTRACTIONS = ("cannot", "Cannot", "gonna", "gotta", "gimme", "lemme", "wanna", "Wanna")
+plain_words = st.sampled_from(CONTRACTIONS + ("can", "not", "na", "x1", "42", "The", "cannotx"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(plain_words, min_size=1, max_size=6).map(" ".join))
+def test_plain_text_shortcut_tokenizes_as_word_tokenize(text):
+    assert _lexicon().tokenize(text) == [token.lower() for token in nltk.word_tokenize(text)]
+
+
+def test_tokens_equal_word_tokenize_on_the_pairs(tokens):
+    lexicon = _lexicon()
+    for text, expected in tokens.items():
+        assert lexicon.tokenize(text) == [token.lower() for token in expected]
+
+
 words = st.lists(
     st.sampled_from(
         ["the", "cat", "cats", "sat", "on", "a", "mat", "car", "auto", "big", "large", "Party", "party", "."]

@@ -37,9 +37,12 @@ class _Lexicon:
     """Tokens, Porter stems and WordNet synonyms, memoised (NLTK computes them again at every occurrence)."""
 
     def __init__(self, root: str):
-        import nltk
-        from nltk.corpus.reader.wordnet import WordNetCorpusReader
-        from nltk.stem.porter import PorterStemmer
+        try:
+            import nltk
+            from nltk.corpus.reader.wordnet import WordNetCorpusReader
+            from nltk.stem.porter import PorterStemmer
+        except ImportError:
+            raise nltk_data.SetupError("METEOR needs nltk: pip install 'llama_ft[metrics]'") from None
 
         if root not in nltk.data.path:
             nltk.data.path.insert(0, root)  # nltk>=3.10 opens data files only under a listed data root

@@ -44,7 +44,10 @@ def _stem(token: str) -> str:
 
 @lru_cache(maxsize=1)
 def _porter():
-    from nltk.stem.porter import PorterStemmer  # only stemming needs nltk
+    try:
+        from nltk.stem.porter import PorterStemmer  # only stemming needs nltk
+    except ImportError:
+        raise ImportError("ROUGE with use_stemmer=True needs nltk: pip install 'llama_ft[metrics]'") from None
 
     return PorterStemmer()  # mode NLTK_EXTENSIONS, as rouge-score uses it
 
