@@ -15,14 +15,15 @@ def decays(name: str, p: torch.Tensor) -> bool:
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
                     device: torch.device) -> torch.optim.AdamW:
-    """torch AdamW over requires_grad parameters, fused on CUDA, foreach elsewhere."""
+    """torch AdamW over requires_grad parameters, fused on CUDA and CPU (one pass per tensor), foreach elsewhere."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("no trainable parameters: the policy froze everything; use head, last:K, lora:R or full.")
     groups = [{"params": [p for n, p in named if decays(n, p)], "weight_decay": weight_decay},
               {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    # The fused CPU kernel makes a `full` SmolLM2-135M step 1.28x faster than foreach (benchmarks/, BENCHMARKS.md).
+    fast = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, **fast)
 
 
