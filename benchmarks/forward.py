@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -57,7 +56,7 @@ def bench_shape(shape: str, batch: int, seq: int, reps: int, modes: list[str]) -
         ref = hf_twin(ours, weights)
         amp = mode != "fp32"
 
-        def run(model, hf):
+        def run(model, hf, amp=amp):
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                 out = model(ids)
                 return out.logits if hf else out
@@ -66,31 +65,45 @@ def bench_shape(shape: str, batch: int, seq: int, reps: int, modes: list[str]) -
         diff = (a - b).abs().max().item()
         t_ours, t_ref = [], []
         for _ in range(reps):
-            t_ours += time_forward(lambda: run(ours, False), 1)
-            t_ref += time_forward(lambda: run(ref, True), 1)
+            t_ours += time_forward(lambda m=ours: run(m, False), 1)
+            t_ref += time_forward(lambda m=ref: run(m, True), 1)
         o, r = statistics.median(t_ours), statistics.median(t_ref)
         rows.append({"shape": shape, "mode": mode, "batch": batch, "seq": seq,
                      "ours_tokens_per_s": batch * seq / o, "transformers_tokens_per_s": batch * seq / r,
                      "ratio": r / o, "max_abs_logit_diff": diff, "reps": reps})
-        del ours, ref
     return rows
 
 
-def load_peak(dtype: str) -> dict:
-    """Peak RSS growth while loading the embedded model's converted folder into `dtype`, in a fresh process."""
-    folder = llama_ft.resolve("smollm2-135m")
-    code = (
-        "import resource, torch, llama_ft, json, sys\n"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        f"m = llama_ft.from_pretrained({str(folder)!r}, dtype={dtype!r})\n"
-        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "n = sum(p.numel() * p.element_size() for p in m.parameters())\n"
-        "print(json.dumps({'peak_growth_bytes': (peak - base) * 1024, 'model_bytes': n}))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+PEAK_CODE = """
+import json, llama_ft, llama_ft.sources, llama_ft.tokenizer
+def hwm():  # VmHWM: the kernel's high-water mark of resident memory (ru_maxrss lags behind it)
+    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM'))
+base = hwm()
+m = llama_ft.from_pretrained({folder!r}, dtype={dtype!r})
+n = sum(p.numel() * p.element_size() for p in m.parameters())
+print(json.dumps({{'peak_growth_bytes': hwm() - base, 'model_bytes': n}}))
+"""
+
+
+def load_peak(folder: str, dtype: str) -> dict:
+    """Peak resident-memory growth while loading `folder` into `dtype`, in a fresh process (imports done first)."""
+    out = subprocess.run([sys.executable, "-c", PEAK_CODE.format(folder=str(folder), dtype=dtype)],
+                         capture_output=True, text=True, check=True).stdout
     r = json.loads(out.strip().splitlines()[-1])
-    r["dtype"] = dtype
-    r["ratio"] = r["peak_growth_bytes"] / r["model_bytes"]
+    r.update(dtype=dtype, checkpoint=str(folder), ratio=r["peak_growth_bytes"] / r["model_bytes"])
     return r
+
+
+def load_checkpoints(quick: bool) -> list[dict]:
+    """The embedded model's folder (fp32 on disk) and, unless quick, a Llama-3.2-1B-shape bf16 export."""
+    rows = [load_peak(llama_ft.resolve("smollm2-135m"), d) for d in ("float32", "bfloat16")]
+    if not quick:
+        with tempfile.TemporaryDirectory() as tmp:
+            m = llama_ft.random_model(llama_ft.LlamaConfig.from_pretrained("llama-3.2-1b"), "causal-lm", dtype="bf16")
+            llama_ft.save_pretrained(m, tmp, overwrite=True)
+            del m
+            rows += [load_peak(tmp, d) for d in ("bfloat16", "float32")]
+    return rows
 
 
 def main(argv=None) -> int:
@@ -105,7 +118,7 @@ def main(argv=None) -> int:
     rows = []
     for shape in args.shapes.split(","):
         rows += bench_shape(shape, batch, seq, reps, args.modes.split(","))
-    loads = [load_peak(d) for d in ("float32", "bfloat16")]
+    loads = load_checkpoints(args.quick)
     report = {"benchmark": "forward", "torch": torch.__version__, "threads": torch.get_num_threads(),
               "machine": platform.processor() or platform.machine(), "rows": rows, "load": loads}
     print(json.dumps(report, indent=2))
@@ -114,9 +127,10 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['shape']} | {r['mode']} | {r['batch']}x{r['seq']} | {r['ours_tokens_per_s']:,.0f} | "
               f"{r['transformers_tokens_per_s']:,.0f} | {r['ratio']:.2f}x | {r['max_abs_logit_diff']:.2g} |")
-    print("\n| load smollm2-135m into | model bytes | peak RSS growth | ratio |\n|---|---:|---:|---:|")
+    print("\n| checkpoint | loaded as | model bytes | peak RSS growth | ratio |\n|---|---|---:|---:|---:|")
     for r in loads:
-        print(f"| {r['dtype']} | {r['model_bytes']:,} | {r['peak_growth_bytes']:,} | {r['ratio']:.2f} |")
+        print(f"| {Path(r['checkpoint']).name} | {r['dtype']} | {r['model_bytes']:,} | {r['peak_growth_bytes']:,} | "
+              f"{r['ratio']:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0

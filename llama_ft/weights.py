@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -15,8 +14,6 @@ from .model import RotaryEmbedding
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-# Tensors above this many elements are cast in row chunks, so a dtype change never holds two full copies.
-_CHUNK_ELEMS = 1 << 24
 
 
 class WeightsError(ValueError):
@@ -46,44 +43,97 @@ def checkpoint_files(folder: str | Path) -> dict[str, Path]:
         "Point llama_ft at a folder holding the model's safetensors files.")
 
 
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+# Bytes read at a time when a tensor changes dtype on the way in: the only memory beyond the model's own.
+_STAGING_BYTES = 64 << 20
+
+
+class SafetensorsReader:
+    """A safetensors file read with plain file reads (no mmap), so loading costs the model's bytes and no more.
+
+    The format: 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, data.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.file = open(self.path, "rb")  # noqa: SIM115 (closed by close() / __exit__)
+        size = os.fstat(self.file.fileno()).st_size
+        try:
+            n = int.from_bytes(self.file.read(8), "little")
+            if not 2 <= n <= size - 8:
+                raise ValueError(f"header length {n} does not fit a {size}-byte file")
+            header = json.loads(self.file.read(n))
+            header.pop("__metadata__", None)
+            for name, entry in header.items():
+                end = entry["data_offsets"][1]
+                if entry["dtype"] not in _DTYPES:
+                    raise ValueError(f"tensor {name!r} has unsupported dtype {entry['dtype']}")
+                if 8 + n + end > size:
+                    raise ValueError(f"tensor {name!r} ends at byte {8 + n + end}, past the end of the file "
+                                     f"({size} bytes)")
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+            self.file.close()
+            raise WeightsError(f"{self.path}: unreadable safetensors file ({e}); it may be truncated or "
+                               "corrupt — download or export it again.") from None
+        self.header, self.data_start = header, 8 + n
+
+    def keys(self) -> list[str]:
+        return list(self.header)
+
+    def shape(self, name: str) -> torch.Size:
+        return torch.Size(self.header[name]["shape"])
+
+    def read(self, name: str, dtype: torch.dtype, device: str | torch.device = "cpu") -> torch.Tensor:
+        """The tensor `name` in `dtype` on `device`; a cast goes through a small staging buffer."""
+        entry = self.header[name]
+        src = _DTYPES[entry["dtype"]]
+        shape = self.shape(name)
+        begin, end = entry["data_offsets"]
+        if end - begin != shape.numel() * src.itemsize:
+            raise WeightsError(f"{self.path}: tensor {name!r} holds {end - begin} bytes, its shape "
+                               f"{tuple(shape)} needs {shape.numel() * src.itemsize}; the file is corrupt.")
+        self.file.seek(self.data_start + begin)
+        cpu_direct = src == dtype and torch.device(device).type == "cpu"
+        out = torch.empty(shape, dtype=dtype, device=device)
+        flat = out.view(-1)
+        step = max(1, _STAGING_BYTES // src.itemsize)
+        stage = None if cpu_direct else torch.empty(min(step, shape.numel()), dtype=src)
+        for i in range(0, shape.numel(), step):
+            k = min(step, shape.numel() - i)
+            buf = flat[i:i + k] if cpu_direct else stage[:k]
+            view = memoryview(buf.view(torch.uint8).numpy())
+            if self.file.readinto(view) != len(view):
+                raise WeightsError(f"{self.path}: tensor {name!r} is cut short; the file is truncated.")
+            if not cpu_direct:
+                flat[i:i + k] = buf.to(device=device, dtype=dtype)
+        return out
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> SafetensorsReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _keys(path: Path) -> list[str]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return list(f.keys())
-    except (SafetensorError, OSError) as e:
-        raise WeightsError(f"{path}: unreadable safetensors file ({e}); it may be truncated or corrupt — "
-                           "download or export it again.") from None
+    with SafetensorsReader(path) as f:
+        return f.keys()
 
 
-def read_tensors(files: dict[str, Path], names: list[str]) -> Iterator[tuple[str, "safe_open", Path]]:
-    """Yield (name, open handle, file) for each requested name, opening each file once."""
+def read_tensors(files: dict[str, Path], names: list[str]) -> Iterator[tuple[str, SafetensorsReader, Path]]:
+    """Yield (name, open reader, file) for each requested name, opening each file once."""
     by_file: dict[Path, list[str]] = {}
     for n in names:
         by_file.setdefault(files[n], []).append(n)
     for path, ns in by_file.items():
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                for n in ns:
-                    yield n, f, path
-        except SafetensorError as e:
-            raise WeightsError(f"{path}: unreadable safetensors file ({e}); it may be truncated or corrupt.") from None
-
-
-def _load_cast(f, name: str, path: Path, shape: torch.Size, dtype: torch.dtype, device) -> torch.Tensor:
-    try:
-        sl = f.get_slice(name)
-        numel = 1
-        for s in shape:
-            numel *= s
-        if numel <= _CHUNK_ELEMS or len(shape) < 2:
-            return f.get_tensor(name).to(device=device, dtype=dtype)
-        out = torch.empty(shape, dtype=dtype, device=device)
-        rows = max(1, _CHUNK_ELEMS // max(1, numel // shape[0]))
-        for i in range(0, shape[0], rows):
-            out[i:i + rows] = sl[i:i + rows].to(device=device, dtype=dtype)
-        return out
-    except SafetensorError as e:
-        raise WeightsError(f"{path}: tensor {name!r} could not be read ({e}); the file may be truncated.") from None
+        with SafetensorsReader(path) as f:
+            for n in ns:
+                yield n, f, path
 
 
 def checkpoint_name(model: nn.Module, name: str, available: set[str]) -> str | None:
@@ -109,7 +159,7 @@ def load_weights(model: nn.Module, folder: str | Path, dtype: torch.dtype = torc
     head_prefixes = tuple(n + "." for n, m in model.named_children() if m in model.head_modules())
     expected = dict(model.state_dict(keep_vars=True))
     plan, missing_heads, missing = {}, [], []
-    for name, param in expected.items():
+    for name in expected:
         if tied and name == "lm_head.weight":
             continue
         key = checkpoint_name(model, name, available)
@@ -133,11 +183,11 @@ def load_weights(model: nn.Module, folder: str | Path, dtype: torch.dtype = torc
     for name, f, path in read_tensors(files, list(plan.values())):
         ours = ours_of[name]
         want = expected[ours].shape
-        got = torch.Size(f.get_slice(name).get_shape())
+        got = f.shape(name)
         if got != want:
             raise WeightsError(f"{path}: tensor {name!r} has shape {tuple(got)}, the model expects "
                                f"{tuple(want)}. config.json and the weights disagree.")
-        state[ours] = _load_cast(f, name, path, want, dtype, device)
+        state[ours] = f.read(name, dtype, device)
     model.load_state_dict(state, strict=False, assign=True)
     materialise(model, dtype, device)
     return missing_heads
@@ -146,15 +196,16 @@ def load_weights(model: nn.Module, folder: str | Path, dtype: torch.dtype = torc
 def materialise(model: nn.Module, dtype: torch.dtype, device) -> None:
     """Give every parameter still on the meta device real memory and a fresh init; re-tie; rebuild rope."""
     for mod in model.modules():
+        model.tie_weights()  # a tied head shares the embedding's (loaded) weight: no memory or init of its own
         own = list(mod.parameters(recurse=False))
         if own and any(p.is_meta for p in own):
             mod.to_empty(device=device, recurse=False)
             model.init_module(mod)
             mod.to(dtype)
+    model.tie_weights()
     for mod in model.modules():
         if isinstance(mod, RotaryEmbedding):
             mod.reset_parameters(device)
-    model.tie_weights()
 
 
 def state_dict_for_saving(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
