@@ -36,11 +36,13 @@ from llama_ft.runs import command_line, prepare_output_dir, write_json, write_te
 from llama_ft.train import TrainConfig, predict, train
 from llama_ft.zero_shot_qa import answer_by_prompt, clean_answer
 
-# The study's settings, and ours (chosen by measurement: see README "Results").
+# The study's settings, and ours. The default policy was chosen by measurement (README "SQuAD results"): at
+# N = 1000 (same split, 2 epochs, 384/128 windows) lora:16 at lr 5e-4 reached test F1 35.9 against 16.4 for full
+# (lr 5e-5), 10.8 for last:8 and 8.3 for last:4 (lr 1e-4), and 8.2 for head (lr 1e-3).
 PRESETS = {
     "study": {"train": "head", "lr": 2e-5, "weight_decay": 0.01, "schedule": "linear", "warmup_ratio": 0.0,
               "batch_size": 64, "global_batch": 64, "epochs": 3, "max_length": 128, "stride": 64},
-    "default": {"train": "last:8", "lr": 1e-4, "weight_decay": 0.01, "schedule": "cosine", "warmup_ratio": 0.05,
+    "default": {"train": "lora:16", "lr": 5e-4, "weight_decay": 0.01, "schedule": "cosine", "warmup_ratio": 0.05,
                 "batch_size": 16, "global_batch": 32, "epochs": 2, "max_length": 384, "stride": 128},
 }
 
