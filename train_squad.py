@@ -108,8 +108,8 @@ def load_splits(args):
     train_q, test_q = study_split(data.examples, args.n, args.test_size, seed=1)
     calib = []
     if data.version == "2.0":
-        # The no-answer threshold is calibrated on questions the model did not train on.
-        k = max(50, min(1000, len(train_q) // 20))
+        # The no-answer threshold is calibrated on questions the model did not train on: 10% of train, <= 1,000.
+        k = min(1000, max(1, len(train_q) // 10))
         train_q, calib = train_q[:-k], train_q[-k:]
     n_trainable = sum(ex.trainable for ex in train_q)
     print(f"study split: first {args.n + args.test_size:,} questions -> {len(train_q):,} train / "

@@ -71,3 +71,31 @@ def test_malformed_data_names_the_file(tmp_path, tiny_model_dir):
 def test_conflicting_flags_are_refused(tmp_path, flags, message):
     r = run("--output-dir", tmp_path / "run", *flags, check=False)
     assert r.returncode == 2 and message in r.stderr
+
+
+def test_squad_v2_calibrates_a_null_threshold(tmp_path, tiny_model_dir, shared):
+    from llama_ft.data.squad import read_json
+    doc = read_json(shared / "data/squad_v1.1/train-v1.1-rebuilt.json.zip")
+    paragraphs, n = [], 0
+    for para in doc["data"][0]["paragraphs"]:
+        qas = []
+        for qa in para["qas"]:
+            if n % 3 == 0:   # every third question unanswerable; no `is_impossible` field on any of them
+                qa = {**qa, "answers": []}
+            qas.append(qa)
+            n += 1
+        paragraphs.append({**para, "qas": qas})
+        if n >= 90:
+            break
+    v2 = tmp_path / "v2.json"
+    v2.write_text(json.dumps({"version": "v2.0", "data": [{"title": "T", "paragraphs": paragraphs}]}))
+    out = tmp_path / "run"
+    r = run("--model", tiny_model_dir, "--data", v2, "--n", 60, "--test-size", 20, "--no-zero-shot",
+            "--train", "head", "--epochs", 1, "--batch-size", 8, "--global-batch", 8, "--max-length", 128,
+            "--stride", 32, "--output-dir", out)
+    assert "unanswerable (" in r.stdout and "54 train / 20 test / 6 held out for the no-answer threshold" in r.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["version"] == "2.0" and m["data"]["impossible_inferred"] == m["data"]["impossible"] > 0
+    after = m["rows"]["fine-tuned (head)"]["test"]
+    assert "null_threshold" in after and after["squad_v2"]["total"] == 20
+    assert after["squad_v2"].get("NoAns_total", 0) > 0
