@@ -102,7 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_splits(args):
-    """(train, calibration, test, summary): the study split; for v2 a calibration slice held out of train."""
+    """(data, train, calibration, test): the study split; for v2 a calibration slice held out of train."""
     data = load_squad(args.data, "train", args.version)
     print(f"SQuAD {data.version} from {data.source}: {data.counts.summary()}")
     train_q, test_q = study_split(data.examples, args.n, args.test_size, seed=1)
@@ -126,7 +126,6 @@ class Scorer:
         self.windows, self.counts = build_windows(tokenizer, examples, args.max_length, args.stride,
                                                   progress=True, desc=f"windows {name}")
         self.refs = references(examples)
-        self.v2 = any(not g for g in self.refs.values())
 
     def decode(self, model):
         logits = predict(model, [w.as_example() for w in self.windows], batch_size=32, amp=self.amp)
