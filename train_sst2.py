@@ -1,7 +1,7 @@
 """Fine-tune a Llama-family model on GLUE SST-2 and print the study's table.
 
     python train_sst2.py --preset study                  # the study: Llama-3.2-1B, head only, its hyper-parameters
-    python train_sst2.py --model smollm2-135m --data ../shared/data/sst2 --max-train 8000 --max-test 2000
+    python train_sst2.py --model smollm2-135m --data ../shared/data/sst2 --max-train 16000 --max-test 2000
 
 Rows: the untrained model with a random head (the study's "pre-trained"), the causal LM prompted zero-shot,
 and the fine-tuned model. Outputs in --output-dir: metrics.json, results.md, confusion.png, loss.png,
@@ -28,8 +28,10 @@ from llama_ft.zero_shot import classify_by_prompt
 PRESETS = {
     "study": dict(train="head", lr=2e-4, weight_decay=0.01, schedule="linear", warmup_ratio=0.0,
                   batch_size=16, epochs=3, max_length=128),
-    "default": dict(train="last:4", lr=1e-4, weight_decay=0.01, schedule="cosine", warmup_ratio=0.05,
-                    batch_size=32, epochs=2, max_length=128),
+    # last:4 trains the top 4 blocks on a cached trunk: on SmolLM2-135M, 16,000 sentences, 3 epochs,
+    # 88.1% vs 81.1% for 4,000 sentences and 2 epochs at lr 1e-4 (README "Results").
+    "default": dict(train="last:4", lr=2e-4, weight_decay=0.01, schedule="cosine", warmup_ratio=0.05,
+                    batch_size=32, epochs=3, max_length=128),
 }
 
 
