@@ -17,8 +17,6 @@ import argparse
 import sys
 import time
 
-import torch
-
 import llama_ft
 from llama_ft.data.squad import SquadDataError, load_squad, references, study_split
 from llama_ft.metrics import format_squad_table, squad_report, squad_v1
@@ -32,7 +30,7 @@ from llama_ft.qa_decode import (
     study_window_predictions,
 )
 from llama_ft.qa_features import build_windows, training_examples
-from llama_ft.runs import command_line, prepare_output_dir, write_json, write_text
+from llama_ft.runs import command_line, device_and_amp, prepare_output_dir, write_json, write_text
 from llama_ft.train import TrainConfig, predict, train
 from llama_ft.zero_shot_qa import answer_by_prompt, clean_answer
 
@@ -168,9 +166,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = prepare_output_dir(args.output_dir, args.overwrite)
     t_start = time.perf_counter()
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if args.device == "auto" else args.device)
-    amp = args.amp if args.amp != "auto" else ("fp16" if device == "cuda" and args.preset == "study" else "bf16")
+    device, amp = device_and_amp(args.device, args.amp, study=args.preset == "study")
     amp_dtype = None if amp == "none" else llama_ft.loading.as_dtype(amp)
     data, train_q, calib_q, test_q = load_splits(args)
     tokenizer = llama_ft.load_tokenizer(args.model)

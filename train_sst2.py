@@ -13,14 +13,12 @@ import argparse
 import sys
 import time
 
-import torch
-
 import llama_ft
 from llama_ft.data import sst2
 from llama_ft.metrics import classification_report, format_classification_table
 from llama_ft.plots import confusion_matrix_plot, loss_curve
 from llama_ft.policies import POLICY_HELP
-from llama_ft.runs import command_line, prepare_output_dir, write_json, write_text
+from llama_ft.runs import command_line, device_and_amp, prepare_output_dir, write_json, write_text
 from llama_ft.train import TrainConfig, predict, train
 from llama_ft.zero_shot import classify_by_prompt
 
@@ -101,9 +99,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = prepare_output_dir(args.output_dir, args.overwrite, args.resume)
     t_start = time.perf_counter()
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if args.device == "auto" else args.device)
-    amp = args.amp if args.amp != "auto" else ("fp16" if device == "cuda" and args.preset == "study" else "bf16")
+    device, amp = device_and_amp(args.device, args.amp, study=args.preset == "study")
     train_rows, test_rows = load_splits(args)
     tokenizer = llama_ft.load_tokenizer(args.model)
     rows_report: dict[str, dict] = {}

@@ -62,3 +62,14 @@ def _jsonable(x):
 def command_line() -> str:
     """The command that started this process, for run configs and model cards."""
     return " ".join(["python"] + [a if a and " " not in a else repr(a) for a in sys.argv])
+
+
+def device_and_amp(device: str = "auto", amp: str = "auto", study: bool = False) -> tuple[str, str]:
+    """The --device and --amp a recipe runs with: auto = CUDA when present; fp16 on CUDA for the study's
+    preset (it trained fp16 on T4s), bf16 otherwise."""
+    import torch
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if amp == "auto":
+        amp = "fp16" if device.startswith("cuda") and study else "bf16"
+    return device, amp
