@@ -117,7 +117,8 @@ def format_report(rep: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m llama_ft.audit", description=__doc__.splitlines()[0])
-    ap.add_argument("source", help="model folder, config.json, preset name (llama-3.2-1b, smollm2-135m), .gguf or Hub id")
+    ap.add_argument("source",
+                    help="model folder, config.json, preset name (llama-3.2-1b, smollm2-135m), .gguf or Hub id")
     ap.add_argument("--task", choices=TASK_NAMES + ("all",), default="all")
     ap.add_argument("--train", action="append", help="policy to audit (repeatable); default: " + ", ".join(POLICIES))
     ap.add_argument("--num-labels", type=int, default=2)

@@ -110,14 +110,14 @@ class LlamaConfig:
 
     # ------------------------------------------------------------------ I/O
     @classmethod
-    def from_dict(cls, d: dict, source: str | None = None) -> "LlamaConfig":
+    def from_dict(cls, d: dict, source: str | None = None) -> LlamaConfig:
         """Build from a parsed config.json; unknown fields are kept (and warned about)."""
         where = source or "config"
         if not isinstance(d, dict):
             raise ConfigError(f"{where}: expected a JSON object, got {type(d).__name__}.")
         missing = [k for k in _REQUIRED if k not in d]
         if missing:
-            raise ConfigError(f"{where}: missing required field(s) {', '.join('`%s`' % m for m in missing)}; "
+            raise ConfigError(f"{where}: missing required field(s) {', '.join(f'`{m}`' for m in missing)}; "
                               "a Llama config.json must define them.")
         mt = d.get("model_type")
         if mt not in (None, "llama"):
@@ -164,7 +164,7 @@ class LlamaConfig:
         return path
 
     @classmethod
-    def from_json_file(cls, path: str | Path) -> "LlamaConfig":
+    def from_json_file(cls, path: str | Path) -> LlamaConfig:
         path = Path(path)
         try:
             d = json.loads(path.read_text())
@@ -175,7 +175,7 @@ class LlamaConfig:
         return cls.from_dict(d, source=str(path))
 
     @classmethod
-    def from_pretrained(cls, src: str | Path, **hub_kwargs) -> "LlamaConfig":
+    def from_pretrained(cls, src: str | Path, **hub_kwargs) -> LlamaConfig:
         """A config from a preset name, a config.json, a model folder, a .gguf file or a Hub id."""
         if isinstance(src, str) and src.lower() in PRESETS:
             return cls.from_dict(dict(PRESETS[src.lower()]), source=f"preset {src.lower()!r}")

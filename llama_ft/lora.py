@@ -64,7 +64,7 @@ def add_lora(module: nn.Module, rank: int, alpha: float | None = None, dropout: 
 def merge_lora(module: nn.Module) -> int:
     """Fold every adapter into its weight and restore plain nn.Linear layers; returns how many."""
     n = 0
-    for name, mod in list(module.named_modules()):
+    for mod in list(module.modules()):
         for child_name, child in list(mod.named_children()):
             if isinstance(child, LoRALinear):
                 setattr(mod, child_name, child.merged())

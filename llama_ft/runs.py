@@ -23,7 +23,8 @@ def prepare_output_dir(path: str | Path, overwrite: bool = False, resume: bool =
         raise RunDirError(f"--output-dir {path} is a file; give a folder.")
     previous = path.is_dir() and any((path / m).exists() for m in RUN_MARKERS)
     if previous and not (overwrite or resume):
-        raise RunDirError(f"--output-dir {path} holds a previous run ({', '.join(m for m in RUN_MARKERS if (path / m).exists())}). "
+        found = ", ".join(m for m in RUN_MARKERS if (path / m).exists())
+        raise RunDirError(f"--output-dir {path} holds a previous run ({found}). "
                           "Pass --overwrite to replace it, --resume to continue it, or choose another folder.")
     if previous and overwrite and not resume:
         for m in RUN_MARKERS:

@@ -27,7 +27,8 @@ def checkpoint_files(folder: str | Path) -> dict[str, Path]:
         try:
             weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError) as e:
-            raise WeightsError(f"{folder / INDEX}: not a safetensors index (needs a `weight_map` object): {e}")
+            raise WeightsError(f"{folder / INDEX}: not a safetensors index (needs a `weight_map` object): "
+                               f"{e}") from None
         files = {name: folder / fname for name, fname in weight_map.items()}
         for f in set(files.values()):
             if not f.is_file():

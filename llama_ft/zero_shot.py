@@ -43,7 +43,8 @@ def label_token_ids(tokenizer) -> list[list[int]]:
 
 @torch.inference_mode()
 def classify_by_prompt(lm, tokenizer, sentences: list[str], batch_size: int = 32,
-                       amp: torch.dtype | None = torch.bfloat16, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                       amp: torch.dtype | None = torch.bfloat16,
+                       progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(predicted labels [N], P(positive) renormalised over the two label sets [N]) for each sentence."""
     device = next(lm.parameters()).device
     label_ids = label_token_ids(tokenizer)
