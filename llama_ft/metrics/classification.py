@@ -31,7 +31,7 @@ def class_labels(y_true: Sequence[Hashable], y_pred: Sequence[Hashable]) -> list
     try:
         return sorted(set(y_true) | set(y_pred))
     except TypeError:
-        raise ValueError("classification: labels mix strings and numbers; use one type for every label")
+        raise ValueError("classification: labels mix strings and numbers; use one type for every label") from None
 
 
 def confusion_matrix(y_true: Sequence[Hashable], y_pred: Sequence[Hashable]) -> np.ndarray:

