@@ -19,7 +19,7 @@ from llama_ft.tokenizer import (
 )
 
 # Meta's pattern, written out here independently of llama_ft.tokenizer.LLAMA3_PATTERN.
-META_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+META_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"  # noqa: E501
 EDGE = [
     "", " ", "   ", "\n", "\n\n\n", " \n \n", "\t\tx", "a\r\nb\r\n\r\n", "trailing   ", "  leading",
     "1", "12", "123", "1234", "12345678901234567890", "3.14159 and 1,000,000 and -42", "x1y22z333",
