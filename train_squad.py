@@ -30,7 +30,7 @@ from llama_ft.qa_decode import (
     study_window_predictions,
 )
 from llama_ft.qa_features import build_windows, training_examples
-from llama_ft.runs import command_line, device_and_amp, prepare_output_dir, write_json, write_text
+from llama_ft.runs import command_line, device_and_amp, finish_run, prepare_output_dir, write_json
 from llama_ft.train import TrainConfig, predict, train
 from llama_ft.zero_shot_qa import answer_by_prompt, clean_answer
 
@@ -279,14 +279,9 @@ def main(argv=None) -> int:
                             f"study's split, seed 1), windows of {args.max_length} tokens with stride {args.stride}; "
                             f"evaluated per question on {len(test_q):,} held-out questions."),
             "hyperparameters": {k: getattr(args, k) for k in PRESETS["study"]} | {"amp": amp, "seed": args.seed}}
-    if llama_ft.config.hub_id_for(args.model):
-        card["base_model"] = llama_ft.config.hub_id_for(args.model)
     scores = {k: rows[finetuned]["test"][k] for k in ("exact_match", "f1")}
-    llama_ft.save_pretrained(model, out / "model", tokenizer=tokenizer, overwrite=True, metrics=scores, card=card)
-    write_text(out / "results.md", table)
-    write_json(out / "metrics.json", metrics)
-    if args.push_to_hub:
-        print("pushed:", llama_ft.push_to_hub(out / "model", args.push_to_hub, private=args.private))
+    finish_run(out, model, tokenizer, source=args.model, scores=scores, card=card, results_md=table, metrics=metrics,
+               push_to_hub=args.push_to_hub, private=args.private)
     return 0
 
 

@@ -18,7 +18,7 @@ from llama_ft.data import sst2
 from llama_ft.metrics import classification_report, format_classification_table
 from llama_ft.plots import confusion_matrix_plot, loss_curve
 from llama_ft.policies import POLICY_HELP
-from llama_ft.runs import command_line, device_and_amp, prepare_output_dir, write_json, write_text
+from llama_ft.runs import command_line, device_and_amp, finish_run, prepare_output_dir, write_json
 from llama_ft.train import TrainConfig, predict, train
 from llama_ft.zero_shot import classify_by_prompt
 
@@ -162,17 +162,12 @@ def main(argv=None) -> int:
                 hyperparameters={k: getattr(args, k) for k in PRESETS["study"]} | {"amp": amp, "seed": args.seed},
                 description=f"Trained and evaluated on the {args.split} split ({len(train_rows):,} train / "
                             f"{len(test_rows):,} test sentences).")
-    if llama_ft.config.hub_id_for(args.model):
-        card["base_model"] = llama_ft.config.hub_id_for(args.model)
     scores = {k: v for k, v in rows_report[finetuned].items() if k in ("accuracy", "precision", "recall", "f1")}
-    llama_ft.save_pretrained(model, out / "model", tokenizer=tokenizer, overwrite=True, metrics=scores, card=card)
-    write_text(out / "results.md", f"# SST-2 ({args.model}, {args.train})\n\n{table}\n\n"
-                                   f"split: {len(train_rows):,} train / {len(test_rows):,} test; "
-                                   f"wall time {timings['total_seconds']:.0f} s; "
-                                   f"training {result.tokens_per_second:,.0f} tokens/s\n")
-    write_json(out / "metrics.json", metrics)
-    if args.push_to_hub:
-        print("pushed:", llama_ft.push_to_hub(out / "model", args.push_to_hub, private=args.private))
+    results_md = (f"# SST-2 ({args.model}, {args.train})\n\n{table}\n\nsplit: {len(train_rows):,} train / "
+                  f"{len(test_rows):,} test; wall time {timings['total_seconds']:.0f} s; "
+                  f"training {result.tokens_per_second:,.0f} tokens/s\n")
+    finish_run(out, model, tokenizer, source=args.model, scores=scores, card=card, results_md=results_md,
+               metrics=metrics, push_to_hub=args.push_to_hub, private=args.private)
     return 0
 
 

@@ -74,3 +74,19 @@ def device_and_amp(device: str = "auto", amp: str = "auto", study: bool = False)
     if amp == "auto":
         amp = "fp16" if device.startswith("cuda") and study else "bf16"
     return device, amp
+
+
+def finish_run(out: Path, model, tokenizer, *, source: str, scores: dict, card: dict, results_md: str,
+               metrics: dict, push_to_hub: str | None = None, private: bool = False) -> None:
+    """Export the fine-tuned model to out/model (with its model card), then write results.md and, last,
+    metrics.json (a run's completion mark); optionally upload the model to the Hub."""
+    import llama_ft
+    from .config import hub_id_for
+    card = dict(card)
+    if hub_id_for(source):
+        card["base_model"] = hub_id_for(source)
+    llama_ft.save_pretrained(model, out / "model", tokenizer=tokenizer, overwrite=True, metrics=scores, card=card)
+    write_text(out / "results.md", results_md)
+    write_json(out / "metrics.json", metrics)
+    if push_to_hub:
+        print("pushed:", llama_ft.push_to_hub(out / "model", push_to_hub, private=private))
