@@ -1,18 +1,21 @@
-"""Tokens/s of one training step, llama_ft vs transformers, per freezing policy; trunk-cache epochs; memory.
+"""Tokens/s of one training step, llama_ft vs transformers, per freezing policy; eval tokens/s; step memory.
 
     python benchmarks/train_step.py --quick            # SmolLM2-135M and Llama-3.2-1B shapes, a few minutes
     python benchmarks/train_step.py --batch 8 --seq 256 --reps 5 --full-1b   # longer; 1B `full` needs ~25 GiB
+    python -m benchmarks                                # the whole suite (this, MFU, cost curves, end-to-end)
 
-Random weights, classification head, bf16 autocast on CPU. Both models get the same policy and the same
-dtypes (frozen weights bf16, trainable weights fp32 masters, torch AdamW foreach, clip 1.0); LoRA on the
-transformers model is our LoRALinear wrapped around its nn.Linear layers (same names). Our step is
-llama_ft.train.train_step; theirs is the plain loop (autocast forward with labels, backward, clip, step,
-zero_grad). Repetitions alternate ours/theirs so background load hits both alike; the median step counts.
-Llama-3.2-1B `full` is skipped unless --full-1b: fp32 AdamW alone needs ~20 GB, two models do not fit.
+Random weights, classification head, autocast (bf16 on CPU; bf16 or fp16 on CUDA). Both models get the same
+weights and dtypes (frozen weights bf16 as our engine stores them, trainable weights fp32 masters), the same
+batch, torch AdamW (fused, as ours and as the HF Trainer's default `adamw_torch_fused`), clip 1.0 and, under fp16, a GradScaler. LoRA on the
+transformers model is our LoRALinear around its nn.Linear layers (same names, same adapter weights). Our step
+is llama_ft.train.train_step; theirs is the plain loop (autocast forward with labels and use_cache=False,
+backward, clip, step, zero_grad). A second transformers column, "as commonly run", keeps every weight fp32
+under the same autocast (what the HF Trainer does with bf16=True / fp16=True). Repetitions alternate
+ours/theirs so background load hits both alike; the median repetition counts.
 
-Trunk cache: `train()` for two epochs with and without the cache; the second epoch's speed-up against the
-FLOP ratio (bottom forward + 3x top) / (3x top). Memory: peak RSS growth while our model is built and
-stepped, next to llama_ft.audit.memory_estimate (weights, masters, grads, AdamW; no activations).
+Memory per model: resident bytes (weights, AdamW state) plus the peak growth during one step (activations,
+gradients): CUDA allocator counters, or on CPU the resident set sampled every 2 ms.
+Llama-1B `full` on CPU is skipped unless --full-1b: fp32 AdamW alone needs ~20 GB, two models do not fit.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,18 +35,38 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llama_ft import LlamaConfig
-from llama_ft.audit import count_parameters, memory_estimate
-from llama_ft.loading import random_model
+from llama_ft.audit import count_parameters
+from llama_ft.loading import build_model, random_model
 from llama_ft.lora import add_lora
 from llama_ft.policies import parse_policy
-from llama_ft.train import TrainConfig, train, train_step
+from llama_ft.train import TrainConfig, train_step
+from llama_ft.train.config import resolve_frozen_dtype
 from llama_ft.train.loop import TaskLoss, prepare_model
 from llama_ft.train.optim import build_optimizer, build_scheduler
-from llama_ft.train.trunk import find_split, flop_ratio
+from llama_ft.train.trunk import bottom_forward, find_split
 
+AMP_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}
 POLICIES = ("head", "last:1", "last:4", "lora:8", "full")
 SHAPES = ("smollm2-135m", "llama-3.2-1b")
-BF16 = torch.bfloat16
+# A few-MB model of the same architecture, for smoke tests of the suite itself.
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": 512, "tie_word_embeddings": True, "pad_token_id": 0}
+
+
+@dataclass
+class Setting:
+    """Where and how one comparison runs."""
+    device: torch.device
+    amp: torch.dtype | None
+    batch: int
+    seq: int
+    steps: int = 2     # steps per timed repetition
+    reps: int = 5
+    common: bool = True  # also time transformers "as commonly run" (fp32 weights + autocast)
+
+    @property
+    def frozen_dtype(self) -> torch.dtype:
+        return resolve_frozen_dtype("auto", self.amp)
 
 
 def rss() -> int:
@@ -71,240 +95,317 @@ class PeakRSS:
 
 def release_memory() -> None:
     gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
         pass
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def config(shape: str) -> LlamaConfig:
-    cfg = LlamaConfig.from_pretrained(shape)
+    """The preset's config (or the tiny one), with a pad id so transformers can pool a batch."""
+    cfg = LlamaConfig(**TINY) if shape == "tiny" else LlamaConfig.from_pretrained(shape)
     cfg.pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
     return cfg
 
 
-def batch(cfg: LlamaConfig, b: int, t: int, seed: int = 0) -> dict:
+def batch(cfg: LlamaConfig, b: int, t: int, device: torch.device, seed: int = 0) -> dict:
+    """Random ids (never the pad id), a full attention mask and binary labels."""
     g = torch.Generator().manual_seed(seed)
-    return {"input_ids": torch.randint(3, cfg.vocab_size, (b, t), generator=g),
-            "attention_mask": torch.ones(b, t, dtype=torch.long), "label": torch.randint(0, 2, (b,), generator=g)}
+    return {"input_ids": torch.randint(3, cfg.vocab_size, (b, t), generator=g).to(device),
+            "attention_mask": torch.ones(b, t, dtype=torch.long, device=device),
+            "label": torch.randint(0, 2, (b,), generator=g).to(device)}
 
 
-def ours_stepper(model, policy: str):
-    prepare_model(model, TrainConfig(policy=policy, amp="bf16"), BF16, torch.device("cpu"))
-    opt = build_optimizer(model, 1e-5, 0.01, torch.device("cpu"))
+def tensor_bytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        if t is not None and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+class Stepper:
+    """One training step of a model (ours or transformers) and what it keeps resident."""
+
+    def __init__(self, model, opt, step_fn):
+        self.model, self.opt, self._step = model, opt, step_fn
+        self.with_cache = None  # ours under a policy with a frozen bottom: b -> the cached-epoch Stepper
+
+    def __call__(self, b: dict) -> float | torch.Tensor:
+        return self._step(b)
+
+    def resident_bytes(self) -> int:
+        state = [t for s in self.opt.state.values() for t in s.values() if torch.is_tensor(t) and t.ndim] \
+            if self.opt is not None else []
+        return tensor_bytes(list(self.model.parameters()) + list(self.model.buffers())) + tensor_bytes(state)
+
+
+def ours_stepper(model, policy: str, s: Setting) -> Stepper:
+    prepare_model(model, TrainConfig(policy=policy), s.frozen_dtype, s.device)
+    opt = build_optimizer(model, 1e-5, 0.01, s.device)
     sched = build_scheduler(opt, 10**6, 0.0, "linear")
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    scaler = torch.amp.GradScaler(s.device.type, enabled=s.amp == torch.float16)
     params = [p for p in model.parameters() if p.requires_grad]
-    loss_model = TaskLoss(model, find_split(model), BF16)
+    feature_dtype = torch.bfloat16 if s.amp is not None else torch.float32  # as train() does
+    loss_model = TaskLoss(model, find_split(model), feature_dtype)
 
     def step(b):
-        mb = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"], "label": b["label"]}
-        train_step(loss_model, [mb], opt, sched, scaler, params, step_examples=len(b["label"]), world=1,
-                   amp_dtype=BF16, device=torch.device("cpu"), max_grad_norm=1.0)
-    return step
+        loss, _ = train_step(loss_model, [b], opt, sched, scaler, params, step_examples=len(b["label"]), world=1,
+                             amp_dtype=s.amp, device=s.device, max_grad_norm=1.0)
+        return loss
+    stepper = Stepper(model, opt, step)
+    split = loss_model.split
+    if split.has_frozen_bottom and (split.start > 0 or not split.per_token):
+        stepper.with_cache = lambda b: _cached_step(step, model, split, feature_dtype, b, s)
+    return stepper
 
 
-def hf_model(ours_sd: dict, cfg: LlamaConfig, policy: str, trainable: set[str]):
+def _cached_step(step, model, split, feature_dtype, b: dict, s: Setting):
+    """The step an epoch after the first runs with the trunk cache: the frozen bottom's output precomputed."""
+    with torch.inference_mode(), torch.autocast(s.device.type, dtype=s.amp or torch.bfloat16,
+                                                enabled=s.amp is not None):
+        feats = bottom_forward(model, split, b["input_ids"], b["attention_mask"]).to(feature_dtype)
+    mb = {"input_ids": None, "attention_mask": b["attention_mask"], "label": b["label"], "features": feats.clone()}
+    return Stepper(model, None, lambda _b: step(mb))
+
+
+def hf_twin(ours, cfg: LlamaConfig, policy: str, s: Setting, all_fp32: bool = False):
+    """transformers' LlamaForSequenceClassification holding a copy of our weights (same names, same dtypes,
+    same LoRA adapters; all_fp32: every weight fp32), with the same parameters trainable."""
     import transformers
     d = {k: v for k, v in cfg.to_dict().items() if k != "architectures"}
     hcfg = transformers.LlamaConfig(**d, num_labels=2)
     hcfg._attn_implementation = "sdpa"
-    model = transformers.LlamaForSequenceClassification(hcfg)
-    model.load_state_dict(ours_sd, strict=False)
+    with torch.device("meta"):
+        model = transformers.LlamaForSequenceClassification(hcfg)
     pol = parse_policy(policy)
     if pol.kind == "lora":
-        torch.manual_seed(0)
         add_lora(model.model, pol.rank, pol.alpha)
+    sd = {k: (v.detach().float() if all_fp32 else v.detach()).clone() for k, v in ours.state_dict().items()}
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    if unexpected or any("rotary" not in k for k in missing):
+        raise RuntimeError(f"weights do not map onto transformers: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    # The rope buffers are not in the state dict: rebuild that module off the meta device.
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config).to(s.device)
+    trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
     for n, p in model.named_parameters():
         p.requires_grad_(n in trainable)
-        p.data = p.data.to(torch.float32 if p.requires_grad else BF16)
-    missing = trainable - {n for n, _ in model.named_parameters()}
-    assert not missing, f"transformers model lacks {sorted(missing)[:3]}"
     model.train()
     return model
 
 
-def hf_stepper(model):
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2 and "lora_" not in n]
-    rest = [p for n, p in model.named_parameters() if p.requires_grad and not (p.ndim >= 2 and "lora_" not in n)]
+def hf_stepper(model, s: Setting) -> Stepper:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    decay = [p for n, p in named if p.ndim >= 2 and "lora_" not in n]
+    rest = [p for n, p in named if not (p.ndim >= 2 and "lora_" not in n)]
     opt = torch.optim.AdamW([g for g in ({"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0})
-                             if g["params"]], lr=1e-5, foreach=True)
+                             if g["params"]], lr=1e-5, fused=True)
+    scaler = torch.amp.GradScaler(s.device.type, enabled=s.amp == torch.float16)
 
     def step(b):
-        with torch.autocast("cpu", dtype=BF16):
-            loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["label"]).loss
-        loss.backward()
+        with torch.autocast(s.device.type, dtype=s.amp or torch.bfloat16, enabled=s.amp is not None):
+            loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["label"],
+                         use_cache=False).loss
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
-    return step
+        return loss.detach()
+    return Stepper(model, opt, step)
 
 
-def timed(step, b, n: int) -> float:
+def timed(fn, b: dict, n: int, device: torch.device) -> float:
+    """Seconds per call of fn(b), over n calls (device synchronised at both ends)."""
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(n):
-        step(b)
+        fn(b)
+    sync(device)
     return (time.perf_counter() - t0) / n
 
 
-def bench_policy(shape: str, policy: str, args) -> dict:
-    cfg = config(shape)
-    b = batch(cfg, args.batch, args.seq)
+def step_memory(fn, b: dict, device: torch.device) -> int:
+    """Peak bytes one more call of fn(b) adds over what was held before it."""
     release_memory()
+    sync(device)
+    if device.type == "cuda":
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn(b)
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - base
     base = rss()
     with PeakRSS() as mem:
-        ours = random_model(cfg, "classification", 2, dtype=torch.float32, seed=0)
-        sd = {k: v.clone() for k, v in ours.state_dict().items()} if not args.no_hf else None
-        step_ours = ours_stepper(ours, policy)
-        if sd is not None:
-            # The fp32 copy for transformers is not ours: keep it out of our peak.
-            mem_sd = sum(v.numel() * v.element_size() for v in sd.values())
-        step_ours(b)
-        step_ours(b)
-    ours_peak = mem.peak - base - (mem_sd if sd is not None else 0)
+        fn(b)
+    return max(0, mem.peak - base)
+
+
+def eval_fn(model, is_hf: bool, s: Setting):
+    """Inference forward of a classification batch under autocast (what predict() runs per batch)."""
+    def run(b):
+        with torch.inference_mode(), torch.autocast(s.device.type, dtype=s.amp or torch.bfloat16,
+                                                    enabled=s.amp is not None):
+            if is_hf:
+                return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+            return model(b["input_ids"], b["attention_mask"])
+    return run
+
+
+def interleaved(fns: dict, b: dict, s: Setting) -> dict[str, float]:
+    """Median seconds per call of each fn, repetitions alternating between them."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(s.reps):
+        for k, fn in fns.items():
+            times[k].append(timed(fn, b, s.steps, s.device))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_policy(shape: str, policy: str, s: Setting, with_hf: bool = True, with_eval: bool = False,
+                 with_cache: bool = True) -> dict:
+    """Ours vs transformers (like for like, and as commonly run) on one policy: tokens/s, memory, first loss.
+    with_cache: also ours as every epoch after the first runs with the trunk cache (ours_cache_tok_s)."""
+    cfg = config(shape)
+    b = batch(cfg, s.batch, s.seq, s.device)
+    release_memory()
+    ours = random_model(cfg, "classification", 2, dtype=torch.float32, device=s.device, seed=0)
+    steppers = {"ours": ours_stepper(ours, policy, s)}
     counts = count_parameters(ours)
-    est = memory_estimate(counts, BF16)
-    trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
-    row = {"shape": shape, "policy": policy, "batch": args.batch, "seq": args.seq,
-           "trainable": counts["trainable"], "total": counts["total"],
-           "peak_rss_gib": round(ours_peak / 2**30, 3), "audit_estimate_gib": round(est["total"] / 2**30, 3)}
-    ours_t, hf_t = [], []
-    step_hf = None
-    if sd is not None:
-        hf = hf_model(sd, cfg, policy, trainable)
-        del sd
-        release_memory()
-        step_hf = hf_stepper(hf)
-        step_hf(b)
-    for _ in range(args.reps):
-        ours_t.append(timed(step_ours, b, args.steps))
-        if step_hf is not None:
-            hf_t.append(timed(step_hf, b, args.steps))
-    tokens = args.batch * args.seq
-    row["ours_tok_s"] = round(tokens / statistics.median(ours_t), 1)
-    if hf_t:
-        row["hf_tok_s"] = round(tokens / statistics.median(hf_t), 1)
-        row["ratio"] = round(row["ours_tok_s"] / row["hf_tok_s"], 3)
+    if with_hf:
+        steppers["hf"] = hf_stepper(hf_twin(ours, cfg, policy, s), s)
+        if s.common and policy != "full":  # under `full` every weight is an fp32 master already
+            steppers["hf_common"] = hf_stepper(hf_twin(ours, cfg, policy, s, all_fp32=True), s)
+    # First step from identical weights: the losses must agree (a check that both compute the same thing).
+    first = {k: float(st(b)) for k, st in steppers.items()}
+    if with_cache and steppers["ours"].with_cache is not None:
+        steppers["ours_cache"] = steppers["ours"].with_cache(b)
+    t = interleaved(steppers, b, s)
+    tokens = s.batch * s.seq
+    row = {"shape": shape, "policy": policy, "amp": AMP_NAMES[s.amp], "batch": s.batch,
+           "seq": s.seq, "trainable": counts["trainable"], "total": counts["total"]}
+    for k in steppers:
+        row[f"{k}_tok_s"] = round(tokens / t[k], 1)
+    if "hf" in t:
+        row["ratio"] = round(t["hf"] / t["ours"], 3)
+        row["first_loss_diff"] = round(abs(first["ours"] - first["hf"]), 5)
+    if "hf_common" in t:
+        row["ratio_common"] = round(t["hf_common"] / t["ours"], 3)
+    if "ours_cache" in t and "hf" in t:
+        row["ratio_cache"] = round(t["hf"] / t["ours_cache"], 3)
+    for k, st in steppers.items():
+        if k == "ours_cache":
+            continue
+        resident = st.resident_bytes()
+        row[f"{k}_mem_gib"] = round((resident + step_memory(st, b, s.device)) / 2**30, 3)
+    if with_eval:
+        fns = {"ours": eval_fn(ours, False, s)}
+        if with_hf:
+            fns["hf"] = eval_fn(steppers["hf"].model, True, s)
+        for m in (st.model for st in steppers.values()):
+            m.eval()
+        with torch.inference_mode():
+            outs = {k: fn(b).float() for k, fn in fns.items()}
+        te = interleaved(fns, b, s)
+        for k in fns:
+            row[f"eval_{k}_tok_s"] = round(tokens / te[k], 1)
+        if "hf" in te:
+            row["eval_ratio"] = round(te["hf"] / te["ours"], 3)
+            row["eval_max_logit_diff"] = round((outs["ours"] - outs["hf"]).abs().max().item(), 4)
+    del steppers, ours
+    release_memory()
     return row
 
 
-def bench_full_1b_sequential(args) -> dict:
-    """Llama-1B `full`: ours, freed, then theirs (both at once do not fit); not interleaved."""
+def bench_full_1b_sequential(s: Setting) -> dict:
+    """Llama-1B `full` on CPU: ours, freed, then theirs (both at once do not fit); not interleaved."""
     shape, policy = "llama-3.2-1b", "full"
     cfg = config(shape)
-    b = batch(cfg, args.batch, args.seq)
+    b = batch(cfg, s.batch, s.seq, s.device)
     ours = random_model(cfg, "classification", 2, dtype=torch.float32, seed=0)
     sd_path = Path("/tmp/llama_ft_bench_1b.pt")
     torch.save(ours.state_dict(), sd_path)
-    step = ours_stepper(ours, policy)
+    step = ours_stepper(ours, policy, s)
     step(b)
-    t_ours = statistics.median(timed(step, b, args.steps) for _ in range(args.reps))
-    trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
+    t_ours = statistics.median(timed(step, b, s.steps, s.device) for _ in range(s.reps))
     del ours, step
     release_memory()
-    hf = hf_model(torch.load(sd_path, mmap=True), cfg, policy, trainable)
+    ours = build_model(cfg, "classification", 2)
+    ours.load_state_dict(torch.load(sd_path, mmap=True), assign=True)
+    prepare_model(ours, TrainConfig(policy=policy), s.frozen_dtype, s.device)
+    hf = hf_twin(ours, cfg, policy, s)
+    del ours
     sd_path.unlink()
-    step = hf_stepper(hf)
+    step = hf_stepper(hf, s)
     step(b)
-    t_hf = statistics.median(timed(step, b, args.steps) for _ in range(args.reps))
-    tokens = args.batch * args.seq
-    return {"shape": shape, "policy": policy, "batch": args.batch, "seq": args.seq, "ours_tok_s": round(tokens / t_ours, 1),
-            "hf_tok_s": round(tokens / t_hf, 1), "ratio": round(t_hf / t_ours, 3), "note": "sequential, not interleaved"}
-
-
-def bench_cache(shape: str, policy: str, args) -> dict:
-    """Second-epoch seconds with and without the frozen-trunk cache, against the FLOP-ratio prediction."""
-    cfg = config(shape)
-    g = torch.Generator().manual_seed(1)
-    n = args.batch * args.cache_steps
-    data = [{"input_ids": torch.randint(3, cfg.vocab_size, (args.seq,), generator=g).tolist(), "label": i % 2}
-            for i in range(n)]
-    epoch2 = {}
-    for use in (False, True):
-        model = random_model(cfg, "classification", 2, dtype=torch.float32, seed=0)
-        r = train(model, data, TrainConfig(policy=policy, amp="bf16", batch_size=args.batch, epochs=2,
-                                           trunk_cache=use, progress=False, device="cpu"))
-        epoch2[use] = r.epoch_seconds[1]
-        split = find_split(model)
-        del model
-        release_memory()
-    speedup = epoch2[False] / epoch2[True]
-    pred = flop_ratio(_meta(cfg, policy), split)
-    row = {"shape": shape, "policy": policy, "epoch2_s_no_cache": round(epoch2[False], 3),
-           "epoch2_s_cache": round(epoch2[True], 3), "speedup": round(speedup, 2),
-           "flop_ratio": None if pred == float("inf") else round(pred, 2)}
-    if row["flop_ratio"]:
-        row["fraction_of_predicted"] = round((speedup - 1) / (pred - 1), 2) if pred > 1 else None
-    return row
-
-
-def _meta(cfg, policy):
-    from llama_ft.loading import build_model
-    from llama_ft.policies import apply_policy
-    m = build_model(cfg, "classification", 2)
-    apply_policy(m, policy)
-    return m
+    t_hf = statistics.median(timed(step, b, s.steps, s.device) for _ in range(s.reps))
+    tokens = s.batch * s.seq
+    return {"shape": shape, "policy": policy, "amp": AMP_NAMES[s.amp], "batch": s.batch,
+            "seq": s.seq, "ours_tok_s": round(tokens / t_ours, 1), "hf_tok_s": round(tokens / t_hf, 1),
+            "ratio": round(t_hf / t_ours, 3), "note": "sequential, not interleaved"}
 
 
 def table(rows: list[dict], cols: list[str]) -> str:
+    cols = [c for c in cols if any(c in r for r in rows)]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    out += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(out)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+    return str(v)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="batch 2, seq 64, 1 step x 3 reps, 1 thread, trunk-cache runs on the first shape only")
-    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES)
+    ap.add_argument("--quick", action="store_true", help="batch 2, seq 64, 1 step x 3 reps")
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES + ("tiny",))
     ap.add_argument("--policies", nargs="+", default=list(POLICIES))
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=2, help="steps per timed repetition")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--cache-steps", type=int, default=8, help="steps per epoch in the trunk-cache runs")
-    ap.add_argument("--full-1b", action="store_true", help="also run Llama-1B `full` (~25 GiB; sequential)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", default="bf16", choices=("bf16", "fp16"))
+    ap.add_argument("--full-1b", action="store_true", help="also run Llama-1B `full` on CPU (~25 GiB; sequential)")
     ap.add_argument("--no-hf", action="store_true", help="ours only")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     if args.quick:
-        args.batch, args.seq, args.steps, args.reps, args.cache_steps = 2, 64, 1, 3, 4
-        # On a shared 2-core machine two OpenMP threads spin against other jobs: one is faster.
-        args.threads = args.threads or 1
+        args.batch, args.seq, args.steps, args.reps = 2, 64, 1, 3
     if args.threads:
         torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    rows, cache_rows, skipped = [], [], []
+    s = Setting(torch.device(args.device), {"bf16": torch.bfloat16, "fp16": torch.float16}[args.amp],
+                args.batch, args.seq, args.steps, args.reps)
+    rows, skipped = [], []
     for shape in args.shapes:
         for policy in args.policies:
-            if shape == "llama-3.2-1b" and policy == "full":
+            if shape == "llama-3.2-1b" and policy == "full" and s.device.type == "cpu":
                 if args.full_1b:
-                    rows.append(bench_full_1b_sequential(args))
+                    rows.append(bench_full_1b_sequential(s))
                 else:
                     skipped.append("llama-3.2-1b full (needs ~25 GiB; pass --full-1b)")
                 continue
-            rows.append(bench_policy(shape, policy, args))
+            rows.append(bench_policy(shape, policy, s, with_hf=not args.no_hf, with_eval=policy == "head"))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-            release_memory()
-        for policy in ("head", "last:1", "last:4"):
-            # --quick: the cache runs (two 2-epoch trainings per policy) on the first shape only.
-            if policy in args.policies and not (args.quick and shape != args.shapes[0]):
-                cache_rows.append(bench_cache(shape, policy, args))
-                print(json.dumps(cache_rows[-1]), file=sys.stderr, flush=True)
-    result = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "steps": rows, "trunk_cache": cache_rows, "skipped": skipped,
-              "seconds": round(time.perf_counter() - t0, 1)}
-    print(json.dumps(result, indent=2))
-    print()
-    print(table(rows, ["shape", "policy", "batch", "seq", "trainable", "ours_tok_s", "hf_tok_s", "ratio",
-                       "peak_rss_gib", "audit_estimate_gib"]))
-    print()
-    print(table(cache_rows, ["shape", "policy", "epoch2_s_no_cache", "epoch2_s_cache", "speedup", "flop_ratio",
-                             "fraction_of_predicted"]))
-    for s in skipped:
-        print(f"skipped: {s}")
+    result = {"device": str(s.device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "steps": rows, "skipped": skipped}
+    print(table(rows, ["shape", "policy", "batch", "seq", "ours_tok_s", "hf_tok_s", "ratio", "hf_common_tok_s",
+                       "ratio_common", "ours_mem_gib", "hf_mem_gib", "eval_ratio"]))
+    for sk in skipped:
+        print(f"skipped: {sk}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

@@ -1,0 +1,68 @@
+"""The benchmark suite (benchmarks/): FLOP counting, padding waste, run folders, and a smoke run of the suite."""
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import e2e, mfu
+from benchmarks.curves import padding_table
+from benchmarks.run import main
+from benchmarks.train_step import config
+
+
+def test_flops_full_is_six_p_plus_attention():
+    cfg = config("tiny")
+    seq = 32
+    layer_p = (2 * cfg.hidden_size * cfg.num_attention_heads * cfg.head_dim
+               + 2 * cfg.hidden_size * cfg.num_key_value_heads * cfg.head_dim + 3 * cfg.hidden_size * cfg.intermediate_size)
+    attn = 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq  # PaLM's count
+    head = 6 * cfg.hidden_size * 2 / seq  # the score layer on one pooled token per sequence
+    f = mfu.step_flops(cfg, "full", seq)
+    assert f["matmul_params"] == cfg.num_hidden_layers * layer_p
+    assert f["per_token"] == pytest.approx(6 * f["matmul_params"] + attn + head)
+    assert mfu.step_flops(cfg, "full", seq, causal=True)["per_token"] == pytest.approx(
+        6 * f["matmul_params"] + attn / 2 + head)
+
+
+def test_flops_frozen_blocks_forward_only():
+    cfg = config("tiny")
+    seq, n = 32, cfg.num_hidden_layers
+    head = mfu.step_flops(cfg, "head", seq)
+    last1 = mfu.step_flops(cfg, "last:1", seq)
+    lora = mfu.step_flops(cfg, "lora:8", seq)
+    per_layer_fwd = (head["forward_per_token"] - 2 * cfg.hidden_size * 2 / seq) / n
+    # head: forward everywhere plus the head's weight gradient; last:1: one block costs 3x its forward.
+    assert head["per_token"] == pytest.approx(head["forward_per_token"] + 2 * cfg.hidden_size * 2 / seq)
+    assert last1["per_token"] - head["per_token"] == pytest.approx(2 * per_layer_fwd + 2 * cfg.hidden_size * 2 / seq)
+    assert head["per_token"] < last1["per_token"] < lora["per_token"] < mfu.step_flops(cfg, "full", seq)["per_token"]
+
+
+def test_padding_grouped_wastes_less():
+    lengths = np.random.default_rng(0).integers(3, 60, 5000)
+    for row in padding_table(lengths, [8, 32]):
+        assert 0 <= row["waste_grouped"] < row["waste_shuffled"] < 1
+
+
+def test_read_run(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({
+        "task": "sst2", "model": "smollm2-135m", "policy": "last:4", "device": "cpu", "amp": "bf16",
+        "split": {"train": 100}, "timings": {"total_seconds": 12.34, "train_seconds": 8.0},
+        "train": {"tokens_per_second": 1234.5, "steps": 4, "padding_waste": 0.05, "epoch_seconds": [4.0, 4.0],
+                  "trunk_cache": {"seconds": 1.5}}}))
+    row = e2e.read_run(tmp_path)
+    assert (row["wall_s"], row["train_tok_s"], row["trunk_cache_s"], row["train_examples"]) == (12.3, 1234.5, 1.5, 100)
+    with pytest.raises(FileNotFoundError, match="metrics.json"):
+        e2e.read_run(tmp_path / "missing")
+
+
+def test_suite_smoke(tmp_path, capsys):
+    assert main(["--smoke", "--sections", "steps", "--policies", "head,lora:8", "--no-common", "--threads", "1",
+                 "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert not res["errors"]
+    rows = {r["policy"]: r for r in res["steps"]}
+    assert set(rows) == {"head", "lora:8"}
+    for r in rows.values():
+        assert r["ours_tok_s"] > 0 and r["hf_tok_s"] > 0 and r["first_loss_diff"] < 1e-2
+    assert rows["head"]["eval_max_logit_diff"] < 0.05
+    assert "| tiny | head |" in capsys.readouterr().out
