@@ -30,7 +30,14 @@ from llama_ft.qa_decode import (
     study_window_predictions,
 )
 from llama_ft.qa_features import build_windows, training_examples
-from llama_ft.runs import command_line, device_and_amp, finish_run, prepare_output_dir, write_json
+from llama_ft.runs import (
+    add_run_arguments,
+    command_line,
+    device_and_amp,
+    finish_run,
+    prepare_output_dir,
+    write_json,
+)
 from llama_ft.train import TrainConfig, predict, train
 from llama_ft.zero_shot_qa import answer_by_prompt, clean_answer
 
@@ -77,15 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "re-decoded from ids (only to reproduce its numbers)")
     ap.add_argument("--n-best", type=int, default=20, help="span candidates kept per window")
     ap.add_argument("--max-answer-tokens", type=int, default=30, help="longest answer span, in tokens")
-    ap.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
-                    help="autocast dtype; auto = fp16 on CUDA under --preset study (as the study), else bf16")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--no-zero-shot", action="store_true", help="skip the two zero-shot rows")
-    ap.add_argument("--output-dir", default="runs/squad")
-    ap.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
-    ap.add_argument("--push-to-hub", metavar="OWNER/NAME", help="upload the fine-tuned model to the Hub")
-    ap.add_argument("--private", action="store_true", help="with --push-to-hub: a private repo")
-    ap.add_argument("--device", default="auto")
+    add_run_arguments(ap, output_dir="runs/squad")
     args = ap.parse_args(argv)
     if args.study_windows:
         if args.max_length is not None or args.stride is not None:

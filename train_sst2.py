@@ -18,7 +18,14 @@ from llama_ft.data import sst2
 from llama_ft.metrics import classification_report, format_classification_table
 from llama_ft.plots import confusion_matrix_plot, loss_curve
 from llama_ft.policies import POLICY_HELP
-from llama_ft.runs import command_line, device_and_amp, finish_run, prepare_output_dir, write_json
+from llama_ft.runs import (
+    add_run_arguments,
+    command_line,
+    device_and_amp,
+    finish_run,
+    prepare_output_dir,
+    write_json,
+)
 from llama_ft.train import TrainConfig, predict, train
 from llama_ft.zero_shot import classify_by_prompt
 
@@ -54,16 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--max-length", type=int, help="tokens per sentence (longer ones are cut)")
-    ap.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
-                    help="autocast dtype; auto = fp16 on CUDA under --preset study (as the study), else bf16")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--no-zero-shot", action="store_true", help="skip the two zero-shot rows")
-    ap.add_argument("--output-dir", default="runs/sst2")
-    ap.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
+    add_run_arguments(ap, output_dir="runs/sst2")
     ap.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint")
-    ap.add_argument("--push-to-hub", metavar="OWNER/NAME", help="upload the fine-tuned model to the Hub")
-    ap.add_argument("--private", action="store_true", help="with --push-to-hub: a private repo")
-    ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
