@@ -139,6 +139,7 @@ def grouping_epochs(shape: str, lengths: np.ndarray, n: int, batch: int, amp: st
 def plot_all(res: dict, out_dir: Path, where: str) -> list[str]:
     """Write the PNGs for whatever curves `res` holds; returns their paths."""
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     paths = []
@@ -178,6 +179,8 @@ def plot_all(res: dict, out_dir: Path, where: str) -> list[str]:
         fixed = f"{r0['n']} examples" if key == "seq" else f"seq {r0['seq']}"
         ax.set(xlabel=xlabel, ylabel="seconds per epoch", xscale="log", yscale="log",
                title=f"{r0['shape']} {r0['policy']}, {fixed}, batch {r0['batch']} ({where})")
+        ax.set_xticks([r[xkey] for r in rows], [str(r[xkey]) for r in rows])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.legend()
         save(fig, name)
     if res.get("padding"):

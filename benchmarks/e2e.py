@@ -11,6 +11,7 @@ The full runs are the recipes' own commands (embedded SmolLM2-135M, default poli
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -45,7 +46,8 @@ def read_run(folder: str | Path) -> dict:
             "device": m.get("device"), "amp": m.get("amp"), "train_examples": (m.get("split") or {}).get("train"),
             "wall_s": _round(t.get("total_seconds")), "train_s": _round(t.get("train_seconds")),
             "train_tok_s": _round(tr.get("tokens_per_second")), "steps": tr.get("steps"),
-            "padding_waste": _round(tr.get("padding_waste"), 4), "epoch_s": [_round(x) for x in tr.get("epoch_seconds", [])],
+            "padding_waste": _round(tr.get("padding_waste"), 4),
+            "epoch_s": [_round(x) for x in tr.get("epoch_seconds", [])],
             "trunk_cache_s": _round(cache.get("seconds")), "command": command}
 
 
@@ -53,14 +55,16 @@ def _round(x, nd: int = 1):
     return None if x is None else round(float(x), nd)
 
 
-def smoke(out_root: Path, timeout: float = 900) -> list[dict]:
-    """Run both recipes on a tiny slice of the embedded model's data; rows with the measured process wall time."""
+def smoke(out_root: Path, threads: int | None = None, timeout: float = 900) -> list[dict]:
+    """Run both recipes on a tiny slice of the embedded model's data; rows with the measured process wall time.
+    threads: OMP_NUM_THREADS for the recipes (None: their default, one per core)."""
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     rows = []
     for task, cmd in SMOKE.items():
         folder = out_root / f"e2e_smoke_{task}"
         t0 = time.perf_counter()
         proc = subprocess.run(cmd + ["--output-dir", str(folder)], cwd=REPO, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+                              timeout=timeout, check=False, env=env)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             rows.append({"run": str(folder), "task": task, "error": proc.stderr.strip().splitlines()[-1:]})

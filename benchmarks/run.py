@@ -267,7 +267,7 @@ class Suite:
     def e2e(self) -> None:
         rows = self.res.setdefault("e2e", [])
         if self.args.e2e_smoke:
-            rows += self.guarded("e2e smoke", e2e.smoke, self.out) or []
+            rows += self.guarded("e2e smoke", e2e.smoke, self.out, self.args.threads) or []
         for folder in filter(None, (self.args.e2e_runs or "").split(",")):
             row = self.guarded(f"e2e {folder}", e2e.read_run, folder)
             if row is not None:
@@ -345,7 +345,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
     ap.add_argument("--budget-s", type=float, help="skip what is left once this many seconds have passed")
     ap.add_argument("--out", help="folder for results.json and the PNGs (default benchmarks/results/<mode>)")
+    ap.add_argument("--replot", metavar="DIR", help="only redraw the PNGs from DIR/results.json")
     args = ap.parse_args(argv)
+    if args.replot:
+        res = json.loads((Path(args.replot) / "results.json").read_text())
+        gpu = res["machine"].get("gpu", {}).get("name")
+        n = res["machine"]["threads"]
+        print("\n".join(curves.plot_all(res.get("curves", {}), Path(args.replot),
+                                         gpu or f"CPU, {n} thread{'s' * (n > 1)}")))
+        return 0
     if args.quick and args.threads is None:
         # On a shared 2-core machine two OpenMP threads spin against other jobs: one is faster and steadier.
         args.threads = PLANS["cpu-quick"]["threads"]

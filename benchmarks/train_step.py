@@ -6,12 +6,12 @@
 
 Random weights, classification head, autocast (bf16 on CPU; bf16 or fp16 on CUDA). Both models get the same
 weights and dtypes (frozen weights bf16 as our engine stores them, trainable weights fp32 masters), the same
-batch, torch AdamW (fused, as ours and as the HF Trainer's default `adamw_torch_fused`), clip 1.0 and, under fp16, a GradScaler. LoRA on the
-transformers model is our LoRALinear around its nn.Linear layers (same names, same adapter weights). Our step
-is llama_ft.train.train_step; theirs is the plain loop (autocast forward with labels and use_cache=False,
-backward, clip, step, zero_grad). A second transformers column, "as commonly run", keeps every weight fp32
-under the same autocast (what the HF Trainer does with bf16=True / fp16=True). Repetitions alternate
-ours/theirs so background load hits both alike; the median repetition counts.
+batch, torch AdamW (fused, as ours and as the HF Trainer's default `adamw_torch_fused`), clip 1.0 and, under
+fp16, a GradScaler. LoRA on the transformers model is our LoRALinear around its nn.Linear layers (same names,
+same adapter weights). Our step is llama_ft.train.train_step; theirs is the plain loop (autocast forward with
+labels and use_cache=False, backward, clip, step, zero_grad). A second transformers column, "as commonly run",
+keeps every weight fp32 under the same autocast (what the HF Trainer does with bf16=True / fp16=True).
+Repetitions alternate ours/theirs so background load hits both alike; the median repetition counts.
 
 Memory per model: resident bytes (weights, AdamW state) plus the peak growth during one step (activations,
 gradients): CUDA allocator counters, or on CPU the resident set sampled every 2 ms.
