@@ -77,28 +77,26 @@ def layers_curve(shape: str, ks: list[int], n: int, seq: int, batch: int, amp: s
     return rows
 
 
-def seq_curve(shape: str, seqs: list[int], n: int, batch: int, amp: str, device, policy: str = "last:4") -> list[dict]:
+def _epoch_curve(shape: str, points: list[tuple[int, int]], batch: int, amp: str, device,
+                 policy: str) -> list[dict]:
+    """Epoch times with and without the trunk cache at each (examples, sequence length) point."""
     cfg = config(shape)
     base = random_model(cfg, "classification", 2, dtype=torch.float32, device=device, seed=0)
     rows = []
-    for seq in seqs:
+    for n, seq in points:
         data = random_dataset(cfg.vocab_size, n, seq)
         rows.append({"shape": shape, "policy": policy, "seq": seq, "n": n, "batch": batch,
                      "no_cache": run_epochs(base, data, policy, False, amp, batch, device),
                      "cache": run_epochs(base, data, policy, True, amp, batch, device)})
     return rows
+
+
+def seq_curve(shape: str, seqs: list[int], n: int, batch: int, amp: str, device, policy: str = "last:4") -> list[dict]:
+    return _epoch_curve(shape, [(n, seq) for seq in seqs], batch, amp, device, policy)
 
 
 def size_curve(shape: str, ns: list[int], seq: int, batch: int, amp: str, device, policy: str = "last:4") -> list[dict]:
-    cfg = config(shape)
-    base = random_model(cfg, "classification", 2, dtype=torch.float32, device=device, seed=0)
-    rows = []
-    for n in ns:
-        data = random_dataset(cfg.vocab_size, n, seq)
-        rows.append({"shape": shape, "policy": policy, "seq": seq, "n": n, "batch": batch,
-                     "no_cache": run_epochs(base, data, policy, False, amp, batch, device),
-                     "cache": run_epochs(base, data, policy, True, amp, batch, device)})
-    return rows
+    return _epoch_curve(shape, [(n, seq) for n in ns], batch, amp, device, policy)
 
 
 def sst2_lengths(max_length: int = 128) -> np.ndarray:
