@@ -14,7 +14,8 @@ def test_flops_full_is_six_p_plus_attention():
     cfg = config("tiny")
     seq = 32
     layer_p = (2 * cfg.hidden_size * cfg.num_attention_heads * cfg.head_dim
-               + 2 * cfg.hidden_size * cfg.num_key_value_heads * cfg.head_dim + 3 * cfg.hidden_size * cfg.intermediate_size)
+               + 2 * cfg.hidden_size * cfg.num_key_value_heads * cfg.head_dim
+               + 3 * cfg.hidden_size * cfg.intermediate_size)
     attn = 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq  # PaLM's count
     head = 6 * cfg.hidden_size * 2 / seq  # the score layer on one pooled token per sequence
     f = mfu.step_flops(cfg, "full", seq)

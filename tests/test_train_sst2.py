@@ -35,13 +35,15 @@ def test_whole_recipe_on_a_tiny_slice(tmp_path, tiny_model_dir, tiny_tsv):
         assert (out / name).is_file(), name
     m = json.loads((out / "metrics.json").read_text())
     assert m["split"] == {"kind": "study", "train": 64, "test": 16}
-    assert set(m["rows"]) == {"pre-trained (random head)", "zero-shot (prompt)", "fine-tuned (last:1)"}
+    assert set(m["rows"]) == {"pre-trained (random head)", "zero-shot (prompt)", "zero-shot (prompt, batch-calibrated)",
+                              "fine-tuned (last:1)"}
     for row in m["rows"].values():
         assert 0 <= row["accuracy"] <= 1 and row["recall"] == pytest.approx(row["accuracy"])
         assert sum(map(sum, row["confusion_matrix"])) == 16
     table = (out / "results.md").read_text()
     assert "| Model | Accuracy (%) | Precision | Recall | F1 |" in table
-    assert table.index("pre-trained (random head)") < table.index("zero-shot (prompt)") < table.index("fine-tuned")
+    assert (table.index("pre-trained (random head)") < table.index("zero-shot (prompt)")
+            < table.index("zero-shot (prompt, batch-calibrated)") < table.index("fine-tuned"))
     cfg = json.loads((out / "model/config.json").read_text())
     assert cfg["architectures"] == ["LlamaForSequenceClassification"]
     assert cfg["id2label"] == {"0": "negative", "1": "positive"}
