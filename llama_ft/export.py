@@ -2,7 +2,9 @@
 
 The folder is built in a hidden sibling (`.NAME.partial-*`) and renamed into place only when complete, with
 config.json written last inside it: an interrupted export never leaves a folder at NAME, and a killed one
-leaves only a hidden partial folder that holds no config.json until everything else is on disk.
+leaves only a hidden partial folder that holds no config.json until everything else is on disk. The next export
+to NAME removes what a dead process (same host, by PID) left behind, and puts back a previous export that a
+process killed between its two renames had moved aside.
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ def save_pretrained(model: nn.Module, directory: str | Path, dtype: torch.dtype 
     """
     model = _unwrap(model)
     target = Path(os.path.abspath(directory))
+    if target.parent.is_dir():
+        _clean_stale(target)
     _check_target(target, overwrite)
     dtype = as_dtype(dtype)
     if tokenizer is not None and not hasattr(tokenizer, "save"):
@@ -194,6 +198,33 @@ def _check_target(target: Path, overwrite: bool) -> None:
     if not (target / "config.json").is_file():
         raise ExportError(f"{target} holds no config.json, so it is not an earlier export; overwrite=True "
                           "only replaces exported model folders. Empty it yourself or choose another folder.")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # another user's process, or a platform that cannot tell: leave its folders alone
+    return True
+
+
+def _clean_stale(target: Path) -> None:
+    """Remove the hidden siblings of `target` that dead exports left; restore a moved-aside previous export."""
+    stale: dict[str, list[Path]] = {"partial": [], "old": []}
+    for p in target.parent.glob(f".{target.name}.*-*"):
+        kind, _, tag = p.name[len(target.name) + 2:].partition("-")
+        pid = tag.split("-")[0]
+        if kind in stale and pid.isdigit() and p.is_dir() and not _pid_alive(int(pid)):
+            stale[kind].append(p)
+    for old in stale["old"]:
+        if not target.exists():
+            os.rename(old, target)  # killed after moving the previous export aside: it is the only copy
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    for partial in stale["partial"]:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _publish(build: Callable[[Path], None], target: Path, overwrite: bool) -> Path:

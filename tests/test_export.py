@@ -1,5 +1,8 @@
 """Exports load in `transformers` with the same outputs, carry a Hub model card, are written atomically."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -267,6 +270,45 @@ def test_interrupted_export_leaves_nothing_that_looks_complete(tmp_path, monkeyp
     assert not (leftovers[0] / "config.json").exists()
     with pytest.raises(llama_ft.ConfigError, match="config.json: no such file"):
         llama_ft.from_pretrained(leftovers[0])
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_next_export_cleans_what_dead_exports_left(tmp_path):
+    target = tmp_path / "out"
+    model = small_model("classification")
+    llama_ft.save_pretrained(model, target, dtype="fp32")
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    dead, alive = _dead_pid(), os.getpid()
+    for name in (f".out.partial-{dead}-aa", f".out.old-{dead}-bb", f".out.partial-{alive}-cc", ".out.partial-x"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"half")
+    llama_ft.save_pretrained(model, tmp_path / "other", dtype="fp32")  # another name: nothing of out's touched
+    assert len(list(tmp_path.glob(".out.*"))) == 4
+    llama_ft.save_pretrained(model, target, dtype="fp32", overwrite=True)
+    # The dead process's folders are gone; a live process's export and names not ours are left alone.
+    assert sorted(p.name for p in tmp_path.glob(".out.*")) == [f".out.partial-{alive}-cc", ".out.partial-x"]
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+
+
+def test_previous_export_moved_aside_by_a_killed_process_is_put_back(tmp_path):
+    target = tmp_path / "out"
+    model = small_model("classification")
+    llama_ft.save_pretrained(model, target, dtype="fp32")
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    dead = _dead_pid()
+    # Killed between its two renames: the previous export moved aside, the new one complete but not in place.
+    os.rename(target, tmp_path / f".out.old-{dead}-aa")
+    llama_ft.save_pretrained(small_model("classification", seed=3), tmp_path / f".out.partial-{dead}-aa",
+                             dtype="fp32")
+    with pytest.raises(export.ExportError, match="not empty"):
+        llama_ft.save_pretrained(model, target, dtype="fp32")
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # put back, not overwritten
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 @pytest.mark.slow
