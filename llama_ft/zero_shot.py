@@ -27,6 +27,7 @@ LABEL_WORDS = (("negative", "Negative", " negative", " Negative"), ("positive", 
 
 def sentiment_prompt(tokenizer, sentence: str) -> list[int]:
     """Token ids of the fixed prompt for one sentence (the chat template when the tokenizer has one)."""
+    sentence = sentence.strip()
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": f"{INSTRUCTION}\n\nReview: {sentence}"}], add_generation_prompt=True)

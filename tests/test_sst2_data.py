@@ -9,6 +9,7 @@ from llama_ft.data import sst2
 def test_study_split_is_80_20_stratified(shared):
     rows = sst2.load_sst2(shared / "data/sst2")["train"]
     assert len(rows) == 67_349
+    assert rows[0].sentence == "hide new secretions from the parental units "  # verbatim, as the study read it
     train, test = sst2.stratified_split(rows, 0.2, seed=1)
     assert (len(train), len(test)) == (53_879, 13_470)  # ceil(0.2 n) test rows, as the study's 13,645 of 68,221
     pos = sum(r.label for r in rows)
@@ -18,6 +19,21 @@ def test_study_split_is_80_20_stratified(shared):
     assert again == train
     other, _ = sst2.stratified_split(rows, 0.2, seed=2)
     assert other != train
+
+
+@pytest.mark.parametrize("n_test", [None, 2000, 7])
+def test_split_is_the_rows_datasets_train_test_split_gives(shared, n_test):
+    """The study split its pool with datasets' train_test_split(stratify_by_column="label", seed=1): the same
+    rows in the same order, for the fraction (the study's split) and for a count (--max-train/--max-test)."""
+    import datasets
+    rows = sst2.load_sst2(shared / "data/sst2")["train"]
+    ds = datasets.Dataset.from_dict({"idx": list(range(len(rows))), "label": [r.label for r in rows]})
+    ds = ds.cast_column("label", datasets.ClassLabel(names=sst2.LABELS))
+    ref = ds.train_test_split(test_size=0.2 if n_test is None else n_test, stratify_by_column="label", seed=1)
+    train, test = sst2.stratified_split(rows, 0.2, seed=1, n_test=n_test)
+    where = {id(r): i for i, r in enumerate(rows)}
+    assert [where[id(r)] for r in test] == ref["test"]["idx"]
+    assert [where[id(r)] for r in train] == ref["train"]["idx"]
 
 
 def test_study_counts_for_the_glue_pool():

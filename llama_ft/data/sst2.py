@@ -39,7 +39,7 @@ def _row(sentence, label, where: str, line: int) -> Example:
     if y not in (0, 1) or str(label).strip() not in ("0", "1"):
         raise DataError(f"{where}, row {line}: label {label!r} is outside {{0, 1}} "
                         "(SST-2 labels are 0 = negative, 1 = positive).")
-    return Example(sentence.strip(), y)
+    return Example(sentence, y)  # verbatim: GLUE's sentences end in a space, and the study tokenised it
 
 
 def read_tsv(path: str | Path) -> list[Example]:
@@ -145,24 +145,48 @@ def _from_hub() -> dict[str, list[Example]]:
                         "Pass --data with a local GLUE SST-2 folder or file instead.") from None
 
 
+def _approximate_mode(counts: np.ndarray, n_draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-class draws adding up to n_draws: floor of the proportional share, then one more for the classes
+    with the largest remainders (ties drawn with `rng`, which is consumed whenever any is added)."""
+    exact = counts * n_draws / counts.sum()
+    out = np.floor(exact)
+    need = int(n_draws - out.sum())
+    if need > 0:
+        remainder = exact - out
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (tied,) = np.where(remainder == value)
+            take = min(len(tied), need)
+            out[rng.choice(tied, size=take, replace=False)] += 1
+            need -= take
+            if need == 0:
+                break
+    return out.astype(np.int64)
+
+
 def stratified_split(rows: list[Example], test_fraction: float = 0.2, seed: int = 1,
                      n_test: int | None = None) -> tuple[list[Example], list[Example]]:
-    """The study's split: ceil(fraction * n) test rows, allocated to labels in proportion, shuffled by seed."""
-    rng = np.random.RandomState(seed)
+    """The study's split: the rows `datasets.Dataset.train_test_split(test_size=test_fraction,
+    stratify_by_column="label", seed=seed)` gives, in the same order (tests/test_sst2_data.py checks it
+    against `datasets`). ceil(fraction * n) test rows; per label, train and test counts by largest
+    remainder, one permutation of the label's rows (train first, then test); then each side permuted;
+    all draws from one `np.random.default_rng(seed)`."""
+    rng = np.random.default_rng(seed)
     labels = np.array([r.label for r in rows])
     if n_test is None:
         n_test = math.ceil(round(test_fraction * len(rows), 6))
+    n_train = len(rows) - n_test
     classes, counts = np.unique(labels, return_counts=True)
-    # Largest-remainder allocation: per-class test counts add up to n_test exactly.
-    exact = counts * n_test / len(rows)
-    per_class = np.floor(exact).astype(int)
-    for i in np.argsort(-(exact - per_class), kind="stable")[: n_test - per_class.sum()]:
-        per_class[i] += 1
-    test_idx, train_idx = [], []
-    for c, k in zip(classes, per_class):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        test_idx.extend(idx[:k])
-        train_idx.extend(idx[k:])
+    if counts.min() < 2 or min(n_train, n_test) < len(classes):
+        raise DataError(f"cannot split {len(rows):,} rows ({dict(zip(classes.tolist(), counts.tolist()))} per "
+                        f"label) into {n_train:,} train / {n_test:,} test with every label on both sides; "
+                        "use more rows or a larger subset.")
+    per_train = _approximate_mode(counts, n_train, rng)
+    per_test = _approximate_mode(counts - per_train, n_test, rng)
+    train_idx, test_idx = [], []
+    for c, count, k_train, k_test in zip(classes, counts, per_train, per_test):
+        idx = np.flatnonzero(labels == c)[rng.permutation(count)]
+        train_idx.extend(idx[:k_train])
+        test_idx.extend(idx[k_train:k_train + k_test])
     train_idx, test_idx = rng.permutation(train_idx), rng.permutation(test_idx)
     return [rows[i] for i in train_idx], [rows[i] for i in test_idx]
 

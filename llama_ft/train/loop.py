@@ -139,6 +139,9 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, frozen_dtype: torch.dtype,
     for p in model.parameters():
         p.data = p.data.to(torch.float32 if p.requires_grad else frozen_dtype)
     model.backbone.gradient_checkpointing = cfg.grad_checkpointing
+    if cfg.compile:
+        for layer in model.backbone.layers:
+            layer.compile()  # in place: parameter names and the state dict stay as they are
     model.train()
 
 
