@@ -67,10 +67,17 @@ def _squad(args: argparse.Namespace) -> dict:
 def _classification(args: argparse.Namespace) -> dict:
     gold = load_labels(args.gold)
     paths = ([args.before] if args.before else []) + [args.predictions]
+    # Rows are named by file name, or by the path as given when both files share a name (runs/a/preds.tsv vs
+    # runs/b/preds.tsv), or by before/after when they are the same file.
+    names = [Path(p).name for p in paths]
+    if len(set(names)) < len(names):
+        names = [str(p) for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"before: {names[0]}", f"after: {names[1]}"]
     reports = {}
-    for path in paths:
+    for name, path in zip(names, paths):
         y_true, y_pred = align_labels(gold, load_labels(path), args.gold, path)
-        reports[Path(path).name] = classification_report(y_true, y_pred)
+        reports[name] = classification_report(y_true, y_pred)
     print(format_classification_table(reports))
     return reports
 

@@ -19,7 +19,7 @@ import time
 
 import llama_ft
 from llama_ft.data.squad import SquadDataError, load_squad, references, study_split
-from llama_ft.metrics import format_squad_table, squad_report, squad_v1
+from llama_ft.metrics import format_squad_table, squad_em_f1, squad_report
 from llama_ft.plots import loss_curve
 from llama_ft.policies import POLICY_HELP
 from llama_ft.qa_decode import (
@@ -147,7 +147,7 @@ def prompted_row(args, tokenizer, device, amp_dtype, examples) -> tuple[dict, di
     texts = {q: clean_answer(r, ctx[q]) for q, r in raw.items()}
     unsnapped = {q: clean_answer(r, ctx[q], snap=False) for q, r in raw.items()}
     report = squad_report(texts, refs)
-    report["unsnapped"] = squad_v1(unsnapped, refs)
+    report["unsnapped"] = squad_em_f1(unsnapped, refs)
     return report, texts, raw
 
 
@@ -163,7 +163,7 @@ def summary_table(rows: dict[str, dict[str, dict]]) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out = prepare_output_dir(args.output_dir, args.overwrite)
+    out = prepare_output_dir(args.output_dir, args.overwrite, args.resume)
     t_start = time.perf_counter()
     device, amp = device_and_amp(args.device, args.amp, study=args.preset == "study")
     amp_dtype = None if amp == "none" else llama_ft.loading.as_dtype(amp)
@@ -218,7 +218,8 @@ def main(argv=None) -> int:
 
     cfg = TrainConfig(policy=args.train, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
                       warmup_ratio=args.warmup_ratio, batch_size=args.batch_size, global_batch=args.global_batch,
-                      epochs=args.epochs, amp=amp, seed=args.seed, output_dir=str(out), device=device)
+                      epochs=args.epochs, amp=amp, seed=args.seed, output_dir=str(out), resume=args.resume,
+                      device=device)
     t0 = time.perf_counter()
     result = train(model, training_examples(train_windows), cfg)
     timings["train_seconds"] = time.perf_counter() - t0

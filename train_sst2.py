@@ -64,7 +64,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--max-length", type=int, help="tokens per sentence (longer ones are cut)")
     add_run_arguments(ap, output_dir="runs/sst2")
-    ap.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint")
     args = ap.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
@@ -102,6 +101,7 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     device, amp = device_and_amp(args.device, args.amp, study=args.preset == "study")
     train_rows, test_rows = load_splits(args)
+    extra_rows = sst2.read_file(args.eval_file) if args.eval_file else None  # a bad file fails now, not after training
     tokenizer = llama_ft.load_tokenizer(args.model)
     rows_report: dict[str, dict] = {}
     timings: dict[str, float] = {}
@@ -137,8 +137,7 @@ def main(argv=None) -> int:
     rows_report[finetuned] = evaluate_rows(model, test_rows, tokenizer, args, amp)
     timings["test_seconds"] = time.perf_counter() - t0
     extra = {}
-    if args.eval_file:
-        extra_rows = sst2.read_file(args.eval_file)
+    if extra_rows is not None:
         extra[args.eval_file] = evaluate_rows(model, extra_rows, tokenizer, args, amp)
     timings["total_seconds"] = time.perf_counter() - t_start
 

@@ -10,6 +10,11 @@ from typing import Any
 
 # Files that mark a folder as holding a finished or running llama_ft run.
 RUN_MARKERS = ("metrics.json", "run_config.json", "results.md", "checkpoint")
+# Everything a recipe or the engine writes there: --overwrite removes all of it, so that no file of the old run
+# (predictions of a row the new run skips, a plot) sits beside the new results as if it were theirs.
+RUN_OUTPUTS = (*RUN_MARKERS, "checkpoint.tmp", "checkpoint.old", "best", "model", "tmp", "train_log.jsonl",
+               "loss.png", "confusion.png", "predictions.json", "predictions_eval.json",
+               "predictions_zero_shot.json")
 
 
 class RunDirError(ValueError):
@@ -27,7 +32,7 @@ def prepare_output_dir(path: str | Path, overwrite: bool = False, resume: bool =
         raise RunDirError(f"--output-dir {path} holds a previous run ({found}). "
                           "Pass --overwrite to replace it, --resume to continue it, or choose another folder.")
     if previous and overwrite and not resume:
-        for m in RUN_MARKERS:
+        for m in RUN_OUTPUTS:
             target = path / m
             if target.is_dir():
                 shutil.rmtree(target)
@@ -103,3 +108,4 @@ def add_run_arguments(ap, output_dir: str) -> None:
     ap.add_argument("--push-to-hub", metavar="OWNER/NAME", help="upload the fine-tuned model to the Hub")
     ap.add_argument("--private", action="store_true", help="with --push-to-hub: a private repo")
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    ap.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint")

@@ -85,9 +85,11 @@ def snap_to_context(answer: str, context: str) -> str | None:
     """The context substring an answer most likely means (see the module docstring), or None."""
     if not answer:
         return None
-    i = context.lower().find(answer.lower())
-    if i != -1:
-        return context[i:i + len(answer)]
+    # Case-insensitive search in the context itself: lower() can change a string's length ("İ" -> "i̇"), so
+    # an index found in context.lower() may not point at the same text in context.
+    m = re.search(re.escape(answer), context, re.IGNORECASE)
+    if m:
+        return m.group(0)
     target = normalize_answer(answer).split()
     if not target:
         return None

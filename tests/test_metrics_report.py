@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from metrics_squad_pairs import SQUAD_DEV
 
-from llama_ft.metrics import format_squad_table, squad_report, squad_v1
+from llama_ft.metrics import format_squad_table, squad_em_f1, squad_report, squad_v1, squad_v2
 from llama_ft.metrics.inputs import load_squad_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +29,7 @@ def squad_files(tmp_path_factory):
     (folder / "dev.json").write_text(json.dumps(dataset))
     with zipfile.ZipFile(folder / "dev.zip", "w") as archive:
         archive.writestr("dev.json", json.dumps(dataset))
+        archive.writestr("__MACOSX/._dev.json", b"\x00\x05\x16\x07")  # as macOS's archiver adds
     qas = [qa for article in dataset["data"] for p in article["paragraphs"] for qa in p["qas"]]
     after = {qa["id"]: qa["answers"][0]["text"].split(" ")[0] for qa in qas}
     before = {qa["id"]: "the" for qa in qas}
@@ -201,6 +202,14 @@ def test_classification_table_and_bad_labels(capsys, tmp_path):
         "| before.json | 50.00 | 0.2500 | 0.5000 | 0.3333 |",
         "| after.tsv | 75.00 | 0.8333 | 0.7500 | 0.7333 |",
     ]
+    a, b = tmp_path / "a/p.json", tmp_path / "b/p.json"  # two runs' files of the same name
+    for f in (a, b):
+        f.parent.mkdir()
+        f.write_text((tmp_path / "before.json").read_text())
+    for before, after, names in ((a, b, [str(a), str(b)]), (a, a, [f"before: {a}", f"after: {a}"])):
+        code, out, _ = run(capsys, "classification", "--gold", tmp_path / "gold.tsv", "--predictions", after,
+                           "--before", before)
+        assert code == 0 and [row.split(" | ")[0] for row in out.splitlines()[2:]] == [f"| {n}" for n in names]
     bad = {
         "short.json": ("[1, 0]", "2 gold ids have no prediction (first: '2'), 0 predicted ids"),
         "scores.json": ("[0.9, 0.1, 0.2, 0.3]", "the label for '0' is 0.9"),
@@ -213,6 +222,20 @@ def test_classification_table_and_bad_labels(capsys, tmp_path):
             capsys, "classification", "--gold", tmp_path / "gold.tsv", "--predictions", tmp_path / name
         )
         assert code == 2 and out == "" and message in err, err
+
+
+def test_unanswerable_questions_are_scored_by_the_v2_rules():
+    """An empty answer to a question without gold answer is right in EM and F1 alike (the official v2.0
+    script), not EM 1 / F1 0 as the v1.1 rules would give it."""
+    refs = {"q1": [], "q2": ["France"], "q3": [], "q4": ["the Loire valley"]}
+    preds = {"q1": "", "q2": "France", "q3": "Paris", "q4": "Loire"}
+    v2 = squad_v2(preds, refs)
+    assert squad_em_f1(preds, refs) == {"exact_match": v2["exact"], "f1": v2["f1"]}
+    assert v2["exact"] == pytest.approx(50.0) and v2["f1"] == pytest.approx(100 * (2 + 2 / 3) / 4)
+    report = squad_report(preds, refs)
+    assert (report["exact_match"], report["f1"]) == (v2["exact"], v2["f1"])
+    v1_refs = {"q2": ["France"], "q4": ["the Loire valley"]}
+    assert squad_em_f1({"q2": "France"}, v1_refs) == squad_v1({"q2": "France"}, v1_refs)  # missing q4 scores 0
 
 
 def test_study_table_layout():

@@ -55,6 +55,9 @@ def test_jsonl_and_tsv_agree(tmp_path, shared):
     p = tmp_path / "x.jsonl"
     p.write_text("\n".join(json.dumps({"sentence": r.sentence, "label": r.label}) for r in rows))
     assert sst2.read_file(p) == rows
+    tsv = tmp_path / "x.tsv"
+    tsv.write_text("sentence\tlabel\n" + "".join(f"{r.sentence}\t{r.label}\n" for r in rows) + "\n")
+    assert sst2.read_file(tsv) == rows  # a trailing blank line is no row
 
 
 @pytest.mark.parametrize("content,message", [

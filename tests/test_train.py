@@ -152,7 +152,7 @@ def test_compiled_blocks_train_like_eager_and_keep_their_names():
     assert r1.trunk_cache is not None
     np.testing.assert_allclose(r1.losses, r0.losses, rtol=1e-4, atol=1e-5)
     assert list(compiled.state_dict()) == list(eager.state_dict())
-    for (n0, t0), (n1, t1) in zip(eager.state_dict().items(), compiled.state_dict().items(), strict=True):
+    for (n0, t0), (_, t1) in zip(eager.state_dict().items(), compiled.state_dict().items(), strict=True):
         torch.testing.assert_close(t1, t0, rtol=1e-3, atol=1e-4, msg=n0)
 
 

@@ -27,6 +27,11 @@ def test_snap_can_be_turned_off():
     assert snap_to_context("", CONTEXT) is None
 
 
+def test_snap_keeps_the_contexts_text_when_lowercasing_changes_lengths():
+    # "İ".lower() is two code points: an index found in context.lower() would be shifted in context.
+    assert snap_to_context("ankara", "In İİstanbul and Ankara are cities") == "Ankara"
+
+
 def test_prompt_layout_with_the_chat_template(smollm2_dir):
     tok = llama_ft.load_tokenizer(smollm2_dir)
     text = tok.decode(qa_prompt(tok, CONTEXT, "Who won?"))

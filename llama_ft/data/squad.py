@@ -290,7 +290,7 @@ def study_split(examples: list[SquadExample], n_train: int, n_test: int = 1000,
     `datasets.Dataset.train_test_split(test_size=n_test, seed=seed)` does (one numpy permutation of the
     pool; its first n_test indices are the test set, the rest the train set, each in permutation order)."""
     pool = n_train + n_test
-    if n_train < 1 or n_test < 0:
+    if n_train < 1 or n_test < 1:
         raise SquadDataError(f"--n {n_train} with {n_test} test questions: both must be positive.")
     if len(examples) < pool:
         raise SquadDataError(f"the data has {len(examples):,} questions, fewer than --n {n_train:,} + {n_test:,} "

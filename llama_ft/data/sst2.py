@@ -56,6 +56,8 @@ def read_tsv(path: str | Path) -> list[Example]:
         si, li = header.index("sentence"), header.index("label")
         rows = []
         for line, fields in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=2):
+            if not fields:
+                continue  # a blank line (e.g. a trailing one)
             if len(fields) != len(header):
                 raise DataError(f"{path}, row {line}: {len(fields)} tab-separated fields, the header has "
                                 f"{len(header)}. Is this a TSV file?")

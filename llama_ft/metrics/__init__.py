@@ -11,7 +11,7 @@ from .meteor import meteor, single_meteor
 from .nltk_data import SetupError
 from .report import classification_report, format_classification_table, format_squad_table, squad_report
 from .rouge import ROUGE_TYPES, rouge, rouge_scores, rouge_tokenize
-from .squad import exact_match_score, f1_score, f1_score_v2, normalize_answer, squad_v1, squad_v2
+from .squad import exact_match_score, f1_score, f1_score_v2, normalize_answer, squad_em_f1, squad_v1, squad_v2
 
 __all__ = [
     "ROUGE_TYPES",
@@ -35,6 +35,7 @@ __all__ = [
     "sacrebleu_corpus_bleu",
     "single_meteor",
     "squad_report",
+    "squad_em_f1",
     "squad_v1",
     "squad_v2",
     "tokenize_13a",

@@ -24,9 +24,11 @@ class InputError(ValueError):
 
 def _read_text(path: Path) -> str:
     try:
-        if path.suffix == ".zip":
+        if path.suffix.lower() == ".zip":
             with zipfile.ZipFile(path) as archive:
-                members = [name for name in archive.namelist() if name.endswith(".json")]
+                # macOS's archiver adds __MACOSX/._NAME resource forks beside each file: not data.
+                members = [name for name in archive.namelist() if name.lower().endswith(".json")
+                           and not name.startswith("__MACOSX/") and not Path(name).name.startswith("._")]
                 if len(members) != 1:
                     raise InputError(
                         f"{path}: a zipped dataset must hold exactly one .json file, found {members}"

@@ -8,7 +8,7 @@ from .bleu import bleu
 from .classification import accuracy, class_labels, confusion_matrix, precision_recall_f1
 from .meteor import meteor
 from .rouge import ROUGE_TYPES, rouge
-from .squad import squad_v1, squad_v2
+from .squad import squad_em_f1, squad_v2
 
 SQUAD_ROWS = (
     ("bleu", "bleu", "-"),
@@ -46,7 +46,8 @@ def squad_report(
     Conventions: bleu, meteor and rouge are 0-1 (evaluate's "bleu", "meteor", and "rouge" with its bootstrap
     median drawn with `seed`); exact_match, f1 and squad_v2 are 0-100. Every gold answer is a reference.
     A question without prediction scores 0 in exact_match/f1 (the official v1.1 rule) and is scored as the
-    empty answer '' by the other metrics; a question without gold answer has the reference ''. Predictions
+    empty answer '' by the other metrics; a question without gold answer has the reference '', and then
+    exact_match/f1 follow the v2.0 rules (see `squad_em_f1`). Predictions
     for ids outside `references` are ignored. The counts are returned as `questions`, `missing_predictions`
     and `unknown_predictions`.
     """
@@ -56,7 +57,7 @@ def squad_report(
     texts = list(answers.values())
     golds = [list(references[qid]) or [""] for qid in references]
     report = {"bleu": bleu(texts, golds)["bleu"]}
-    report.update(squad_v1(predictions, dict(zip(references, golds))))
+    report.update(squad_em_f1(predictions, references))  # v2.0 rules when a question has no answer
     report["meteor"] = meteor(texts, golds)
     report.update(rouge(texts, golds, ROUGE_TYPES, aggregate="bootstrap", seed=seed))
     report["squad_v2"] = squad_v2(answers, references, na_probs)

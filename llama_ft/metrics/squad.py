@@ -71,6 +71,16 @@ def squad_v1(predictions: Mapping[str, str], references: Mapping[str, Sequence[s
     return {"exact_match": 100.0 * exact / len(references), "f1": 100.0 * f1 / len(references)}
 
 
+def squad_em_f1(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    """{'exact_match', 'f1'} (0-100) by the rules the data needs: SQuAD v1.1's when every question has a gold
+    answer (a missing prediction scores 0); v2.0's when any has none (`squad_v2`'s exact and f1: the empty
+    answer to an unanswerable question scores 1 in both, and a missing prediction counts as that answer)."""
+    if all(references.values()):
+        return squad_v1(predictions, references)
+    scores = squad_v2({qid: predictions.get(qid, "") for qid in references}, references)
+    return {"exact_match": scores["exact"], "f1": scores["f1"]}
+
+
 def squad_v2(
     predictions: Mapping[str, str],
     references: Mapping[str, Sequence[str]],
