@@ -22,6 +22,7 @@ from .loading import as_dtype
 from .lora import LoRALinear
 from .model import LlamaPreTrainedModel
 from .model_card import PIPELINES, guess_base_model, render_model_card
+from .procs import pid_alive
 from .weights import save_weights, state_dict_for_saving
 
 
@@ -156,7 +157,7 @@ def export_state_dict(model: LlamaPreTrainedModel, dtype: torch.dtype) -> dict[s
     for name, mod in model.named_modules():
         if isinstance(mod, LoRALinear):
             del state[f"{name}.lora_A"], state[f"{name}.lora_B"]
-            state[f"{name}.weight"] = mod.merged().weight.detach().cpu()
+            state[f"{name}.weight"] = mod.merged(torch.float32).weight.detach().cpu()  # rounded once, below
     leftovers = [k for k in state if "lora_" in k.rsplit(".", 1)[-1]]
     if leftovers:
         raise ExportError(f"adapter tensors {leftovers[:3]} are not LoRALinear layers llama_ft can merge; "
@@ -200,23 +201,13 @@ def _check_target(target: Path, overwrite: bool) -> None:
                           "only replaces exported model folders. Empty it yourself or choose another folder.")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # another user's process, or a platform that cannot tell: leave its folders alone
-    return True
-
-
 def _clean_stale(target: Path) -> None:
     """Remove the hidden siblings of `target` that dead exports left; restore a moved-aside previous export."""
     stale: dict[str, list[Path]] = {"partial": [], "old": []}
     for p in target.parent.glob(f".{target.name}.*-*"):
         kind, _, tag = p.name[len(target.name) + 2:].partition("-")
         pid = tag.split("-")[0]
-        if kind in stale and pid.isdigit() and p.is_dir() and not _pid_alive(int(pid)):
+        if kind in stale and pid.isdigit() and p.is_dir() and not pid_alive(int(pid)):
             stale[kind].append(p)
     for old in stale["old"]:
         if not target.exists():

@@ -31,12 +31,14 @@ class LoRALinear(nn.Linear):
             F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
 
     @torch.no_grad()
-    def merged(self) -> nn.Linear:
-        """A plain nn.Linear with the adapter folded into its weight."""
+    def merged(self, dtype: torch.dtype | None = None) -> nn.Linear:
+        """A plain nn.Linear with the adapter folded into its weight, in `dtype` (None: the frozen weight's).
+        The sum is taken in fp32 and rounded once: a bf16 base exported to fp32 keeps all of the adapter."""
+        dtype = dtype or self.weight.dtype
         out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                        device=self.weight.device, dtype=self.weight.dtype)
+                        device=self.weight.device, dtype=dtype)
         delta = (self.lora_B.float() @ self.lora_A.float()) * self.scaling
-        out.weight.copy_((self.weight.float() + delta).to(self.weight.dtype))
+        out.weight.copy_((self.weight.float() + delta).to(dtype))
         if self.bias is not None:
             out.bias.copy_(self.bias)
         return out

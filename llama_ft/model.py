@@ -148,7 +148,8 @@ class LlamaDecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-def attention_mask_4d(attention_mask: Tensor | None, q_len: int, past_len: int = 0) -> Tensor | None:
+def attention_mask_4d(attention_mask: Tensor | None, q_len: int, past_len: int = 0,
+                      device: torch.device | None = None) -> Tensor | None:
     """Boolean [B, 1, q_len, past_len + q_len] mask (True = attend), or None when plain causal suffices."""
     if attention_mask is None:
         if past_len == 0 or q_len == 1:
@@ -159,7 +160,7 @@ def attention_mask_4d(attention_mask: Tensor | None, q_len: int, past_len: int =
         if past_len == 0 and bool(attention_mask_bool.all()):
             return None
     s = past_len + q_len
-    device = attention_mask.device if attention_mask is not None else None
+    device = attention_mask.device if attention_mask is not None else device
     q_pos = torch.arange(past_len, s, device=device)[:, None]
     k_pos = torch.arange(s, device=device)[None, :]
     mask = (k_pos <= q_pos)[None, None]
@@ -200,7 +201,7 @@ class LlamaModel(nn.Module):
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, T, past, h.device)
         cos, sin = self.rotary_emb(position_ids)
-        mask = attention_mask_4d(attention_mask, T, past)
+        mask = attention_mask_4d(attention_mask, T, past, h.device)
         end = len(self.layers) if end_layer is None else end_layer
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers[start_layer:end]:

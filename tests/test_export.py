@@ -154,6 +154,26 @@ def test_lora_is_merged_into_the_export_and_the_model_left_alone(tmp_path):
     assert torch.equal(ours(model, ids, mask), want)
 
 
+def test_lora_on_bf16_frozen_weights_exports_to_fp32_without_rounding_the_adapter(tmp_path):
+    """After training the frozen base is bf16 (the engine's default) while the adapter is fp32: an fp32 export
+    holds W + (alpha/r) B A summed in fp32, not that sum rounded to bf16 first (a small delta would vanish)."""
+    model = small_model("classification")
+    add_lora(model, rank=4)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                m.weight.data = m.weight.data.to(torch.bfloat16)
+                m.lora_B.normal_(0, 1e-3)  # a delta far below bf16's resolution of W
+    proj = model.backbone.layers[0].self_attn.q_proj
+    want = proj.weight.float() + (proj.lora_B @ proj.lora_A) * proj.scaling
+    out = llama_ft.save_pretrained(model, tmp_path / "fp32", dtype="fp32")
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        got = f.get_tensor("model.layers.0.self_attn.q_proj.weight")
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+    assert proj.merged().weight.dtype == torch.bfloat16  # merged() alone keeps the base's dtype
+
+
 def test_pad_token_id_is_filled_and_must_agree_with_the_tokenizer(tmp_path):
     class Tok:
         pad_token_id, pad_token_source = 5, "pad_token"

@@ -194,3 +194,10 @@ def test_generate_batched_left_padding_matches_one_by_one():
     for t in together[0]:
         assert int(model(ids)[0, -1].argmax()) == t
         ids = torch.cat((ids, torch.tensor([[t]])), dim=1)
+
+
+def test_causal_mask_for_a_cached_prefix_is_built_on_the_inputs_device():
+    from llama_ft.model import attention_mask_4d
+    mask = attention_mask_4d(None, q_len=3, past_len=2, device=torch.device("meta"))
+    assert mask.device.type == "meta" and mask.shape == (1, 1, 3, 5)
+    assert attention_mask_4d(None, q_len=1, past_len=2) is None

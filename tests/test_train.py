@@ -263,6 +263,39 @@ def test_best_checkpoint_selected_and_restored(tmp_path):
     assert (tmp_path / "best" / "model.safetensors").is_file()
 
 
+def test_resume_restores_this_runs_figures_not_an_older_runs_best(tmp_path):
+    """A best/ left in the folder by an earlier run with select_metric is not loaded into a resumed run that
+    selects nothing; the resumed result keeps the timing of the steps before the checkpoint (tokens/s)."""
+    data = dataset(n=32)
+    train(tiny_model(), data, quick(policy="head", epochs=1, select_metric="fake", output_dir=str(tmp_path)),
+          eval_fn=lambda m: {"fake": 1.0})
+    assert (tmp_path / "best" / "model.safetensors").is_file()
+    model = tiny_model(seed=1)
+    first = train(model, data, quick(policy="head", lr=5e-2, output_dir=str(tmp_path)))
+    weights = model.score.weight.detach().clone()
+    (tmp_path / "train_log.jsonl").open("a").write('{"step": 9, "loss": 0.')  # a line torn by a crash
+    again = tiny_model(seed=1)
+    resumed = train(again, data, quick(policy="head", lr=5e-2, output_dir=str(tmp_path), resume=True))
+    assert resumed.resumed_from == first.steps and resumed.best_step is None
+    torch.testing.assert_close(again.score.weight, weights, rtol=0, atol=0)
+    assert resumed.train_seconds == first.train_seconds and resumed.tokens_per_second == first.tokens_per_second
+    steps = [json.loads(x)["step"] for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, first.steps + 1))
+
+
+def test_stale_trunk_cache_files_of_dead_runs_are_removed(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    stale, live = tmp_path / "tmp" / f"trunk_cache_{proc.pid}.bin", tmp_path / "tmp" / "trunk_cache_1.bin"
+    stale.parent.mkdir()
+    stale.write_bytes(b"0" * 1024)
+    live.write_bytes(b"0")  # pid 1 runs: not ours to delete
+    r = train(tiny_model(), dataset(n=16), quick(policy="last:2", trunk_cache=True, trunk_cache_ram_gib=0,
+                                                   output_dir=str(tmp_path)))
+    assert r.trunk_cache["file"] is not None
+    assert not stale.exists() and live.exists()
+
+
 # ---------------------------------------------------------------- observability
 def test_jsonl_log_and_result(tmp_path):
     r = train(tiny_model(), dataset(n=32), quick(policy="last:1", output_dir=str(tmp_path)))

@@ -74,6 +74,7 @@ def save_checkpoint(output_dir: str | Path, model: nn.Module, state: dict) -> Pa
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
+    _fsync_dir(tmp)  # its entries too, before the rename makes it the checkpoint
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
@@ -97,4 +98,6 @@ def find_checkpoint(output_dir: str | Path | None) -> Path | None:
 def load_checkpoint(path: Path, model: nn.Module) -> dict:
     """Load the trainable weights into `model`; returns the state dict saved next to them."""
     load_trainable(model, load_file(str(path / "model.safetensors")), str(path / "model.safetensors"))
-    return torch.load(path / "state.pt", weights_only=False)
+    # On CPU first: optimizer.load_state_dict moves each state to its parameter's device (under DDP every rank
+    # would otherwise put rank 0's whole state on cuda:0), and a GPU checkpoint opens on a CPU-only machine.
+    return torch.load(path / "state.pt", map_location="cpu", weights_only=False)

@@ -145,6 +145,22 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, frozen_dtype: torch.dtype,
     model.train()
 
 
+def _best_of_this_run(out_dir: Path, best_step: int | None) -> dict | None:
+    """On resume: best/ weights when the checkpoint names a best step and best/ was written at that step
+    (a best/ left by an earlier run in the same folder is not this run's)."""
+    path = out_dir / "best" / "model.safetensors"
+    if best_step is None or not path.is_file():
+        return None
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    with safe_open(str(path), "pt") as f:
+        written_at = (f.metadata() or {}).get("step")
+    if written_at != str(best_step):
+        raise ValueError(f"{path} was written at step {written_at}, but the checkpoint's best step is {best_step}: "
+                         "it is not this run's. Delete best/ (or the whole output folder) and start afresh.")
+    return load_file(str(path))
+
+
 def _targets(b: dict) -> dict:
     return {k: b[k] for k in ("label", "start_positions", "end_positions") if k in b}
 
@@ -187,6 +203,8 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
     feature_dtype = torch.bfloat16 if amp_dtype is not None else torch.float32
     torch.manual_seed(cfg.seed)  # LoRA adapters' initialisation
     prepare_model(model, cfg, frozen_dtype, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # the step log's peak_memory is this run's
     split = find_split(model)
     out_dir = Path(cfg.output_dir) if cfg.output_dir else None
     writer = rank == 0 and out_dir is not None
@@ -225,13 +243,10 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
         set_rng_state(state["rng"])
         step = state["step"]
         for k in ("losses", "lrs", "grad_norms", "metrics", "best_metric", "best_step", "real_tokens",
-                  "padded_tokens"):
-            setattr(res, k, state[k])
+                  "padded_tokens", "train_seconds"):
+            setattr(res, k, state.get(k, 0.0) if k == "train_seconds" else state[k])
         res.resumed_from = step
-        best_path = out_dir / "best" / "model.safetensors"
-        if best_path.is_file():
-            from safetensors.torch import load_file
-            best_weights = load_file(str(best_path))
+        best_weights = _best_of_this_run(out_dir, res.best_step)
     log = JsonlLog(out_dir / "train_log.jsonl" if writer else None, resume_step=step if ckpt else None)
     if writer:
         res.paths["log"] = str(out_dir / "train_log.jsonl")
@@ -290,7 +305,7 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
                      "scaler": scaler.state_dict(), "rng": rng_state(), "losses": res.losses, "lrs": res.lrs,
                      "grad_norms": res.grad_norms, "metrics": res.metrics, "best_metric": res.best_metric,
                      "best_step": res.best_step, "real_tokens": res.real_tokens,
-                     "padded_tokens": res.padded_tokens}
+                     "padded_tokens": res.padded_tokens, "train_seconds": res.train_seconds}
             res.paths["checkpoint"] = str(save_checkpoint(out_dir, model, state))
         barrier()
 

@@ -33,10 +33,19 @@ class JsonlLog:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and path.exists():
-            # Steps after the checkpoint are replayed on resume: drop their old lines.
-            keep = [ln for ln in path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in keep))
+            # Steps after the checkpoint are replayed on resume: drop their old lines (and a line torn by a
+            # crash mid-write), rewriting the log atomically so a kill now loses none of it.
+            keep = []
+            for ln in path.read_text().splitlines():
+                try:
+                    entry = json.loads(ln)
+                except json.JSONDecodeError:
+                    continue
+                if entry.get("step", 0) <= resume_step:
+                    keep.append(ln)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(ln + "\n" for ln in keep))
+            os.replace(tmp, path)
         elif resume_step is None and path.exists():
             path.unlink()
         self.f = open(path, "a")  # noqa: SIM115 (open for the whole run, closed by close())
