@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     cfg = TrainConfig(policy=args.train, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
                       warmup_ratio=args.warmup_ratio, batch_size=args.batch_size, global_batch=args.global_batch,
                       epochs=args.epochs, amp=amp, seed=args.seed, output_dir=str(out), resume=args.resume,
-                      device=device)
+                      device=device, compile=args.compile)
     t0 = time.perf_counter()
     result = train(model, training_examples(train_windows), cfg)
     timings["train_seconds"] = time.perf_counter() - t0

@@ -128,7 +128,8 @@ def main(argv=None) -> int:
 
     cfg = TrainConfig(policy=args.train, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
                       warmup_ratio=args.warmup_ratio, batch_size=args.batch_size, epochs=args.epochs,
-                      amp=amp, seed=args.seed, output_dir=str(out), resume=args.resume, device=device)
+                      amp=amp, seed=args.seed, output_dir=str(out), resume=args.resume, device=device,
+                      compile=args.compile)
     t0 = time.perf_counter()
     result = train(model, sst2.encode(train_rows, tokenizer, args.max_length), cfg)
     timings["train_seconds"] = time.perf_counter() - t0

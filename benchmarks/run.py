@@ -63,14 +63,14 @@ PLANS = {
         "amps": ["bf16", "fp16"], "threads": None,
         "steps": {"smollm2-135m": (16, 512, 3, 5, None, True), "llama-3.2-1b": (8, 1024, 3, 5, None, True)},
         "mfu": [("llama-3.2-1b", 8, 1024), ("llama-3.2-1b", 4, 2048), ("llama-3.2-1b", 16, 1024),
-                ("smollm2-135m", 32, 1024)], "mfu_reps": 5,
+                ("smollm2-135m", 32, 1024)], "mfu_reps": 5, "mfu_compiled": [("llama-3.2-1b", 8, 1024)],
         "layers": {"shape": "llama-3.2-1b", "ks": [0, 1, 2, 4, 8, 15, 16], "n": 256, "seq": 256, "batch": 32},
         "seq": {"shape": "llama-3.2-1b", "seqs": [128, 256, 512, 1024, 2048], "n": 64, "batch": 16},
         "size": {"shape": "llama-3.2-1b", "ns": [64, 128, 256, 512, 1024], "seq": 256, "batch": 32},
         "grouping": None},
     "smoke": {
         "amps": ["bf16"], "threads": None, "steps": {"tiny": (2, 32, 1, 2, None, True)}, "mfu": [("tiny", 2, 64)],
-        "mfu_reps": 1,
+        "mfu_reps": 1, "mfu_compiled": [("tiny", 2, 64)],
         "layers": {"shape": "tiny", "ks": [0, 1, 4], "n": 8, "seq": 16, "batch": 4},
         "seq": {"shape": "tiny", "seqs": [8, 16], "n": 8, "batch": 4, "policy": "last:2"},
         "size": {"shape": "tiny", "ns": [8, 16], "seq": 16, "batch": 4, "policy": "last:2"},
@@ -201,21 +201,23 @@ class Suite:
                     self.log(row)
                     self.save()
 
-    def mfu_sweep(self) -> None:
-        """Ours alone, policy `full`, at the plan's sizes (bf16)."""
+    def mfu_sweep(self, compiled: bool = False) -> None:
+        """Ours alone, policy `full`, at the plan's sizes (bf16); `compiled`: TrainConfig(compile=True), at the
+        plan's `mfu_compiled` sizes (run last: compiling takes a while and must not crowd out the rest)."""
         rows = self.res.setdefault("mfu", [])
         amp = torch.bfloat16
-        for shape, b, t in self.plan["mfu"]:
-            if self.over_budget(f"mfu {shape} {b}x{t}"):
+        for shape, b, t in self.plan["mfu_compiled" if compiled else "mfu"]:
+            what = f"mfu {shape} {b}x{t}" + (" compiled" if compiled else "")
+            if self.over_budget(what):
                 return
-            row = self.guarded(f"mfu {shape} {b}x{t}", self._full_step, shape, b, t, amp)
+            row = self.guarded(what, self._full_step, shape, b, t, amp, compiled)
             if row is not None:
                 rows.append(row)
                 self.add_mfu()
                 self.log(row)
                 self.save()
 
-    def _full_step(self, shape: str, b: int, t: int, amp: torch.dtype) -> dict:
+    def _full_step(self, shape: str, b: int, t: int, amp: torch.dtype, compiled: bool = False) -> dict:
         from llama_ft.loading import random_model
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -223,12 +225,17 @@ class Suite:
                     reps=self.plan["mfu_reps"])
         cfg = config(shape)
         release_memory()
-        step = ours_stepper(random_model(cfg, "classification", 2, dtype=torch.float32, device=self.device), "full", s)
+        step = ours_stepper(random_model(cfg, "classification", 2, dtype=torch.float32, device=self.device), "full", s,
+                            compile=compiled)
         bt = batch(cfg, b, t, self.device)
-        step(bt)
+        t0 = time.perf_counter()
+        step(bt)  # warm-up; with `compiled`, the forward and backward graphs are built here
+        warmup_s = time.perf_counter() - t0
         times = sorted(timed(step, bt, s.steps, self.device) for _ in range(s.reps))
-        row = {"shape": shape, "policy": "full", "amp": "bf16", "batch": b, "seq": t,
+        row = {"shape": shape, "policy": "full", "amp": "bf16", "batch": b, "seq": t, "compiled": compiled,
                "ours_tok_s": round(b * t / times[len(times) // 2], 1)}
+        if compiled:
+            row["compile_s"] = round(warmup_s, 1)
         if self.device.type == "cuda":
             row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
         del step
@@ -298,8 +305,9 @@ class Suite:
                 parts.append(table(ev, ["shape", "amp", "batch", "seq", "eval_ours_tok_s", "eval_hf_tok_s",
                                         "eval_ratio", "eval_max_logit_diff"]))
         if r.get("mfu"):
-            parts.append(table(r["mfu"], ["shape", "policy", "amp", "batch", "seq", "ours_tok_s", "tflops", "mfu",
-                                          "mfu_causal_count", "of_measured_matmul", "peak_mem_gib"]))
+            parts.append(table(r["mfu"], ["shape", "policy", "compiled", "amp", "batch", "seq", "ours_tok_s", "tflops",
+                                          "mfu", "mfu_causal_count", "of_measured_matmul", "peak_mem_gib",
+                                          "compile_s"]))
         c = r.get("curves", {})
         if c.get("layers"):
             rows = [{"policy": x["policy"], "no_cache_epoch2_s": x["no_cache"]["epoch2_s"],
@@ -381,6 +389,8 @@ def main(argv=None) -> int:
         suite.steps(later)
     if "e2e" in sections:
         suite.e2e()
+    if "mfu" in sections and suite.plan.get("mfu_compiled"):
+        suite.mfu_sweep(compiled=True)
     if "steps" in sections or "mfu" in sections:
         suite.guarded("peaks at the end", suite.remeasure_peaks)
     suite.res["machine"]["load_avg_end"] = os.getloadavg()

@@ -148,8 +148,8 @@ class Stepper:
         return tensor_bytes(list(self.model.parameters()) + list(self.model.buffers())) + tensor_bytes(state)
 
 
-def ours_stepper(model, policy: str, s: Setting) -> Stepper:
-    prepare_model(model, TrainConfig(policy=policy), s.frozen_dtype, s.device)
+def ours_stepper(model, policy: str, s: Setting, compile: bool = False) -> Stepper:
+    prepare_model(model, TrainConfig(policy=policy, compile=compile), s.frozen_dtype, s.device)
     opt = build_optimizer(model, 1e-5, 0.01, s.device)
     sched = build_scheduler(opt, 10**6, 0.0, "linear")
     scaler = torch.amp.GradScaler(s.device.type, enabled=s.amp == torch.float16)

@@ -98,14 +98,17 @@ def finish_run(out: Path, model, tokenizer, *, source: str, scores: dict, card: 
 
 
 def add_run_arguments(ap, output_dir: str) -> None:
-    """The flags every recipe shares: autocast, seed, zero-shot rows, output folder, Hub upload, device."""
+    """The flags every recipe shares: autocast, seed, zero-shot rows, output folder, Hub upload, device,
+    resume, compile."""
     ap.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
                     help="autocast dtype; auto = fp16 on CUDA under --preset study (as the study), else bf16")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--no-zero-shot", action="store_true", help="skip the two zero-shot rows")
+    ap.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot rows")
     ap.add_argument("--output-dir", default=output_dir)
     ap.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
     ap.add_argument("--push-to-hub", metavar="OWNER/NAME", help="upload the fine-tuned model to the Hub")
     ap.add_argument("--private", action="store_true", help="with --push-to-hub: a private repo")
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     ap.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile each decoder block (aimed at CUDA; see TrainConfig.compile)")

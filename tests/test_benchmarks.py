@@ -67,3 +67,16 @@ def test_suite_smoke(tmp_path, capsys):
         assert r["ours_tok_s"] > 0 and r["hf_tok_s"] > 0 and r["first_loss_diff"] < 1e-2
     assert rows["head"]["eval_max_logit_diff"] < 0.05
     assert "| tiny | head |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_suite_smoke_mfu_with_a_compiled_row(tmp_path, capsys):
+    """The `full` MFU rows, eager and then TrainConfig(compile=True) (inductor on CPU here; the CUDA run takes
+    the same path for Llama-1B at 8 x 1024)."""
+    assert main(["--smoke", "--sections", "mfu", "--threads", "1", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert not res["errors"] and [r["compiled"] for r in res["mfu"]] == [False, True]
+    for r in res["mfu"]:
+        assert r["ours_tok_s"] > 0 and 0 < r["mfu"]
+    assert res["mfu"][1]["compile_s"] > 0
+    assert "| tiny | full | True |" in capsys.readouterr().out
