@@ -162,7 +162,9 @@ def main(argv=None) -> int:
                           title=f"SST-2 test, {finetuned}")
     card = dict(datasets=["nyu-mll/glue"], policy=args.train, command=command_line(),
                 eval_dataset={"type": "nyu-mll/glue", "name": "GLUE SST-2", "config": "sst2",
-                              "split": "test" if args.split == "study" else "validation"},
+                              # GLUE's test split is unlabelled: the study tests on 20% held out of the rest.
+                              "split": "held-out 20% of train+validation (seed 1)" if args.split == "study"
+                              else "validation"},
                 hyperparameters={k: getattr(args, k) for k in PRESETS["study"]} | {"amp": amp, "seed": args.seed},
                 description=f"Trained and evaluated on the {args.split} split ({len(train_rows):,} train / "
                             f"{len(test_rows):,} test sentences).")
