@@ -281,6 +281,9 @@ def test_resume_restores_this_runs_figures_not_an_older_runs_best(tmp_path):
     assert resumed.train_seconds == first.train_seconds and resumed.tokens_per_second == first.tokens_per_second
     steps = [json.loads(x)["step"] for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, first.steps + 1))
+    with pytest.raises(ValueError, match="amp='none'.*amp='bf16'"):
+        train(tiny_model(seed=1), data, quick(policy="head", lr=5e-2, amp="bf16", output_dir=str(tmp_path),
+                                              resume=True))
 
 
 def test_stale_trunk_cache_files_of_dead_runs_are_removed(tmp_path):

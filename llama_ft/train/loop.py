@@ -237,6 +237,10 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
         if state["global_batch"] != global_batch or state["seed"] != cfg.seed:
             raise ValueError(f"{ckpt} was written with global_batch={state['global_batch']}, seed={state['seed']};"
                              " resume with the same values, or delete the checkpoint to start afresh.")
+        saved_amp = state.get("config", {}).get("amp", cfg.amp)
+        if saved_amp != cfg.amp:
+            raise ValueError(f"{ckpt} was written with amp={saved_amp!r}, this run asks for amp={cfg.amp!r} (the fp16 "
+                             "gradient scaler's state cannot carry over); resume with the same amp.")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
