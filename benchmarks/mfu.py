@@ -33,7 +33,7 @@ from llama_ft.policies import apply_policy
 
 # Dense (no sparsity) tensor-core peaks from NVIDIA's datasheets, TFLOP/s: (bf16/fp16, fp32 non-tensor).
 SPEC_TFLOPS = {"H100 PCIe": (756.0, 51.0), "H100 NVL": (835.0, 60.0), "H100": (989.4, 66.9),
-               "H200": (989.4, 66.9), "A100": (312.0, 19.5)}
+               "H200 NVL": (835.0, 60.0), "H200": (989.4, 66.9), "A100": (312.0, 19.5)}
 
 
 def _matrices(module: nn.Module) -> list[tuple[int, bool, int]]:

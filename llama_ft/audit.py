@@ -51,11 +51,12 @@ def count_parameters(model: nn.Module, dtype: torch.dtype | None = None) -> dict
 
 
 def memory_estimate(counts: dict, weight_dtype: torch.dtype) -> dict:
-    """Bytes for weights, fp32 gradients, AdamW's two fp32 states and fp32 master copies (no activations)."""
+    """Training bytes as the engine holds them (no activations): frozen weights in `weight_dtype`, trainable
+    weights as fp32 masters (the only copy: autocast casts them per forward), fp32 gradients, AdamW's two fp32
+    states."""
     t = counts["trainable"]
-    weights = counts["total"] * weight_dtype.itemsize
-    master = 4 * t if weight_dtype != torch.float32 else 0
-    out = {"weights": weights, "master": master, "grads": 4 * t, "adamw": 8 * t}
+    out = {"frozen_weights": counts["frozen"] * weight_dtype.itemsize, "trainable_weights": 4 * t,
+           "grads": 4 * t, "adamw": 8 * t}
     out["total"] = sum(out.values())
     return out
 
@@ -97,7 +98,7 @@ def format_report(rep: dict) -> str:
         lines.append(f"| {task} | {e['total']:,} | {_gib(e['bytes']['float32'])} | {_gib(e['bytes']['bfloat16'])} |")
     for task, e in rep["tasks"].items():
         lines += ["", f"## {task}: trainable parameters and training memory (bf16 frozen weights, fp32 "
-                      "master/grads/AdamW, activations not included)", "",
+                      "trainable weights/grads/AdamW, activations not included)", "",
                   "| policy | total | trainable | frozen | memory |", "|---|---:|---:|---:|---:|"]
         for pol, p in e["policies"].items():
             lines.append(f"| {pol} | {p['total']:,} | {p['trainable']:,} | {p['frozen']:,} | "

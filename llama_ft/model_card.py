@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from huggingface_hub import EvalResult, ModelCardData
 
@@ -55,7 +55,8 @@ def guess_base_model(cfg: LlamaConfig) -> str | None:
     name = cfg.extra.get("_name_or_path")
     if not isinstance(name, str) or not name:
         return None
-    if _HUB_ID.match(name) and not PurePath(name).is_absolute() and not name.startswith("."):
+    if _HUB_ID.match(name) and not PurePath(name).is_absolute() and not name.startswith(".") \
+            and not Path(name).exists():  # `runs/ckpt` (a folder here) looks like owner/name but is not one
         return name
     stem = PurePath(name).name.split(".")[0].lower()  # SmolLM2-135M-Instruct.Q4_1.gguf: smollm2-135m-instruct
     return next((hub for hub in BASE_LICENSES if hub.split("/")[1].lower() == stem), None)

@@ -94,8 +94,15 @@ def _gguf_key(path: Path, dtype: str) -> str:
     return f"{path.stem}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
 
 
-def _publish(build: Callable[[Path], object], final: Path) -> Path:
-    """Build into a temporary folder next to `final`, then rename it into place (atomic on one filesystem)."""
+def _has_config(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
+
+
+def _publish(build: Callable[[Path], object], final: Path,
+             complete: Callable[[Path], bool] = _has_config) -> Path:
+    """Build into a temporary folder next to `final`, then rename it into place (atomic on one filesystem).
+    A `final` already there is another process's finished build when `complete` says so (kept), else a
+    damaged leftover (replaced)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
@@ -106,6 +113,9 @@ def _publish(build: Callable[[Path], object], final: Path) -> Path:
         except OSError:
             if not final.is_dir():  # not a lost race with another process: a real error
                 raise
+            if not complete(final):
+                shutil.rmtree(final, ignore_errors=True)
+                os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
@@ -120,12 +130,15 @@ def gguf_folder(path: str | Path, cache_dir: str | Path | None = None, dtype: st
     if not path.is_file():
         raise SourceError(f"{path}: no such GGUF file; check the path.")
     final = cache_root(cache_dir) / "gguf" / _gguf_key(path, dtype)
-    if (final / "config.json").is_file() and (final / "model.safetensors").is_file():
+    def complete(folder: Path) -> bool:
+        return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+    if complete(final):
         return final
     if final.exists():  # damaged by hand: convert again
         shutil.rmtree(final, ignore_errors=True)
     log.info("converting %s into %s (once)", path, final)
-    return _publish(lambda tmp: convert_gguf(path, tmp, dtype=dtype), final)
+    return _publish(lambda tmp: convert_gguf(path, tmp, dtype=dtype), final, complete)
 
 
 def gguf_config_file(path: str | Path, cache_dir: str | Path | None = None) -> Path:
@@ -182,7 +195,8 @@ def _hub_call(repo: str, revision: str | None, token: str | None, cache_dir: str
                           f"(see {url}/commits/main).") from None
     except RepositoryNotFoundError:
         hint = "" if have_token else f"; if it is private, {login}"
-        raise SourceError(f"{repo} was not found on the Hugging Face Hub: check the spelling (owner/name){hint}."
+        raise SourceError(f"{repo} was not found on the Hugging Face Hub, and there is no local folder "
+                          f"{os.path.abspath(repo)} either: check the spelling (owner/name, or the path){hint}."
                           ) from None
     except incomplete as e:
         raise SourceError(f"{repo}: the cached copy in {cache} is incomplete and the Hub cannot be reached: "
@@ -190,9 +204,9 @@ def _hub_call(repo: str, revision: str | None, token: str | None, cache_dir: str
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
         why = ("offline mode is on (HF_HUB_OFFLINE=1): unset it" if constants.HF_HUB_OFFLINE
                else "the Hub cannot be reached (no network?): connect to the internet")
-        raise SourceError(f"{repo} (revision {revision or 'main'}) is not in the Hugging Face cache at {cache} "
-                          f"and {why} to download it once, or pass a local folder or .gguf file instead."
-                          ) from None
+        raise SourceError(f"{repo} (revision {revision or 'main'}) is no local folder ({os.path.abspath(repo)} "
+                          f"does not exist), is not in the Hugging Face cache at {cache}, and {why} to download "
+                          "it once; or pass an existing local folder or .gguf file instead.") from None
     except EntryNotFoundError:
         raise SourceError(f"{repo} has no config.json: it is not a transformers model repository; pass a "
                           "Llama-family model.") from None

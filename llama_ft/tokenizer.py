@@ -328,8 +328,11 @@ def _eos_ids(model_config: dict, gen_config: dict) -> list[int]:
     return out
 
 
-def _wrap(backend: _Backend, config_dir: Path, source: str) -> Tokenizer:
-    tok_config = _read_json(config_dir / "tokenizer_config.json")
+def _wrap(backend: _Backend, config_dir: Path, source: str, tok_config: dict | None = None) -> Tokenizer:
+    """The Tokenizer over `backend`, its special tokens from `tok_config` (default: config_dir's
+    tokenizer_config.json) and config_dir's special_tokens_map / config / generation_config."""
+    if tok_config is None:
+        tok_config = _read_json(config_dir / "tokenizer_config.json")
     special_map = _read_json(config_dir / "special_tokens_map.json")
     model_config = _read_json(config_dir / "config.json")
     gen_config = _read_json(config_dir / "generation_config.json")
@@ -435,7 +438,7 @@ def llama3_tokenizer_from_tiktoken(model_path: str | Path, tokenizer_config_path
     post = byte_level_post_processor(bos=(bos, by_content[bos]) if add_bos else None)
     spec = byte_level_bpe_json(vocab, merges, added, byte_level_pre_tokenizer("llama3"), post, ignore_merges=True)
     backend = _Backend.from_str(json.dumps(spec))
-    return _wrap(backend, config_path.parent, str(model_path))
+    return _wrap(backend, config_path.parent, str(model_path), tok_config)  # the file given, whatever its name
 
 
 def _tiktoken_folder(folder: Path) -> tuple[Path, Path] | None:

@@ -165,13 +165,16 @@ def load_weights(model: nn.Module, folder: str | Path, dtype: torch.dtype = torc
             continue
         key = checkpoint_name(model, name, available)
         if key is None:
-            (missing_heads if name.startswith(head_prefixes) else missing).append(name)
+            # A task head new to a base checkpoint starts fresh; a causal LM's own lm_head is part of the model.
+            fresh = name.startswith(head_prefixes) and not name.startswith("lm_head.")
+            (missing_heads if fresh else missing).append(name)
         else:
             plan[name] = key
     used = set(plan.values())
-    # A causal LM's lm_head is not an error under a task head: it is the part the task replaces.
+    # A causal LM's lm_head is not an error under a task head (the part the task replaces), nor a stored copy
+    # of the embedding in a checkpoint whose config ties them (transformers ties and ignores it too).
     unexpected = sorted(k for k in available - used
-                        if not (k == "lm_head.weight" and "lm_head.weight" not in expected)
+                        if not (k == "lm_head.weight" and ("lm_head.weight" not in expected or tied))
                         and not k.endswith("rotary_emb.inv_freq"))
     where = Path(folder)
     if strict and missing:

@@ -41,3 +41,12 @@ def test_bad_source_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "llama_ft.audit", str(tmp_path / "nope.json")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "nope.json" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_training_memory_counts_each_weight_once(shared):
+    """Frozen weights bf16; a trainable weight is its fp32 master alone (4 bytes) + grad (4) + AdamW (8)."""
+    rep = audit(str(shared / "data/llama3/Llama-3.2-1B"), tasks=("classification",), policies=("head", "full"))
+    pol = rep["tasks"]["classification"]["policies"]
+    n = 1_235_818_496
+    assert pol["full"]["memory_bytes"]["total"] == 16 * n
+    assert pol["head"]["memory_bytes"]["total"] == 2 * (n - 4096) + 16 * 4096

@@ -150,6 +150,18 @@ def test_gguf_config_without_conversion(tiny_gguf, tmp_path, monkeypatch):
     assert llama_ft.LlamaConfig.from_pretrained(tiny_gguf).hidden_size == 64
 
 
+def test_a_damaged_cache_entry_is_replaced_not_returned(tiny_gguf, tmp_path, monkeypatch):
+    """A cached metadata config folder left incomplete (killed, emptied by hand) is rebuilt, not handed back."""
+    monkeypatch.setattr(llama_ft.gguf, "convert_gguf", None)
+    cache = tmp_path / "cache"
+    final = cache / "gguf-config" / sources._gguf_key(tiny_gguf, "")
+    final.mkdir(parents=True)
+    (final / "junk").write_text("x")
+    path = resolve_config(tiny_gguf, cache_dir=cache)
+    assert path == final / "config.json" and json.loads(path.read_text())["hidden_size"] == 64
+    assert not (final / "junk").exists()
+
+
 # ------------------------------------------------------------------ the embedded default
 def test_embedded_default(smollm2_dir):
     assert resolve("SmolLM2-135M") == smollm2_dir
@@ -226,10 +238,11 @@ def _http_error(cls, status):
       r"https://huggingface\.co/owner/model, then run `hf auth login`")),
     (lambda: _http_error(GatedRepoError, 403), True, r"your Hugging Face token has no access yet"),
     (lambda: _http_error(RepositoryNotFoundError, 404), False,
-     r"owner/model was not found on the Hugging Face Hub: check the spelling.*if it is private, run `hf auth"),
+     r"owner/model was not found on the Hugging Face Hub, and there is no local folder .*owner/model either: "
+     r"check the spelling.*if it is private, run `hf auth"),
     (lambda: _http_error(RevisionNotFoundError, 404), True, r"owner/model has no revision 'v9'"),
     (lambda: LocalEntryNotFoundError("offline"), True,
-     r"owner/model \(revision v9\) is not in the Hugging Face cache at .* cannot be reached"),
+     r"owner/model \(revision v9\) is no local folder .* is not in the Hugging Face cache at .* cannot be reached"),
 ])
 def test_hub_errors_say_what_to_do(monkeypatch, error, has_token, expected):
     """Network boundary replaced: snapshot_download raises what huggingface_hub raises in each case."""
@@ -267,7 +280,8 @@ def test_second_run_offline_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert resolve("owner/cached", cache_dir=tmp_path) == snap
     assert resolve_config("owner/cached", cache_dir=tmp_path) == snap / "config.json"
-    with pytest.raises(SourceError, match=r"owner/absent \(revision main\) is not in the Hugging Face cache .* "
+    with pytest.raises(SourceError, match=r"owner/absent \(revision main\) is no local folder .* "
+                                          r"is not in the Hugging Face cache .* "
                                           r"offline mode is on \(HF_HUB_OFFLINE=1\)"):
         resolve("owner/absent", cache_dir=tmp_path)
 

@@ -122,6 +122,14 @@ def test_llama3_special_tokens(llama3, tiktoken_llama3, data):
     assert llama3.decode(llama3.encode("Hello world"), skip_special_tokens=True) == "Hello world"
 
 
+def test_llama3_special_tokens_come_from_the_config_file_given_whatever_its_name(tmp_path, data):
+    renamed = tmp_path / "llama32_tokenizer_config.json"  # no config.json or tokenizer_config.json beside it
+    renamed.write_text((data / "llama3/Llama-3.2-1B/tokenizer_config.json").read_text())
+    tok = llama3_tokenizer_from_tiktoken(data / "llama3/tokenizer.model", renamed)
+    assert (tok.bos_token_id, tok.eos_token_id, tok.add_bos) == (128000, 128001, True)
+    assert tok.encode("hi")[0] == 128000
+
+
 def test_llama3_pad_policy(llama3):
     assert llama3.pad_token_id == 128004 and llama3.pad_token == "<|finetune_right_pad_id|>"
     assert llama3.pad_token_source == "<|finetune_right_pad_id|>"

@@ -66,6 +66,26 @@ def test_missing_tensor_is_named(tmp_path):
         llama_ft.from_pretrained(tmp_path)
 
 
+def test_untied_causal_lm_without_its_lm_head_is_an_error_not_a_random_head(tmp_path):
+    model = saved(tmp_path, tie_word_embeddings=False)
+    sd = state_dict_for_saving(model)
+    del sd["lm_head.weight"]
+    save_weights(sd, tmp_path)
+    with pytest.raises(WeightsError, match="lm_head.weight"):
+        llama_ft.from_pretrained(tmp_path)
+    clf = llama_ft.from_pretrained(tmp_path, task="classification")  # a task head replaces lm_head: fine
+    assert clf.score.weight.shape == (2, 64)
+
+
+def test_tied_config_ignores_a_stored_lm_head_copy(tmp_path):
+    model = saved(tmp_path)
+    sd = state_dict_for_saving(model)
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"].clone()  # as some exporters store it
+    save_weights(sd, tmp_path)
+    back = llama_ft.from_pretrained(tmp_path)
+    assert back.lm_head.weight is back.model.embed_tokens.weight
+
+
 def test_wrong_shape_names_tensor_shapes_and_file(tmp_path):
     model = saved(tmp_path)
     sd = state_dict_for_saving(model)
