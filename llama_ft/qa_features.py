@@ -72,6 +72,7 @@ class FeatureCounts:
     multi_window_questions: int = 0     # contexts longer than one window
     max_windows: int = 0
     questions_truncated: int = 0        # question cut to MAX_QUESTION_TOKENS (or to fit the window)
+    stride_capped: int = 0              # multi-window questions whose overlap was cut to half the context room
     answers_mid_token: int = 0          # the answer starts or ends inside a token: its windows not trained on
     questions_unlabelled: int = 0       # no answer placeable on verified tokens: windows not trained on
     offsets_repaired: int = 0           # tokens whose tokenizer offsets disagreed with the text, re-found
@@ -87,6 +88,7 @@ class FeatureCounts:
         return (f"{self.questions:,} questions -> {self.windows:,} windows ({self.windows_with_answer:,} with the "
                 f"answer, {self.windows_no_answer:,} without); {self.multi_window_questions} contexts span several "
                 f"windows (max {self.max_windows}); {self.questions_truncated} questions truncated; "
+                f"{self.stride_capped} overlaps capped at half the context room; "
                 f"{self.answers_mid_token} answers end inside a token; {self.questions_unlabelled} unlabelled; "
                 f"offsets: {self.offsets_repaired} repaired, {self.offsets_unverified} unverified")
 
@@ -229,6 +231,7 @@ class WindowBuilder:
         c.questions += 1
         c.windows += len(out)
         c.multi_window_questions += len(out) > 1
+        c.stride_capped += len(out) > 1 and self.stride > room // 2  # --study-windows: 64 of ~100 tokens
         c.max_windows = max(c.max_windows, len(out))
         return out
 

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from .procs import pid_alive
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_NAME = "smollm2-135m"
@@ -104,7 +106,11 @@ def _publish(build: Callable[[Path], object], final: Path,
     A `final` already there is another process's finished build when `complete` says so (kept), else a
     damaged leftover (replaced)."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    for stale in final.parent.glob(f".tmp-{final.name}-*-*"):  # a killed conversion's (fp32 weights: large)
+        pid = stale.name[len(f".tmp-{final.name}-"):].split("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-{os.getpid()}-", dir=final.parent))
     try:
         build(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is readable like any other

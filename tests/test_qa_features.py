@@ -60,6 +60,11 @@ def test_every_training_window_is_the_gold_answer_or_no_answer(tok, first_2000, 
         assert max(sp[1] for sp in spans) == len(by_id[qid].context.rstrip())
     if max_length == 128:
         assert counts.multi_window_questions > 500   # the study's geometry cuts most contexts
+        # Its 64-token overlap is over half of the ~100-token context room: capped, and the summary says how often.
+        assert counts.stride_capped == counts.multi_window_questions
+        assert f"{counts.stride_capped} overlaps capped" in counts.summary()
+    else:
+        assert counts.stride_capped == 0
     assert len(training_examples(windows)) == len(trained)
 
 

@@ -6,6 +6,8 @@ prepared local Hugging Face cache with offline mode on (the real `snapshot_downl
 """
 import json
 import os
+import subprocess
+import sys
 
 import httpx2
 import huggingface_hub
@@ -160,6 +162,20 @@ def test_a_damaged_cache_entry_is_replaced_not_returned(tiny_gguf, tmp_path, mon
     path = resolve_config(tiny_gguf, cache_dir=cache)
     assert path == final / "config.json" and json.loads(path.read_text())["hidden_size"] == 64
     assert not (final / "junk").exists()
+
+
+def test_a_killed_conversions_temporary_folder_is_swept(tiny_gguf, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    cache = tmp_path / "cache"
+    key = sources._gguf_key(tiny_gguf, "float32")
+    dead, alive = cache / "gguf" / f".tmp-{key}-{proc.pid}-abc", cache / "gguf" / f".tmp-{key}-1-def"
+    for d in (dead, alive):
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"half")
+    folder = resolve(tiny_gguf, cache_dir=cache)
+    assert (folder / "model.safetensors").is_file()
+    assert not dead.exists() and alive.exists()  # pid 1 runs: not ours to remove
 
 
 # ------------------------------------------------------------------ the embedded default
