@@ -321,10 +321,25 @@ def convert_gguf(path: str | Path, out_dir: str | Path, dtype: str | torch.dtype
     reader = open_gguf(path)
     config = gguf_config(reader, path)
     config["torch_dtype"] = str(dtype).removeprefix("torch.")
-    tokenizer = gguf_tokenizer(reader, path, config)
     state = gguf_state_dict(reader, path, config, dtype)
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "source": path.name})
+    _write_metadata(reader, path, out, config)
+    return out
+
+
+def convert_gguf_metadata(path: str | Path, out_dir: str | Path) -> Path:
+    """The same folder as `convert_gguf` without the weights (config, generation config, tokenizer files):
+    what a tokenizer needs, from the GGUF's metadata alone, in a fraction of a second."""
+    path, out = Path(path), Path(out_dir)
+    reader = open_gguf(path)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_metadata(reader, path, out, gguf_config(reader, path))
+    return out
+
+
+def _write_metadata(reader: _gguf.GGUFReader, path: Path, out: Path, config: dict) -> None:
+    tokenizer = gguf_tokenizer(reader, path, config)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config[k] is not None}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
@@ -337,5 +352,4 @@ def convert_gguf(path: str | Path, out_dir: str | Path, dtype: str | torch.dtype
     else:
         warnings.warn(f"{path}: `tokenizer.ggml.model` is {_field(reader, 'tokenizer.ggml.model')!r}, not a "
                       "byte-level BPE ('gpt2'); no tokenizer.json written; put the model's tokenizer.json next "
-                      "to the converted weights.", stacklevel=2)
-    return out
+                      "to the converted weights.", stacklevel=3)

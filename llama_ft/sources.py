@@ -165,6 +165,23 @@ def gguf_config_file(path: str | Path, cache_dir: str | Path | None = None) -> P
     return final / "config.json"
 
 
+def gguf_tokenizer_folder(path: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """A folder with a .gguf file's tokenizer files and config: the converted folder's when it exists, else one
+    built from the metadata alone (no weights dequantized)."""
+    from .gguf import convert_gguf_metadata
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise SourceError(f"{path}: no such GGUF file; check the path.")
+    converted = cache_root(cache_dir) / "gguf" / _gguf_key(path, "float32")
+    if (converted / "config.json").is_file() and (converted / "model.safetensors").is_file():
+        return converted
+    final = cache_root(cache_dir) / "gguf-tokenizer" / _gguf_key(path, "")
+    if not _has_config(final):
+        _publish(lambda tmp: convert_gguf_metadata(path, tmp), final)
+    return final
+
+
 # ------------------------------------------------------------------ Hub
 def _hub_call(repo: str, revision: str | None, token: str | None, cache_dir: str | Path | None,
               call: Callable[[], _T]) -> _T:
@@ -314,7 +331,7 @@ def resolve_tokenizer(src: str | Path, revision: str | None = None, token: str |
     if kind == "folder":
         return Path(value)
     if kind == "gguf":
-        return gguf_folder(value, cache_dir)
+        return gguf_tokenizer_folder(value, cache_dir)
     if kind == "json":
         return Path(value).parent
     return hub_folder(str(value), revision, token, cache_dir, patterns=CONFIG_FILES + TOKENIZER_FILES)

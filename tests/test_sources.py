@@ -178,6 +178,19 @@ def test_a_killed_conversions_temporary_folder_is_swept(tiny_gguf, tmp_path):
     assert not dead.exists() and alive.exists()  # pid 1 runs: not ours to remove
 
 
+def test_gguf_tokenizer_without_converting_the_weights(tiny_gguf, tmp_path, monkeypatch):
+    """load_tokenizer on a .gguf reads its metadata alone; once the model is converted, that folder serves."""
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(llama_ft.gguf, "convert_gguf", None)
+    folder = sources.resolve_tokenizer(tiny_gguf, cache_dir=cache)
+    assert (folder / "tokenizer.json").is_file() and not (folder / "model.safetensors").exists()
+    monkeypatch.undo()
+    tok = load_tokenizer(folder)
+    converted = resolve(tiny_gguf, cache_dir=cache)
+    assert sources.resolve_tokenizer(tiny_gguf, cache_dir=cache) == converted
+    assert load_tokenizer(converted).encode("hello world") == tok.encode("hello world")
+
+
 # ------------------------------------------------------------------ the embedded default
 def test_embedded_default(smollm2_dir):
     assert resolve("SmolLM2-135M") == smollm2_dir
