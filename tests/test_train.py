@@ -286,6 +286,24 @@ def test_resume_restores_this_runs_figures_not_an_older_runs_best(tmp_path):
                                               resume=True))
 
 
+def test_resume_with_a_best_written_after_the_checkpoint_chooses_again(tmp_path):
+    """Killed between writing best/ and the checkpoint: best/ is newer than the checkpoint's best step, so it is
+    not loaded; the best is chosen again from the evaluations after the resume."""
+    from safetensors.torch import load_file, save_file
+    data = dataset(n=32)
+    cfg = quick(policy="head", epochs=1, eval_every=1, select_metric="fake", output_dir=str(tmp_path))
+    scores = iter([3.0, 5.0, 1.0, 2.0])
+    first = train(tiny_model(), data, cfg, eval_fn=lambda m: {"fake": next(scores)})
+    assert first.best_step == 2
+    best = tmp_path / "best" / "model.safetensors"
+    save_file(load_file(str(best)), str(best), metadata={"step": "3", "fake": "9.0"})
+    model = tiny_model()
+    with pytest.warns(UserWarning, match="not at the checkpoint's best step 2"):
+        resumed = train(model, data, quick(policy="head", epochs=1, eval_every=1, select_metric="fake",
+                                           output_dir=str(tmp_path), resume=True), eval_fn=lambda m: {"fake": 0.0})
+    assert resumed.resumed_from == first.steps and resumed.best_step is None
+
+
 def test_stale_trunk_cache_files_of_dead_runs_are_removed(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,8 +147,9 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, frozen_dtype: torch.dtype,
 
 
 def _best_of_this_run(out_dir: Path, best_step: int | None) -> dict | None:
-    """On resume: best/ weights when the checkpoint names a best step and best/ was written at that step
-    (a best/ left by an earlier run in the same folder is not this run's)."""
+    """On resume: best/ weights when the checkpoint names a best step and best/ was written at that step.
+    Otherwise None: a best/ left by an earlier run in the same folder is not this run's, and one written after
+    the checkpoint (a kill between the two) is re-earned when the resumed run replays those steps."""
     path = out_dir / "best" / "model.safetensors"
     if best_step is None or not path.is_file():
         return None
@@ -156,8 +158,9 @@ def _best_of_this_run(out_dir: Path, best_step: int | None) -> dict | None:
     with safe_open(str(path), "pt") as f:
         written_at = (f.metadata() or {}).get("step")
     if written_at != str(best_step):
-        raise ValueError(f"{path} was written at step {written_at}, but the checkpoint's best step is {best_step}: "
-                         "it is not this run's. Delete best/ (or the whole output folder) and start afresh.")
+        warnings.warn(f"{path} was written at step {written_at}, not at the checkpoint's best step {best_step}; "
+                      "the best weights are chosen again from the evaluations after the resume.", stacklevel=3)
+        return None
     return load_file(str(path))
 
 
@@ -247,10 +250,13 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
         set_rng_state(state["rng"])
         step = state["step"]
         for k in ("losses", "lrs", "grad_norms", "metrics", "best_metric", "best_step", "real_tokens",
-                  "padded_tokens", "train_seconds"):
-            setattr(res, k, state.get(k, 0.0) if k == "train_seconds" else state[k])
+                  "padded_tokens"):
+            setattr(res, k, state[k])
+        res.train_seconds = state.get("train_seconds", 0.0)  # absent from checkpoints of earlier versions
         res.resumed_from = step
         best_weights = _best_of_this_run(out_dir, res.best_step)
+        if best_weights is None:
+            res.best_metric = res.best_step = None
     log = JsonlLog(out_dir / "train_log.jsonl" if writer else None, resume_step=step if ckpt else None)
     if writer:
         res.paths["log"] = str(out_dir / "train_log.jsonl")
