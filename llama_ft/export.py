@@ -22,7 +22,7 @@ from .loading import as_dtype
 from .lora import LoRALinear
 from .model import LlamaPreTrainedModel
 from .model_card import PIPELINES, guess_base_model, render_model_card
-from .procs import pid_alive
+from .procs import left_by_dead_processes
 from .weights import save_weights, state_dict_for_saving
 
 
@@ -203,18 +203,12 @@ def _check_target(target: Path, overwrite: bool) -> None:
 
 def _clean_stale(target: Path) -> None:
     """Remove the hidden siblings of `target` that dead exports left; restore a moved-aside previous export."""
-    stale: dict[str, list[Path]] = {"partial": [], "old": []}
-    for p in target.parent.glob(f".{target.name}.*-*"):
-        kind, _, tag = p.name[len(target.name) + 2:].partition("-")
-        pid = tag.split("-")[0]
-        if kind in stale and pid.isdigit() and p.is_dir() and not pid_alive(int(pid)):
-            stale[kind].append(p)
-    for old in stale["old"]:
+    for old in left_by_dead_processes(target.parent, f".{target.name}.old-"):
         if not target.exists():
             os.rename(old, target)  # killed after moving the previous export aside: it is the only copy
         else:
             shutil.rmtree(old, ignore_errors=True)
-    for partial in stale["partial"]:
+    for partial in left_by_dead_processes(target.parent, f".{target.name}.partial-"):
         shutil.rmtree(partial, ignore_errors=True)
 
 

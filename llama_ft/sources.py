@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from .procs import pid_alive
+from .procs import left_by_dead_processes
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,8 @@ def _publish(build: Callable[[Path], object], final: Path,
     A `final` already there is another process's finished build when `complete` says so (kept), else a
     damaged leftover (replaced)."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".tmp-{final.name}-*-*"):  # a killed conversion's (fp32 weights: large)
-        pid = stale.name[len(f".tmp-{final.name}-"):].split("-")[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    for stale in left_by_dead_processes(final.parent, f".tmp-{final.name}-"):  # killed conversions' (large)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-{os.getpid()}-", dir=final.parent))
     try:
         build(tmp)
@@ -127,56 +125,42 @@ def _publish(build: Callable[[Path], object], final: Path,
     return final
 
 
+def _converted(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def _existing_gguf(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise SourceError(f"{path}: no such GGUF file; check the path.")
+    return path
+
+
 def gguf_folder(path: str | Path, cache_dir: str | Path | None = None, dtype: str = "float32") -> Path:
     """The converted Hugging Face folder of a .gguf file, converting it on first use (cached by path,
     size and modification time)."""
     from .gguf import convert_gguf
 
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise SourceError(f"{path}: no such GGUF file; check the path.")
+    path = _existing_gguf(path)
     final = cache_root(cache_dir) / "gguf" / _gguf_key(path, dtype)
-    def complete(folder: Path) -> bool:
-        return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-
-    if complete(final):
+    if _converted(final):
         return final
     if final.exists():  # damaged by hand: convert again
         shutil.rmtree(final, ignore_errors=True)
     log.info("converting %s into %s (once)", path, final)
-    return _publish(lambda tmp: convert_gguf(path, tmp, dtype=dtype), final, complete)
+    return _publish(lambda tmp: convert_gguf(path, tmp, dtype=dtype), final, _converted)
 
 
-def gguf_config_file(path: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """config.json of a .gguf file: the converted folder's when it exists, else one built from metadata."""
-    from .gguf import read_gguf_config
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise SourceError(f"{path}: no such GGUF file; check the path.")
-    converted = cache_root(cache_dir) / "gguf" / _gguf_key(path, "float32") / "config.json"
-    if converted.is_file():
-        return converted
-    final = cache_root(cache_dir) / "gguf-config" / _gguf_key(path, "")
-    if not (final / "config.json").is_file():
-        config = read_gguf_config(path)
-        _publish(lambda tmp: (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True)),
-                 final)
-    return final / "config.json"
-
-
-def gguf_tokenizer_folder(path: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """A folder with a .gguf file's tokenizer files and config: the converted folder's when it exists, else one
-    built from the metadata alone (no weights dequantized)."""
+def gguf_metadata_folder(path: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """config.json, generation_config.json and the tokenizer files of a .gguf file: the converted folder when
+    there is one, else a folder built from the metadata alone (no weights dequantized; seconds)."""
     from .gguf import convert_gguf_metadata
 
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise SourceError(f"{path}: no such GGUF file; check the path.")
+    path = _existing_gguf(path)
     converted = cache_root(cache_dir) / "gguf" / _gguf_key(path, "float32")
-    if (converted / "config.json").is_file() and (converted / "model.safetensors").is_file():
+    if _converted(converted):
         return converted
-    final = cache_root(cache_dir) / "gguf-tokenizer" / _gguf_key(path, "")
+    final = cache_root(cache_dir) / "gguf-meta" / _gguf_key(path, "")
     if not _has_config(final):
         _publish(lambda tmp: convert_gguf_metadata(path, tmp), final)
     return final
@@ -316,7 +300,7 @@ def resolve_config(src: str | Path, revision: str | None = None, token: str | No
             raise SourceError(f"{value}: no config.json; a model folder needs the model's config.json.")
         return Path(value) / "config.json"
     if kind == "gguf":
-        return gguf_config_file(value, cache_dir)
+        return gguf_metadata_folder(value, cache_dir) / "config.json"
     import huggingface_hub
 
     return Path(_hub_call(str(value), revision, token, cache_dir, lambda: huggingface_hub.hf_hub_download(
@@ -331,7 +315,7 @@ def resolve_tokenizer(src: str | Path, revision: str | None = None, token: str |
     if kind == "folder":
         return Path(value)
     if kind == "gguf":
-        return gguf_tokenizer_folder(value, cache_dir)
+        return gguf_metadata_folder(value, cache_dir)
     if kind == "json":
         return Path(value).parent
     return hub_folder(str(value), revision, token, cache_dir, patterns=CONFIG_FILES + TOKENIZER_FILES)

@@ -199,8 +199,8 @@ def load_weights(model: nn.Module, folder: str | Path, dtype: torch.dtype = torc
 
 def materialise(model: nn.Module, dtype: torch.dtype, device) -> None:
     """Give every parameter still on the meta device real memory and a fresh init; re-tie; rebuild rope."""
+    model.tie_weights()  # a tied head shares the embedding's (loaded) weight: no memory or init of its own
     for mod in model.modules():
-        model.tie_weights()  # a tied head shares the embedding's (loaded) weight: no memory or init of its own
         own = list(mod.parameters(recurse=False))
         if own and any(p.is_meta for p in own):
             mod.to_empty(device=device, recurse=False)

@@ -156,7 +156,7 @@ def test_a_damaged_cache_entry_is_replaced_not_returned(tiny_gguf, tmp_path, mon
     """A cached metadata config folder left incomplete (killed, emptied by hand) is rebuilt, not handed back."""
     monkeypatch.setattr(llama_ft.gguf, "convert_gguf", None)
     cache = tmp_path / "cache"
-    final = cache / "gguf-config" / sources._gguf_key(tiny_gguf, "")
+    final = cache / "gguf-meta" / sources._gguf_key(tiny_gguf, "")
     final.mkdir(parents=True)
     (final / "junk").write_text("x")
     path = resolve_config(tiny_gguf, cache_dir=cache)

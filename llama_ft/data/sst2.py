@@ -182,13 +182,14 @@ def stratified_split(rows: list[Example], test_fraction: float = 0.2, seed: int 
         raise DataError(f"cannot split {len(rows):,} rows ({dict(zip(classes.tolist(), counts.tolist()))} per "
                         f"label) into {n_train:,} train / {n_test:,} test with every label on both sides; "
                         "use more rows or a larger subset.")
+    # datasets also allocates the test side by approximate mode, over what train left: that is exactly the
+    # remainder (it sums to n_test), so it draws nothing and the test rows are the rest of each label.
     per_train = _approximate_mode(counts, n_train, rng)
-    per_test = _approximate_mode(counts - per_train, n_test, rng)
     train_idx, test_idx = [], []
-    for c, count, k_train, k_test in zip(classes, counts, per_train, per_test):
+    for c, count, k_train in zip(classes, counts, per_train):
         idx = np.flatnonzero(labels == c)[rng.permutation(count)]
         train_idx.extend(idx[:k_train])
-        test_idx.extend(idx[k_train:k_train + k_test])
+        test_idx.extend(idx[k_train:])
     train_idx, test_idx = rng.permutation(train_idx), rng.permutation(test_idx)
     return [rows[i] for i in train_idx], [rows[i] for i in test_idx]
 

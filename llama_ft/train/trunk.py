@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..procs import pid_alive
+from ..procs import left_by_dead_processes
 from .batching import collate, sorted_batches
 
 
@@ -106,10 +106,8 @@ class TrunkCache:
         self.path = None
         if nbytes > ram_bytes and tmp_dir is not None:
             os.makedirs(tmp_dir, exist_ok=True)
-            for stale in Path(tmp_dir).glob("trunk_cache_*.bin"):  # left by killed runs (close() never ran)
-                pid = stale.stem.removeprefix("trunk_cache_")
-                if pid.isdigit() and not pid_alive(int(pid)):
-                    stale.unlink(missing_ok=True)
+            for stale in left_by_dead_processes(Path(tmp_dir), "trunk_cache_"):  # killed runs never close()
+                stale.unlink(missing_ok=True)
             self.path = Path(tmp_dir) / f"trunk_cache_{os.getpid()}.bin"
             np_dtype = np.uint16 if dtype == torch.bfloat16 else np.dtype(str(dtype).removeprefix("torch."))
             self._mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=np_dtype, shape=(rows, hidden))
