@@ -18,19 +18,7 @@ import sys
 import time
 
 import llama_ft
-from llama_ft.data.squad import SquadDataError, load_squad, references, study_split
-from llama_ft.metrics import format_squad_table, squad_em_f1, squad_report
-from llama_ft.plots import loss_curve
-from llama_ft.policies import POLICY_HELP
-from llama_ft.qa_decode import (
-    answers,
-    best_null_threshold,
-    decode_predictions,
-    na_probs,
-    study_window_predictions,
-)
-from llama_ft.qa_features import build_windows, training_examples
-from llama_ft.runs import (
+from llama_ft.cli.run_folder import (
     add_run_arguments,
     command_line,
     device_and_amp,
@@ -38,8 +26,20 @@ from llama_ft.runs import (
     prepare_output_dir,
     write_json,
 )
+from llama_ft.metrics import format_squad_table, squad_em_f1, squad_report
+from llama_ft.model.policies import POLICY_HELP
+from llama_ft.plots import loss_curve
+from llama_ft.tasks.squad.data import SquadDataError, load_squad, references, study_split
+from llama_ft.tasks.squad.decode import (
+    answers,
+    best_null_threshold,
+    decode_predictions,
+    na_probs,
+    study_window_predictions,
+)
+from llama_ft.tasks.squad.windows import build_windows, training_examples
+from llama_ft.tasks.squad.zero_shot import answer_by_prompt, clean_answer
 from llama_ft.train import TrainConfig, predict, train
-from llama_ft.zero_shot_qa import answer_by_prompt, clean_answer
 
 # The study's settings, and ours. The default policy was chosen by measurement (README "SQuAD results"): at
 # N = 1000 (same split, 2 epochs, 384/128 windows) lora:16 at lr 5e-4 reached test F1 35.9 against 16.4 for full
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     out = prepare_output_dir(args.output_dir, args.overwrite, args.resume)
     t_start = time.perf_counter()
     device, amp = device_and_amp(args.device, args.amp, study=args.preset == "study")
-    amp_dtype = None if amp == "none" else llama_ft.loading.as_dtype(amp)
+    amp_dtype = None if amp == "none" else llama_ft.hf.loading.as_dtype(amp)
     data, train_q, calib_q, test_q = load_splits(args)
     tokenizer = llama_ft.load_tokenizer(args.model)
     train_windows, train_counts = build_windows(tokenizer, train_q, args.max_length, args.stride, progress=True,
@@ -288,6 +288,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (SquadDataError, llama_ft.runs.RunDirError, ValueError, FileNotFoundError) as e:
+    except (SquadDataError, llama_ft.cli.run_folder.RunDirError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -15,11 +15,7 @@ import sys
 import time
 
 import llama_ft
-from llama_ft.data import sst2
-from llama_ft.metrics import classification_report, format_classification_table
-from llama_ft.plots import confusion_matrix_plot, loss_curve
-from llama_ft.policies import POLICY_HELP
-from llama_ft.runs import (
+from llama_ft.cli.run_folder import (
     add_run_arguments,
     command_line,
     device_and_amp,
@@ -27,8 +23,12 @@ from llama_ft.runs import (
     prepare_output_dir,
     write_json,
 )
+from llama_ft.metrics import classification_report, format_classification_table
+from llama_ft.model.policies import POLICY_HELP
+from llama_ft.plots import confusion_matrix_plot, loss_curve
+from llama_ft.tasks.sst2 import data as sst2
+from llama_ft.tasks.sst2.zero_shot import batch_calibrate, classify_by_prompt
 from llama_ft.train import TrainConfig, predict, train
-from llama_ft.zero_shot import batch_calibrate, classify_by_prompt
 
 CALIBRATED = "zero-shot (prompt, batch-calibrated)"
 # The study's hyper-parameters, and ours (chosen by measurement: see README "Results").
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         lm = llama_ft.from_pretrained(args.model, task="causal-lm", dtype="bf16" if amp != "none" else "fp32",
                                       device=device)
         pred, p_pos = classify_by_prompt(lm, tokenizer, [r.sentence for r in test_rows],
-                                         amp=None if amp == "none" else llama_ft.loading.as_dtype(amp))
+                                         amp=None if amp == "none" else llama_ft.hf.loading.as_dtype(amp))
         gold = [r.label for r in test_rows]
         rows_report["zero-shot (prompt)"] = classification_report(gold, pred.tolist())
         if len(test_rows) > 1:
@@ -181,6 +181,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (sst2.DataError, llama_ft.runs.RunDirError, ValueError, FileNotFoundError) as e:
+    except (sst2.DataError, llama_ft.cli.run_folder.RunDirError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llama_ft.loading import build_model, random_model
-from llama_ft.policies import apply_policy
+from llama_ft.hf.loading import build_model, random_model
+from llama_ft.model.policies import apply_policy
 from llama_ft.train import TrainConfig, train
 from llama_ft.train.batching import epoch_batches, padding_waste
 from llama_ft.train.trunk import find_split, flop_ratio
@@ -102,7 +102,7 @@ def size_curve(shape: str, ns: list[int], seq: int, batch: int, amp: str, device
 def sst2_lengths(max_length: int = 128) -> np.ndarray:
     """Token counts of the SST-2 training sentences under the SmolLM2 tokenizer (cut at max_length, as the recipe)."""
     import llama_ft
-    from llama_ft.data import sst2
+    from llama_ft.tasks.sst2 import data as sst2
     tok = llama_ft.load_tokenizer("smollm2-135m")
     rows = sst2.load_sst2(str(SST2_TRAIN.parent))["train"]
     return np.array([len(ex["input_ids"]) for ex in sst2.encode(rows, tok, max_length)])

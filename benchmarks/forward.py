@@ -75,7 +75,7 @@ def bench_shape(shape: str, batch: int, seq: int, reps: int, modes: list[str]) -
 
 
 PEAK_CODE = """
-import json, llama_ft, llama_ft.sources, llama_ft.tokenizer
+import json, llama_ft, llama_ft.sources.resolve, llama_ft.tokenizer
 def hwm():  # VmHWM: the kernel's high-water mark of resident memory (ru_maxrss lags behind it)
     return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM'))
 base = hwm()

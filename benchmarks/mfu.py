@@ -26,10 +26,10 @@ import time
 import torch
 from torch import nn
 
-from llama_ft.config import LlamaConfig
-from llama_ft.loading import build_model
-from llama_ft.lora import LoRALinear
-from llama_ft.policies import apply_policy
+from llama_ft.hf.loading import build_model
+from llama_ft.model.config import LlamaConfig
+from llama_ft.model.lora import LoRALinear
+from llama_ft.model.policies import apply_policy
 
 # Dense (no sparsity) tensor-core peaks from NVIDIA's datasheets, TFLOP/s: (bf16/fp16, fp32 non-tensor).
 SPEC_TFLOPS = {"H100 PCIe": (756.0, 51.0), "H100 NVL": (835.0, 60.0), "H100": (989.4, 66.9),

@@ -218,7 +218,7 @@ class Suite:
                 self.save()
 
     def _full_step(self, shape: str, b: int, t: int, amp: torch.dtype, compiled: bool = False) -> dict:
-        from llama_ft.loading import random_model
+        from llama_ft.hf.loading import random_model
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         s = Setting(self.device, amp, b, t, steps=2 if self.device.type == "cuda" else 1,

@@ -35,10 +35,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llama_ft import LlamaConfig
-from llama_ft.audit import count_parameters
-from llama_ft.loading import build_model, random_model
-from llama_ft.lora import add_lora
-from llama_ft.policies import parse_policy
+from llama_ft.hf.loading import build_model, random_model
+from llama_ft.model.lora import add_lora
+from llama_ft.model.params import count_parameters
+from llama_ft.model.policies import parse_policy
 from llama_ft.train import TrainConfig, train_step
 from llama_ft.train.config import resolve_frozen_dtype
 from llama_ft.train.loop import TaskLoss, prepare_model

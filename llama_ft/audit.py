@@ -12,42 +12,14 @@ import time
 from collections import defaultdict
 
 import torch
-from torch import nn
+
+from llama_ft.hf.loading import build_model
+from llama_ft.model.config import ConfigError, LlamaConfig
+from llama_ft.model.params import count_parameters
+from llama_ft.model.policies import apply_policy, parse_policy
 
 POLICIES = ("head", "last:1", "last:4", "lora:8", "full")
 TASK_NAMES = ("causal-lm", "classification", "qa")
-
-
-def _group(name: str) -> str:
-    parts = name.split(".")
-    if "embed_tokens" in parts:
-        return "embeddings"
-    if "layers" in parts:
-        i = parts.index("layers")
-        kind = parts[i + 2]
-        kind = {"self_attn": "attention", "mlp": "mlp"}.get(kind, "norms")
-        if any(p.startswith("lora_") for p in parts):
-            kind = "lora"
-        return f"layers.{parts[i + 1]}.{kind}"
-    if parts[-2:] == ["norm", "weight"]:
-        return "final_norm"
-    return "head:" + parts[0]
-
-
-def count_parameters(model: nn.Module, dtype: torch.dtype | None = None) -> dict:
-    """{"total", "trainable", "frozen", "by_module", "bytes"}; a tied weight is counted once."""
-    total = trainable = 0
-    by_module: dict[str, int] = defaultdict(int)
-    by_dtype: dict[str, int] = defaultdict(int)
-    for name, p in model.named_parameters():  # named_parameters() yields a shared (tied) tensor once
-        n = p.numel()
-        total += n
-        trainable += n if p.requires_grad else 0
-        by_module[_group(name)] += n
-        dt = dtype or p.dtype
-        by_dtype[str(dt).removeprefix("torch.")] += n * dt.itemsize
-    return {"total": total, "trainable": trainable, "frozen": total - trainable,
-            "by_module": dict(by_module), "bytes": dict(by_dtype)}
 
 
 def memory_estimate(counts: dict, weight_dtype: torch.dtype) -> dict:
@@ -64,9 +36,6 @@ def memory_estimate(counts: dict, weight_dtype: torch.dtype) -> dict:
 def audit(src: str, tasks=TASK_NAMES, policies=POLICIES, num_labels: int = 2,
           weight_dtype: torch.dtype = torch.bfloat16) -> dict:
     """Audit every task × policy for a model source, from its config only (meta device, nothing read)."""
-    from .config import LlamaConfig
-    from .loading import build_model
-    from .policies import apply_policy
     cfg = LlamaConfig.from_pretrained(src)
     report = {"source": str(src), "config": {k: v for k, v in cfg.to_dict().items()
                                                if not k.startswith("_")}, "tasks": {}}
@@ -125,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-labels", type=int, default=2)
     ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = ap.parse_args(argv)
-    from .config import ConfigError
-    from .policies import parse_policy
     t0 = time.perf_counter()
     try:
         policies = tuple(str(parse_policy(p)) for p in (args.train or POLICIES))

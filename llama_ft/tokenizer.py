@@ -16,7 +16,7 @@ LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{
 LLAMA3_PAD_TOKEN = "<|finetune_right_pad_id|>"
 
 # Where `pad_token_id` came from (`Tokenizer.pad_token_source`); the saved config records it as
-# `pad_token_source`, with the same strings as `llama_ft.loading.default_pad_token`.
+# `pad_token_source`, with the same strings as `llama_ft.hf.loading.default_pad_token`.
 PAD_FROM_FINETUNE_TOKEN = LLAMA3_PAD_TOKEN
 PAD_FROM_MODEL = "pad_token"
 PAD_FROM_EOS = "eos"
@@ -439,39 +439,3 @@ def llama3_tokenizer_from_tiktoken(model_path: str | Path, tokenizer_config_path
     spec = byte_level_bpe_json(vocab, merges, added, byte_level_pre_tokenizer("llama3"), post, ignore_merges=True)
     backend = _Backend.from_str(json.dumps(spec))
     return _wrap(backend, config_path.parent, str(model_path), tok_config)  # the file given, whatever its name
-
-
-def _tiktoken_folder(folder: Path) -> tuple[Path, Path] | None:
-    """(tokenizer.model, tokenizer_config.json) when `folder` or its parent holds a tiktoken model."""
-    for model in (folder / "tokenizer.model", folder.parent / "tokenizer.model"):
-        if model.is_file():
-            for cfg in (folder / "tokenizer_config.json", model.parent / "tokenizer_config.json"):
-                if cfg.is_file():
-                    return model, cfg
-    return None
-
-
-def load_tokenizer(src: str | Path | Tokenizer, *, revision: str | None = None, token: str | None = None,
-                   cache_dir: str | Path | None = None,
-                   tokenizer_config: str | Path | None = None) -> Tokenizer:
-    """The tokenizer of a folder (tokenizer.json, or Meta's tokenizer.model + tokenizer_config.json), a
-    tokenizer.json/tokenizer.model file, a .gguf file, a preset name or a Hub id."""
-    if isinstance(src, Tokenizer):
-        return src
-    path = Path(src).expanduser()
-    if (path.is_file() and path.name == "tokenizer.model") or tokenizer_config is not None:
-        model = path if path.is_file() else path / "tokenizer.model"
-        cfg = Path(tokenizer_config) if tokenizer_config is not None else model.parent / "tokenizer_config.json"
-        return llama3_tokenizer_from_tiktoken(model, cfg)
-    if path.is_file() and path.suffix == ".json":
-        return tokenizer_from_file(path)
-    if path.is_dir():
-        if (path / "tokenizer.json").is_file():
-            return tokenizer_from_folder(path)
-        found = _tiktoken_folder(path)
-        if found:
-            return llama3_tokenizer_from_tiktoken(*found)
-        raise TokenizerError(f"{path}: no tokenizer.json and no tiktoken tokenizer.model with a "
-                             "tokenizer_config.json; add the model's tokenizer.json.")
-    from .sources import resolve_tokenizer
-    return tokenizer_from_folder(resolve_tokenizer(src, revision=revision, token=token, cache_dir=cache_dir))

@@ -18,7 +18,7 @@ def shared() -> Path:
 def smollm2_dir() -> Path:
     """The embedded SmolLM2-135M-Instruct GGUF converted to a Hugging Face folder (once; kept in the
     llama_ft cache, $LLAMA_FT_CACHE or ~/.cache/llama_ft, for later sessions)."""
-    from llama_ft.sources import SourceError, resolve
+    from llama_ft.sources.resolve import SourceError, resolve
     try:
         return resolve("smollm2-135m")
     except SourceError as e:

@@ -8,7 +8,7 @@ import gguf
 import numpy as np
 import torch
 
-from llama_ft.gguf import permute_qk
+from llama_ft.sources.gguf import permute_qk
 from llama_ft.tokenizer import bytes_to_unicode
 
 Q = gguf.GGMLQuantizationType

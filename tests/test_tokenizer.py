@@ -10,12 +10,12 @@ import pytest
 import tiktoken
 import tiktoken.load
 
+from llama_ft.hf.loading import load_tokenizer
 from llama_ft.tokenizer import (
     PairWindow,
     TokenizerError,
     bytes_to_unicode,
     llama3_tokenizer_from_tiktoken,
-    load_tokenizer,
 )
 
 # Meta's pattern, written out here independently of llama_ft.tokenizer.LLAMA3_PATTERN.
@@ -141,7 +141,7 @@ def test_llama3_known_ids(llama3):
 
 def test_load_tokenizer_finds_meta_files(data, monkeypatch):
     """load_tokenizer on the Llama-3.2-1B config folder (tokenizer.model one level up) or on the file itself."""
-    import llama_ft.tokenizer as module
+    import llama_ft.hf.loading as module
 
     calls = []
     monkeypatch.setattr(module, "llama3_tokenizer_from_tiktoken", lambda *a: calls.append(a))
@@ -263,7 +263,7 @@ def test_save_and_reload(llama3, tmp_path, texts):
 
 def test_load_tokenizer_sources(smollm2_dir, smollm2):
     by_name = load_tokenizer("SmolLM2-135M")
-    from llama_ft.sources import embedded_gguf
+    from llama_ft.sources.resolve import embedded_gguf
 
     by_gguf = load_tokenizer(embedded_gguf())
     by_file = load_tokenizer(smollm2_dir / "tokenizer.json")

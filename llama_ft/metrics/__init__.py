@@ -5,13 +5,21 @@ and sacrebleu), rouge (rouge-score, evaluate's bootstrap), meteor (nltk; needs `
 llama_ft.metrics.nltk_data`).
 """
 
-from .bleu import bleu, sacrebleu_corpus_bleu, tokenize_13a
-from .classification import accuracy, class_labels, confusion_matrix, precision_recall_f1
-from .meteor import meteor, single_meteor
-from .nltk_data import SetupError
-from .report import classification_report, format_classification_table, format_squad_table, squad_report
-from .rouge import ROUGE_TYPES, rouge, rouge_scores, rouge_tokenize
-from .squad import exact_match_score, f1_score, f1_score_v2, normalize_answer, squad_em_f1, squad_v1, squad_v2
+from llama_ft.metrics.bleu import bleu, sacrebleu_corpus_bleu, tokenize_13a
+from llama_ft.metrics.classification import accuracy, class_labels, confusion_matrix, precision_recall_f1
+from llama_ft.metrics.meteor import meteor, single_meteor
+from llama_ft.metrics.nltk_data import SetupError
+from llama_ft.metrics.report import classification_report, format_classification_table, format_squad_table, squad_report
+from llama_ft.metrics.rouge import ROUGE_TYPES, rouge, rouge_scores, rouge_tokenize
+from llama_ft.metrics.squad import (
+    exact_match_score,
+    f1_score,
+    f1_score_v2,
+    normalize_answer,
+    squad_em_f1,
+    squad_v1,
+    squad_v2,
+)
 
 __all__ = [
     "ROUGE_TYPES",

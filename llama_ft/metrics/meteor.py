@@ -23,7 +23,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from . import nltk_data
+import llama_ft.metrics.nltk_data as nltk_data
 
 _PLAIN = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
 _CONTRACTIONS = ("cannot", "gimme", "gonna", "gotta", "lemme", "wanna")  # each splits after its 3rd letter

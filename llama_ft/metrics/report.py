@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 
-from .bleu import bleu
-from .classification import accuracy, class_labels, confusion_matrix, precision_recall_f1
-from .meteor import meteor
-from .rouge import ROUGE_TYPES, rouge
-from .squad import squad_em_f1, squad_v2
+from llama_ft.metrics.bleu import bleu
+from llama_ft.metrics.classification import accuracy, class_labels, confusion_matrix, precision_recall_f1
+from llama_ft.metrics.meteor import meteor
+from llama_ft.metrics.rouge import ROUGE_TYPES, rouge
+from llama_ft.metrics.squad import squad_em_f1, squad_v2
 
 SQUAD_ROWS = (
     ("bleu", "bleu", "-"),

@@ -13,7 +13,7 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 class TrainConfig:
     """A training run.
 
-    policy: `head | last:K | lora:R[:alpha] | full` (see llama_ft.policies); applied by `train` unless the model
+    policy: `head | last:K | lora:R[:alpha] | full` (see llama_ft.model.policies); applied by `train` unless the model
         already carries the same policy.
     lr, weight_decay: AdamW; decay applies to matrices only (not to norms, biases or LoRA A/B, whose small
         rank already regularises them and whose B starts at zero).

@@ -10,12 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from ..audit import count_parameters
-from ..policies import apply_policy, parse_policy
-from .batching import collate, epoch_batches, example_lengths, padding_waste, sorted_batches, split_batch
-from .checkpoint import (
+from llama_ft.model.params import count_parameters
+from llama_ft.model.policies import apply_policy, parse_policy
+from llama_ft.train.batching import collate, epoch_batches, example_lengths, padding_waste, sorted_batches, split_batch
+from llama_ft.train.checkpoint import (
     find_checkpoint,
     load_checkpoint,
     load_trainable,
@@ -25,11 +28,11 @@ from .checkpoint import (
     trainable_state,
     write_weights,
 )
-from .config import TrainConfig, resolve_amp, resolve_device, resolve_frozen_dtype
-from .distributed import all_reduce_sum, barrier, init_distributed, no_sync, wrap
-from .observe import JsonlLog, memory_bytes
-from .optim import build_optimizer, build_scheduler
-from .trunk import (
+from llama_ft.train.config import TrainConfig, resolve_amp, resolve_device, resolve_frozen_dtype
+from llama_ft.train.distributed import all_reduce_sum, barrier, init_distributed, no_sync, wrap
+from llama_ft.train.log import JsonlLog, memory_bytes
+from llama_ft.train.optim import build_optimizer, build_scheduler
+from llama_ft.train.trunk import (
     TrunkCache,
     TrunkSplit,
     bottom_forward,
@@ -153,8 +156,6 @@ def _best_of_this_run(out_dir: Path, best_step: int | None) -> dict | None:
     path = out_dir / "best" / "model.safetensors"
     if best_step is None or not path.is_file():
         return None
-    from safetensors import safe_open
-    from safetensors.torch import load_file
     with safe_open(str(path), "pt") as f:
         written_at = (f.metadata() or {}).get("step")
     if written_at != str(best_step):
@@ -318,8 +319,6 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
                      "padded_tokens": res.padded_tokens, "train_seconds": res.train_seconds}
             res.paths["checkpoint"] = str(save_checkpoint(out_dir, model, state))
         barrier()
-
-    from tqdm.auto import tqdm
     bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.policy}", unit="step",
                disable=not (cfg.progress and rank == 0), dynamic_ncols=True)
     epoch_t0, batches, batches_epoch = time.perf_counter(), None, None

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from ..procs import left_by_dead_processes
-from .batching import collate, sorted_batches
+from llama_ft.files import left_by_dead_processes
+from llama_ft.train.batching import collate, sorted_batches
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,6 @@ class TrunkCache:
         pad = model.config.pad_token_id
         was_training = model.training
         model.eval()
-        from tqdm.auto import tqdm
         batches = sorted_batches(lengths, batch_size)
         for idx in tqdm(batches, desc="trunk cache", disable=not show_progress, leave=False):
             b = collate([dataset[i] for i in idx], pad)

@@ -1,0 +1,143 @@
+"""`from_pretrained`: any model source to a ready task model, built on the meta device and loaded in place."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from llama_ft.hf.weights import load_weights, materialise
+from llama_ft.model.config import LlamaConfig
+from llama_ft.model.llama import TASKS, LlamaPreTrainedModel
+from llama_ft.sources.resolve import resolve, resolve_tokenizer
+from llama_ft.tokenizer import (
+    Tokenizer,
+    TokenizerError,
+    llama3_tokenizer_from_tiktoken,
+    tokenizer_from_file,
+    tokenizer_from_folder,
+)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def build_model(cfg: LlamaConfig, task: str = "causal-lm", num_labels: int = 2,
+                device: str | torch.device = "meta") -> LlamaPreTrainedModel:
+    """An untrained task model for `cfg`; on the meta device it costs no memory (for audits and loading)."""
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} is not one of {', '.join(TASKS)}.")
+    cls = TASKS[task]
+    with torch.device(device):
+        return cls(cfg, num_labels=num_labels) if task == "classification" else cls(cfg)
+
+
+def _saved_task(folder: Path) -> tuple[str | None, int | None]:
+    """The task and label count an exported folder was saved for (from config.json `architectures`)."""
+    try:
+        d = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None, None
+    arch = (d.get("architectures") or [None])[0]
+    for task, cls in TASKS.items():
+        if cls.architecture == arch:
+            n = len(d["id2label"]) if isinstance(d.get("id2label"), dict) else d.get("num_labels")
+            return task, n
+    return None, None
+
+
+def default_pad_token(folder: Path, cfg: LlamaConfig) -> tuple[int | None, str]:
+    """(pad id, why): `<|finetune_right_pad_id|>` when the vocabulary has it, else the first EOS id."""
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        try:
+            d = json.loads((folder / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        added = d.get("added_tokens") or [
+            dict(v, id=int(k)) for k, v in (d.get("added_tokens_decoder") or {}).items()]
+        for tok in added:
+            if tok.get("content") == "<|finetune_right_pad_id|>":
+                return int(tok["id"]), "<|finetune_right_pad_id|>"
+    return (cfg.eos_ids[0], "eos") if cfg.eos_ids else (None, "none")
+
+
+def from_pretrained(src: str | Path, task: str | None = None, num_labels: int | None = None,
+                    dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu",
+                    revision: str | None = None, token: str | None = None, strict: bool = True,
+                    seed: int | None = None) -> LlamaPreTrainedModel:
+    """A model with weights from `src` (folder, .gguf, preset/embedded name or Hub id) for `task`.
+
+    Task heads missing from the checkpoint (a base model under a classification or QA head) are
+    initialised as transformers does, from `seed` when given.
+    """
+    folder = Path(src)
+    if not folder.is_dir():
+        folder = Path(resolve(src, revision=revision, token=token))
+    cfg = LlamaConfig.from_json_file(folder / "config.json")
+    saved_task, saved_labels = _saved_task(folder)
+    task = task or saved_task or "causal-lm"
+    if num_labels is None:
+        num_labels = saved_labels if (saved_task == task and saved_labels) else 2
+    if cfg.pad_token_id is None:
+        # Llama 3 has no pad token; the tokenizer's choice is recorded so pooling and exports agree.
+        cfg.pad_token_id, cfg.extra["pad_token_id_source"] = default_pad_token(folder, cfg)
+    model = build_model(cfg, task, num_labels)
+    if seed is not None:
+        torch.manual_seed(seed)
+    load_weights(model, folder, dtype=as_dtype(dtype), device=device, strict=strict)
+    model.source = str(src)
+    model.eval()
+    return model
+
+
+def random_model(cfg: LlamaConfig, task: str = "causal-lm", num_labels: int = 2,
+                 dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu",
+                 seed: int = 0) -> LlamaPreTrainedModel:
+    """A randomly initialised model of `cfg`'s shape (benchmarks, tests), built without an fp32 detour."""
+    model = build_model(cfg, task, num_labels)
+    torch.manual_seed(seed)
+    materialise(model, as_dtype(dtype), device)
+    return model
+
+
+def _tiktoken_folder(folder: Path) -> tuple[Path, Path] | None:
+    """(tokenizer.model, tokenizer_config.json) when `folder` or its parent holds a tiktoken model."""
+    for model in (folder / "tokenizer.model", folder.parent / "tokenizer.model"):
+        if model.is_file():
+            for cfg in (folder / "tokenizer_config.json", model.parent / "tokenizer_config.json"):
+                if cfg.is_file():
+                    return model, cfg
+    return None
+
+
+def load_tokenizer(src: str | Path | Tokenizer, *, revision: str | None = None, token: str | None = None,
+                   cache_dir: str | Path | None = None,
+                   tokenizer_config: str | Path | None = None) -> Tokenizer:
+    """The tokenizer of a folder (tokenizer.json, or Meta's tokenizer.model + tokenizer_config.json), a
+    tokenizer.json/tokenizer.model file, a .gguf file, a preset name or a Hub id."""
+    if isinstance(src, Tokenizer):
+        return src
+    path = Path(src).expanduser()
+    if (path.is_file() and path.name == "tokenizer.model") or tokenizer_config is not None:
+        model = path if path.is_file() else path / "tokenizer.model"
+        cfg = Path(tokenizer_config) if tokenizer_config is not None else model.parent / "tokenizer_config.json"
+        return llama3_tokenizer_from_tiktoken(model, cfg)
+    if path.is_file() and path.suffix == ".json":
+        return tokenizer_from_file(path)
+    if path.is_dir():
+        if (path / "tokenizer.json").is_file():
+            return tokenizer_from_folder(path)
+        found = _tiktoken_folder(path)
+        if found:
+            return llama3_tokenizer_from_tiktoken(*found)
+        raise TokenizerError(f"{path}: no tokenizer.json and no tiktoken tokenizer.model with a "
+                             "tokenizer_config.json; add the model's tokenizer.json.")
+    return tokenizer_from_folder(resolve_tokenizer(src, revision=revision, token=token, cache_dir=cache_dir))

@@ -1,0 +1,264 @@
+"""Safetensors checkpoints in Hugging Face layout: read (single file or sharded) into a meta-built model, write back."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from llama_ft.model.llama import RotaryEmbedding
+
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+
+
+class WeightsError(ValueError):
+    """A checkpoint that does not fit the model; the message names the tensor, the shapes and the file."""
+
+
+def checkpoint_files(folder: str | Path) -> dict[str, Path]:
+    """Map every tensor name in a folder's safetensors checkpoint to the file that holds it."""
+    folder = Path(folder)
+    if (folder / INDEX).is_file():
+        try:
+            weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise WeightsError(f"{folder / INDEX}: not a safetensors index (needs a `weight_map` object): "
+                               f"{e}") from None
+        files = {name: folder / fname for name, fname in weight_map.items()}
+        for f in set(files.values()):
+            if not f.is_file():
+                raise WeightsError(f"{folder / INDEX} lists shard {f.name}, which is missing from {folder}.")
+        return files
+    if (folder / SINGLE).is_file():
+        return {name: folder / SINGLE for name in _keys(folder / SINGLE)}
+    shards = sorted(folder.glob("*.safetensors"))
+    if len(shards) == 1:
+        return {name: shards[0] for name in _keys(shards[0])}
+    raise WeightsError(
+        f"{folder}: no weights found (expected {SINGLE}, or {INDEX} with its shards). "
+        "Point llama_ft at a folder holding the model's safetensors files.")
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+# Bytes read at a time when a tensor changes dtype on the way in: the only memory beyond the model's own.
+_STAGING_BYTES = 64 << 20
+
+
+class SafetensorsReader:
+    """A safetensors file read with plain file reads (no mmap), so loading costs the model's bytes and no more.
+
+    The format: 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, data.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.file = open(self.path, "rb")  # noqa: SIM115 (closed by close() / __exit__)
+        size = os.fstat(self.file.fileno()).st_size
+        try:
+            n = int.from_bytes(self.file.read(8), "little")
+            if not 2 <= n <= size - 8:
+                raise ValueError(f"header length {n} does not fit a {size}-byte file")
+            header = json.loads(self.file.read(n))
+            header.pop("__metadata__", None)
+            for name, entry in header.items():
+                end = entry["data_offsets"][1]
+                if entry["dtype"] not in _DTYPES:
+                    raise ValueError(f"tensor {name!r} has unsupported dtype {entry['dtype']}")
+                if 8 + n + end > size:
+                    raise ValueError(f"tensor {name!r} ends at byte {8 + n + end}, past the end of the file "
+                                     f"({size} bytes)")
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+            self.file.close()
+            raise WeightsError(f"{self.path}: unreadable safetensors file ({e}); it may be truncated or "
+                               "corrupt — download or export it again.") from None
+        self.header, self.data_start = header, 8 + n
+
+    def keys(self) -> list[str]:
+        return list(self.header)
+
+    def shape(self, name: str) -> torch.Size:
+        return torch.Size(self.header[name]["shape"])
+
+    def read(self, name: str, dtype: torch.dtype, device: str | torch.device = "cpu") -> torch.Tensor:
+        """The tensor `name` in `dtype` on `device`; a cast goes through a small staging buffer."""
+        entry = self.header[name]
+        src = _DTYPES[entry["dtype"]]
+        shape = self.shape(name)
+        begin, end = entry["data_offsets"]
+        if end - begin != shape.numel() * src.itemsize:
+            raise WeightsError(f"{self.path}: tensor {name!r} holds {end - begin} bytes, its shape "
+                               f"{tuple(shape)} needs {shape.numel() * src.itemsize}; the file is corrupt.")
+        self.file.seek(self.data_start + begin)
+        cpu_direct = src == dtype and torch.device(device).type == "cpu"
+        out = torch.empty(shape, dtype=dtype, device=device)
+        flat = out.view(-1)
+        step = max(1, _STAGING_BYTES // src.itemsize)
+        stage = None if cpu_direct else torch.empty(min(step, shape.numel()), dtype=src)
+        for i in range(0, shape.numel(), step):
+            k = min(step, shape.numel() - i)
+            buf = flat[i:i + k] if cpu_direct else stage[:k]
+            view = memoryview(buf.view(torch.uint8).numpy())
+            if self.file.readinto(view) != len(view):
+                raise WeightsError(f"{self.path}: tensor {name!r} is cut short; the file is truncated.")
+            if not cpu_direct:
+                flat[i:i + k] = buf.to(device=device, dtype=dtype)
+        return out
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> SafetensorsReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _keys(path: Path) -> list[str]:
+    with SafetensorsReader(path) as f:
+        return f.keys()
+
+
+def read_tensors(files: dict[str, Path], names: list[str]) -> Iterator[tuple[str, SafetensorsReader, Path]]:
+    """Yield (name, open reader, file) for each requested name, opening each file once."""
+    by_file: dict[Path, list[str]] = {}
+    for n in names:
+        by_file.setdefault(files[n], []).append(n)
+    for path, ns in by_file.items():
+        with SafetensorsReader(path) as f:
+            for n in ns:
+                yield n, f, path
+
+
+def checkpoint_name(model: nn.Module, name: str, available: set[str]) -> str | None:
+    """The checkpoint key holding our parameter `name` (backbone prefixes `model.`/`transformer.` interchange)."""
+    if name in available:
+        return name
+    for ours, theirs in (("model.", "transformer."), ("transformer.", "model.")):
+        if name.startswith(ours) and theirs + name[len(ours):] in available:
+            return theirs + name[len(ours):]
+    return None
+
+
+def load_weights(model: nn.Module, folder: str | Path, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu", strict: bool = True) -> list[str]:
+    """Load a folder's safetensors weights into `model` (which may live on the meta device).
+
+    Returns the names of head parameters that the checkpoint lacks (a base model loaded under a task head):
+    those are initialised fresh. Any other missing, unexpected or mis-shaped tensor is an error when strict.
+    """
+    files = checkpoint_files(folder)
+    available = set(files)
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    head_prefixes = tuple(n + "." for n, m in model.named_children() if m in model.head_modules())
+    expected = dict(model.state_dict(keep_vars=True))
+    plan, missing_heads, missing = {}, [], []
+    for name in expected:
+        if tied and name == "lm_head.weight":
+            continue
+        key = checkpoint_name(model, name, available)
+        if key is None:
+            # A task head new to a base checkpoint starts fresh; a causal LM's own lm_head is part of the model.
+            fresh = name.startswith(head_prefixes) and not name.startswith("lm_head.")
+            (missing_heads if fresh else missing).append(name)
+        else:
+            plan[name] = key
+    used = set(plan.values())
+    # A causal LM's lm_head is not an error under a task head (the part the task replaces), nor a stored copy
+    # of the embedding in a checkpoint whose config ties them (transformers ties and ignores it too).
+    unexpected = sorted(k for k in available - used
+                        if not (k == "lm_head.weight" and ("lm_head.weight" not in expected or tied))
+                        and not k.endswith("rotary_emb.inv_freq"))
+    where = Path(folder)
+    if strict and missing:
+        raise WeightsError(f"{where}: the checkpoint lacks {len(missing)} tensor(s) the model needs, e.g. "
+                           f"{missing[:3]}. Is this the right model folder for this config?")
+    if strict and unexpected:
+        raise WeightsError(f"{where}: the checkpoint has {len(unexpected)} tensor(s) the model does not, e.g. "
+                           f"{unexpected[:3]}. Check config.json (layer count, biases) against the weights.")
+    state, ours_of = {}, {v: k for k, v in plan.items()}
+    for name, f, path in read_tensors(files, list(plan.values())):
+        ours = ours_of[name]
+        want = expected[ours].shape
+        got = f.shape(name)
+        if got != want:
+            raise WeightsError(f"{path}: tensor {name!r} has shape {tuple(got)}, the model expects "
+                               f"{tuple(want)}. config.json and the weights disagree.")
+        state[ours] = f.read(name, dtype, device)
+    model.load_state_dict(state, strict=False, assign=True)
+    materialise(model, dtype, device)
+    return missing_heads
+
+
+def materialise(model: nn.Module, dtype: torch.dtype, device) -> None:
+    """Give every parameter still on the meta device real memory and a fresh init; re-tie; rebuild rope."""
+    model.tie_weights()  # a tied head shares the embedding's (loaded) weight: no memory or init of its own
+    for mod in model.modules():
+        own = list(mod.parameters(recurse=False))
+        if own and any(p.is_meta for p in own):
+            mod.to_empty(device=device, recurse=False)
+            model.init_module(mod)
+            mod.to(dtype)
+    model.tie_weights()
+    for mod in model.modules():
+        if isinstance(mod, RotaryEmbedding):
+            mod.reset_parameters(device)
+
+
+def state_dict_for_saving(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Our state dict as transformers names it, tied weights once, contiguous, in `dtype`."""
+    sd = {}
+    for k, v in model.state_dict().items():
+        if getattr(model.config, "tie_word_embeddings", False) and k == "lm_head.weight":
+            continue
+        t = v.detach()
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        sd[k] = t.contiguous().cpu()
+    return sd
+
+
+def save_weights(state: dict[str, torch.Tensor], folder: str | Path, max_shard_bytes: int = 5 * 2**30) -> list[Path]:
+    """Write `state` as model.safetensors, or as shards plus an index above `max_shard_bytes`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = t
+        size += nbytes
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        path = folder / SINGLE
+        _atomic_save(shards[0], path, meta)
+        return [path]
+    n = len(shards)
+    paths, weight_map = [], {}
+    for i, shard in enumerate(shards, 1):
+        path = folder / f"model-{i:05d}-of-{n:05d}.safetensors"
+        _atomic_save(shard, path, meta)
+        paths.append(path)
+        weight_map.update({k: path.name for k in shard})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    tmp = folder / (INDEX + ".tmp")
+    tmp.write_text(json.dumps(index, indent=2) + "\n")
+    os.replace(tmp, folder / INDEX)
+    return paths + [folder / INDEX]
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, meta: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)

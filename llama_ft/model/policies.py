@@ -1,0 +1,71 @@
+"""Freezing policies: which parameters train (`head`, `last:K`, `lora:R[:alpha]`, `full`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from llama_ft.model.lora import add_lora
+
+POLICY_HELP = "head | last:K | lora:R[:ALPHA] | full"
+
+
+@dataclass(frozen=True)
+class Policy:
+    kind: str          # head, last, lora, full
+    k: int = 0         # layers for `last`
+    rank: int = 0      # for `lora`
+    alpha: float | None = None
+
+    def __str__(self) -> str:
+        return {"head": "head", "full": "full", "last": f"last:{self.k}",
+                "lora": f"lora:{self.rank}" + (f":{self.alpha:g}" if self.alpha is not None else "")}[self.kind]
+
+    def first_trainable_layer(self, num_layers: int) -> int:
+        """Index of the lowest decoder layer with trainable weights (num_layers when none do)."""
+        return {"head": num_layers, "last": num_layers - self.k}.get(self.kind, 0)
+
+
+def parse_policy(spec: str | Policy) -> Policy:
+    """Parse `head`, `last:K`, `lora:R`, `lora:R:ALPHA` or `full` (the --train flag)."""
+    if isinstance(spec, Policy):
+        return spec
+    parts = str(spec).strip().lower().split(":")
+    try:
+        if parts == ["head"] or parts == ["full"]:
+            return Policy(parts[0])
+        if parts[0] == "last" and len(parts) == 2 and int(parts[1]) >= 0:
+            return Policy("last", k=int(parts[1]))
+        if parts[0] == "lora" and len(parts) in (2, 3) and int(parts[1]) > 0:
+            return Policy("lora", rank=int(parts[1]), alpha=float(parts[2]) if len(parts) == 3 else None)
+    except ValueError:
+        pass
+    raise ValueError(f"--train {spec!r} is not a policy; use {POLICY_HELP} (e.g. last:4, lora:8).")
+
+
+def apply_policy(model: nn.Module, spec: str | Policy) -> Policy:
+    """Set requires_grad on `model` for the policy (adding LoRA adapters for lora:R); returns the policy."""
+    policy = parse_policy(spec)
+    backbone = model.backbone
+    n = len(backbone.layers)
+    if policy.kind == "last" and policy.k > n:
+        raise ValueError(f"--train last:{policy.k} asks for more layers than the model has ({n}).")
+    if policy.kind == "lora":
+        add_lora(backbone, policy.rank, policy.alpha)
+    for p in model.parameters():
+        p.requires_grad_(policy.kind == "full")
+    if policy.kind == "last" and policy.k:
+        for layer in backbone.layers[n - policy.k:]:
+            layer.requires_grad_(True)
+        backbone.norm.requires_grad_(True)
+    if policy.kind == "lora":
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(True)
+    for head in model.head_modules():
+        # A tied LM head is the embedding matrix: training it is not "head only".
+        if policy.kind != "full" and head is getattr(model, "lm_head", None) and model.config.tie_word_embeddings:
+            continue
+        head.requires_grad_(True)
+    model.policy = policy
+    return policy

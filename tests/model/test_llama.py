@@ -1,0 +1,203 @@
+"""Parity of llama_ft.model.llama with transformers' Llama on random weights (transformers is the oracle)."""
+import pytest
+import torch
+import transformers
+
+from llama_ft import LlamaConfig, LlamaForCausalLM, LlamaForQuestionAnswering, LlamaForSequenceClassification
+
+BASE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=101, max_position_embeddings=256, rms_norm_eps=1e-5,
+            bos_token_id=1, eos_token_id=2, pad_token_id=2)
+LLAMA3_ROPE = dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=64)
+CONFIGS = {
+    "gqa-untied": dict(BASE),
+    "mha-tied": dict(BASE, num_key_value_heads=4, tie_word_embeddings=True),
+    "llama3-rope": dict(BASE, rope_theta=500000.0, rope_scaling=LLAMA3_ROPE, tie_word_embeddings=True),
+    "odd-sizes": dict(BASE, hidden_size=48, num_attention_heads=3, num_key_value_heads=1, intermediate_size=70,
+                      vocab_size=97, num_hidden_layers=3),
+    "head-dim-and-biases": dict(BASE, head_dim=24, attention_bias=True, mlp_bias=True),
+    "linear-rope": dict(BASE, rope_scaling=dict(rope_type="linear", factor=2.0)),
+}
+
+
+def hf_model(ours, cls):
+    d = ours.config.to_dict()
+    cfg = transformers.LlamaConfig(**{k: v for k, v in d.items() if k not in ("architectures",)})
+    if cls is transformers.LlamaForSequenceClassification:
+        cfg.num_labels = ours.num_labels
+    ref = cls(cfg).eval()
+    missing, unexpected = ref.load_state_dict(ours.state_dict(), strict=False)
+    assert not unexpected and all(k == "lm_head.weight" for k in missing), (missing, unexpected)
+    return ref
+
+
+def batch(vocab, pad, left=False, b=3, t=11, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (b, t), generator=g)
+    mask = torch.ones(b, t, dtype=torch.long)
+    for row, n in enumerate([0, 3, 6][:b]):
+        if n:
+            if left:
+                ids[row, :n], mask[row, :n] = pad, 0
+            else:
+                ids[row, t - n:], mask[row, t - n:] = pad, 0
+    return ids, mask
+
+
+def positions(mask):
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_causal_lm_logits_match_transformers(name):
+    torch.manual_seed(0)
+    ours = LlamaForCausalLM(LlamaConfig.from_dict(CONFIGS[name])).eval()
+    ref = hf_model(ours, transformers.LlamaForCausalLM)
+    ids = torch.randint(0, ours.config.vocab_size, (2, 17))
+    with torch.no_grad():
+        got, want = ours(ids), ref(ids).logits
+    assert (got - want).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_causal_lm_padded_batch_matches_transformers(left):
+    torch.manual_seed(1)
+    ours = LlamaForCausalLM(LlamaConfig.from_dict(CONFIGS["llama3-rope"])).eval()
+    ref = hf_model(ours, transformers.LlamaForCausalLM)
+    ids, mask = batch(ours.config.vocab_size, 2, left)
+    with torch.no_grad():
+        got = ours(ids, mask)
+        want = ref(ids, attention_mask=mask, position_ids=positions(mask)).logits
+    real = mask.bool()
+    assert (got[real] - want[real]).abs().max().item() < 1e-4
+
+
+def test_left_padding_equals_no_padding():
+    """A left-padded row must give the same logits as the same row alone (positions count real tokens)."""
+    torch.manual_seed(2)
+    ours = LlamaForCausalLM(LlamaConfig.from_dict(CONFIGS["gqa-untied"])).eval()
+    ids, mask = batch(ours.config.vocab_size, 2, left=True)
+    with torch.no_grad():
+        padded = ours(ids, mask)
+        alone = ours(ids[2:, 6:])
+    assert (padded[2, 6:] - alone[0]).abs().max().item() < 1e-5
+    assert torch.isfinite(padded).all()
+
+
+@pytest.mark.parametrize("left", [False, True])
+@pytest.mark.parametrize("name", ["gqa-untied", "llama3-rope"])
+def test_classification_matches_transformers(name, left):
+    torch.manual_seed(3)
+    ours = LlamaForSequenceClassification(LlamaConfig.from_dict(CONFIGS[name]), num_labels=3).eval()
+    ref = hf_model(ours, transformers.LlamaForSequenceClassification)
+    pad = ours.config.pad_token_id  # == eos id in these configs
+    ids, mask = batch(ours.config.vocab_size, pad, left)
+    with torch.no_grad():
+        got = ours(ids, mask)
+        want = ref(ids, attention_mask=mask, position_ids=positions(mask)).logits
+    assert got.shape == (3, 3)
+    assert (got - want).abs().max().item() < 1e-4
+
+
+def test_classification_pools_last_real_token_when_eos_is_pad():
+    """pad id == eos id: a real EOS at the end of a row is the pooled token when the mask says it is real."""
+    torch.manual_seed(4)
+    ours = LlamaForSequenceClassification(LlamaConfig.from_dict(CONFIGS["gqa-untied"])).eval()
+    ids = torch.tensor([[5, 6, 7, 2, 2, 2], [5, 6, 7, 8, 9, 10]])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        got = ours(ids, mask)
+        alone = ours(ids[:1, :4], torch.ones(1, 4, dtype=torch.long))
+    assert (got[0] - alone[0]).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_qa_matches_transformers(left):
+    torch.manual_seed(5)
+    ours = LlamaForQuestionAnswering(LlamaConfig.from_dict(CONFIGS["mha-tied"])).eval()
+    ref = hf_model(ours, transformers.LlamaForQuestionAnswering)
+    ids, mask = batch(ours.config.vocab_size, 2, left)
+    with torch.no_grad():
+        start, end = ours(ids, mask)
+        out = ref(ids, attention_mask=mask, position_ids=positions(mask))
+    real = mask.bool()
+    assert (start[real] - out.start_logits[real]).abs().max().item() < 1e-4
+    assert (end[real] - out.end_logits[real]).abs().max().item() < 1e-4
+
+
+def test_head_parameter_counts():
+    cfg = LlamaConfig.from_pretrained("llama-3.2-1b")
+    with torch.device("meta"):
+        assert sum(p.numel() for p in LlamaForSequenceClassification(cfg).score.parameters()) == 4096
+        assert sum(p.numel() for p in LlamaForQuestionAnswering(cfg).qa_outputs.parameters()) == 4098
+
+
+def test_bf16_autocast_close_to_transformers():
+    torch.manual_seed(6)
+    ours = LlamaForCausalLM(LlamaConfig.from_dict(CONFIGS["gqa-untied"])).eval()
+    ref = hf_model(ours, transformers.LlamaForCausalLM)
+    ids = torch.randint(0, 101, (2, 13))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = ours(ids).float(), ref(ids).logits.float()
+    with torch.no_grad():
+        exact = ours(ids)
+    # Both within bf16 rounding of the fp32 result, and of each other.
+    scale = exact.abs().max().item()
+    assert (got - exact).abs().max().item() < 0.05 * scale
+    assert (got - want).abs().max().item() < 0.05 * scale
+
+
+def test_kv_cache_matches_full_forward():
+    torch.manual_seed(7)
+    from llama_ft import KVCache
+    ours = LlamaForCausalLM(LlamaConfig.from_dict(CONFIGS["llama3-rope"])).eval()
+    ids, mask = batch(ours.config.vocab_size, 2, left=True, t=12)
+    with torch.no_grad():
+        full = ours(ids, mask)
+        cache = KVCache(ours.config.num_hidden_layers)
+        first = ours(ids[:, :8], mask[:, :8], kv_cache=cache)
+        steps = [ours(ids[:, i:i + 1], mask[:, :i + 1], kv_cache=cache) for i in range(8, 12)]
+    inc = torch.cat([first] + steps, dim=1)
+    real = mask.bool()
+    assert (inc[real] - full[real]).abs().max().item() < 1e-4
+
+
+def test_gradient_checkpointing_gives_equal_gradients():
+    torch.manual_seed(8)
+    model = LlamaForSequenceClassification(LlamaConfig.from_dict(CONFIGS["gqa-untied"]))
+    model.model.layers[0].requires_grad_(False)  # frozen bottom: the classic "no input requires grad" case
+    model.model.embed_tokens.requires_grad_(False)
+    ids, mask = batch(101, 2)
+    grads = []
+    for ckpt in (False, True):
+        model.zero_grad()
+        model.model.gradient_checkpointing = ckpt
+        model.train()
+        model(ids, mask).logsumexp(-1).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 3
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6)
+
+
+def test_generate_batched_left_padding_matches_one_by_one():
+    from llama_ft import generate
+    torch.manual_seed(9)
+    model = LlamaForCausalLM(LlamaConfig.from_dict(CONFIGS["llama3-rope"])).eval()
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
+    together = generate(model, prompts, max_new_tokens=6, stop_ids=[])
+    alone = [generate(model, [p], max_new_tokens=6, stop_ids=[])[0] for p in prompts]
+    assert together == alone and all(len(x) == 6 for x in together)
+    # Greedy equals argmax of a full forward at each step.
+    ids = torch.tensor([prompts[0]])
+    for t in together[0]:
+        assert int(model(ids)[0, -1].argmax()) == t
+        ids = torch.cat((ids, torch.tensor([[t]])), dim=1)
+
+
+def test_causal_mask_for_a_cached_prefix_is_built_on_the_inputs_device():
+    from llama_ft.model.llama import attention_mask_4d
+    mask = attention_mask_4d(None, q_len=3, past_len=2, device=torch.device("meta"))
+    assert mask.device.type == "meta" and mask.shape == (1, 1, 3, 5)
+    assert attention_mask_4d(None, q_len=1, past_len=2) is None

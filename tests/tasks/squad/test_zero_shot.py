@@ -1,0 +1,42 @@
+"""llama_ft/zero_shot_qa.py: the fixed prompt and the post-processing of generated replies."""
+import pytest
+
+import llama_ft
+from llama_ft.tasks.squad.zero_shot import DEMONSTRATION, INSTRUCTION, clean_answer, qa_prompt, snap_to_context
+
+CONTEXT = "Super Bowl 50 was won by the Denver Broncos, who beat the Carolina Panthers 24-10 in 2016."
+
+
+@pytest.mark.parametrize("reply,expected", [
+    ("Denver Broncos", "Denver Broncos"),
+    ("Answer: Denver Broncos.", "Denver Broncos"),
+    ("The answer to the question is: 24-10", "24-10"),
+    ('"denver broncos"\nThey won because...', "Denver Broncos"),      # first line, quotes, the context's casing
+    ("The Denver Broncos won it.", "Denver Broncos"),                 # snapped to the best-matching words
+    ("unanswerable.", ""),
+    ("Green Bay Packers", "Green Bay Packers"),                      # nothing close in the context: kept
+    ("", ""),
+])
+def test_clean_answer(reply, expected):
+    assert clean_answer(reply, CONTEXT) == expected
+
+
+def test_snap_can_be_turned_off():
+    assert clean_answer("The Denver Broncos won it.", CONTEXT, snap=False) == "The Denver Broncos won it"
+    assert snap_to_context("Carolina", CONTEXT) == "Carolina"
+    assert snap_to_context("", CONTEXT) is None
+
+
+def test_snap_keeps_the_contexts_text_when_lowercasing_changes_lengths():
+    # "İ".lower() is two code points: an index found in context.lower() would be shifted in context.
+    assert snap_to_context("ankara", "In İİstanbul and Ankara are cities") == "Ankara"
+
+
+def test_prompt_layout_with_the_chat_template(smollm2_dir):
+    tok = llama_ft.load_tokenizer(smollm2_dir)
+    text = tok.decode(qa_prompt(tok, CONTEXT, "Who won?"))
+    assert text.count(INSTRUCTION) == 2 and DEMONSTRATION[2] in text
+    assert text.index(DEMONSTRATION[0]) < text.index(CONTEXT)
+    assert text.rstrip().endswith("<|im_start|>assistant")
+    bare = tok.decode(qa_prompt(tok, CONTEXT, "Who won?", demonstration=False, unanswerable=True))
+    assert DEMONSTRATION[0] not in bare and '"unanswerable"' in bare
