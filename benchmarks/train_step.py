@@ -7,10 +7,11 @@
 Random weights, classification head, autocast (bf16 on CPU; bf16 or fp16 on CUDA). Both models get the same
 weights and dtypes (frozen weights bf16 as our engine stores them, trainable weights fp32 masters), the same
 batch, torch AdamW (fused, as ours and as the HF Trainer's default `adamw_torch_fused`), clip 1.0 and, under
-fp16, a GradScaler. LoRA on the transformers model is our LoRALinear around its nn.Linear layers (same names,
-same adapter weights). Our step is llama_ft.train.train_step; theirs is the plain loop (autocast forward with
-labels and use_cache=False, backward, clip, step, zero_grad). A second transformers column, "as commonly run",
-keeps every weight fp32 under the same autocast (what the HF Trainer does with bf16=True / fp16=True).
+fp16, a GradScaler. LoRA on the transformers model is PEFT's (`get_peft_model`, fp32 adapters, the same
+adapter weights and targets; the head trained as `modules_to_save`). Our step is llama_ft.train.train_step;
+theirs is the plain loop (autocast forward with labels and use_cache=False, backward, clip, step, zero_grad).
+A second transformers column, "as commonly run", keeps every weight fp32 under the same autocast (what the HF
+Trainer does with bf16=True / fp16=True). --compile adds ours with TrainConfig.compile (its warm-up apart).
 Repetitions alternate ours/theirs so background load hits both alike; the median repetition counts.
 
 Memory per model: resident bytes (weights, AdamW state) plus the peak growth during one step (activations,
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llama_ft import LlamaConfig
 from llama_ft.hf.loading import build_model, random_model
-from llama_ft.model.lora import add_lora
+from llama_ft.model.lora import TARGETS as LORA_TARGETS
 from llama_ft.model.params import count_parameters
 from llama_ft.model.policies import parse_policy
 from llama_ft.train import TrainConfig, train_step
@@ -63,6 +64,7 @@ class Setting:
     steps: int = 2     # steps per timed repetition
     reps: int = 5
     common: bool = True  # also time transformers "as commonly run" (fp32 weights + autocast)
+    compile: bool = False  # also time ours with TrainConfig.compile
 
     @property
     def frozen_dtype(self) -> torch.dtype:
@@ -179,7 +181,7 @@ def _cached_step(step, model, split, feature_dtype, b: dict, s: Setting):
 
 def hf_twin(ours, cfg: LlamaConfig, policy: str, s: Setting, all_fp32: bool = False):
     """transformers' LlamaForSequenceClassification holding a copy of our weights (same names, same dtypes,
-    same LoRA adapters; all_fp32: every weight fp32), with the same parameters trainable."""
+    same LoRA adapter weights, through PEFT; all_fp32: every weight fp32), with the same parameters trainable."""
     import transformers
     d = {k: v for k, v in cfg.to_dict().items() if k != "architectures"}
     hcfg = transformers.LlamaConfig(**d, num_labels=2)
@@ -187,9 +189,8 @@ def hf_twin(ours, cfg: LlamaConfig, policy: str, s: Setting, all_fp32: bool = Fa
     with torch.device("meta"):
         model = transformers.LlamaForSequenceClassification(hcfg)
     pol = parse_policy(policy)
-    if pol.kind == "lora":
-        add_lora(model.model, pol.rank, pol.alpha)
     sd = {k: (v.detach().float() if all_fp32 else v.detach()).clone() for k, v in ours.state_dict().items()}
+    lora = {k: sd.pop(k) for k in [k for k in sd if ".lora_" in k]}
     missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     if unexpected or any("rotary" not in k for k in missing):
         raise RuntimeError(f"weights do not map onto transformers: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -198,8 +199,29 @@ def hf_twin(ours, cfg: LlamaConfig, policy: str, s: Setting, all_fp32: bool = Fa
     trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
     for n, p in model.named_parameters():
         p.requires_grad_(n in trainable)
+    if pol.kind == "lora":
+        model = peft_twin(model, pol, lora)
     model.train()
     return model
+
+
+def peft_twin(model, pol, lora: dict):
+    """PEFT's LoRA on the transformers model, holding our adapter weights: fp32 adapters over the frozen base,
+    the classification head trained (PEFT's modules_to_save for SEQ_CLS), as PEFT is commonly run at its best."""
+    import peft
+    cfg = peft.LoraConfig(r=pol.rank, lora_alpha=pol.alpha if pol.alpha is not None else 2 * pol.rank,
+                          lora_dropout=0.0, target_modules=list(LORA_TARGETS), task_type="SEQ_CLS")
+    pm = peft.get_peft_model(model, cfg, autocast_adapter_dtype=True)
+    params = dict(pm.named_parameters())
+    with torch.no_grad():
+        for k, v in lora.items():  # ours: ...q_proj.lora_A; PEFT: base_model.model....q_proj.lora_A.default.weight
+            name = f"base_model.model.{k}.default.weight"
+            params[name].copy_(v.to(params[name].device))
+    n_ours = sum(v.numel() for v in lora.values())
+    n_peft = sum(p.numel() for n, p in pm.named_parameters() if p.requires_grad and "lora_" in n)
+    if n_ours != n_peft:
+        raise RuntimeError(f"PEFT built {n_peft} adapter parameters, ours has {n_ours}")
+    return pm
 
 
 def hf_stepper(model, s: Setting) -> Stepper:
@@ -281,6 +303,13 @@ def bench_policy(shape: str, policy: str, s: Setting, with_hf: bool = True, with
     ours = random_model(cfg, "classification", 2, dtype=torch.float32, device=s.device, seed=0)
     steppers = {"ours": ours_stepper(ours, policy, s)}
     counts = count_parameters(ours)
+    warmup = None
+    if s.compile:
+        twin = random_model(cfg, "classification", 2, dtype=torch.float32, device=s.device, seed=0)
+        steppers["ours_compiled"] = ours_stepper(twin, policy, s, compile=True)
+        t0 = time.perf_counter()
+        steppers["ours_compiled"](b)  # compiles forward and backward of every block
+        warmup = time.perf_counter() - t0
     if with_hf:
         steppers["hf"] = hf_stepper(hf_twin(ours, cfg, policy, s), s)
         if s.common and policy != "full":  # under `full` every weight is an fp32 master already
@@ -300,6 +329,11 @@ def bench_policy(shape: str, policy: str, s: Setting, with_hf: bool = True, with
         row["first_loss_diff"] = round(abs(first["ours"] - first["hf"]), 5)
     if "hf_common" in t:
         row["ratio_common"] = round(t["hf_common"] / t["ours"], 3)
+    if "ours_compiled" in t:
+        row["compile_speedup"] = round(t["ours"] / t["ours_compiled"], 3)
+        row["compile_warmup_s"] = round(warmup, 1)
+        if "hf" in t:
+            row["ratio_compiled"] = round(t["hf"] / t["ours_compiled"], 3)
     if "ours_cache" in t and "hf" in t:
         row["ratio_cache"] = round(t["hf"] / t["ours_cache"], 3)
     for k, st in steppers.items():
@@ -381,6 +415,8 @@ def main(argv=None) -> int:
     ap.add_argument("--full-1b", action="store_true", help="also run Llama-1B `full` on CPU (~25 GiB; sequential)")
     ap.add_argument("--no-hf", action="store_true", help="ours only")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--compile", action="store_true", help="also time ours with each decoder block compiled")
+    ap.add_argument("--no-common", action="store_true", help="skip transformers with all-fp32 weights")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     if args.quick:
@@ -388,7 +424,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     s = Setting(torch.device(args.device), {"bf16": torch.bfloat16, "fp16": torch.float16}[args.amp],
-                args.batch, args.seq, args.steps, args.reps)
+                args.batch, args.seq, args.steps, args.reps, common=not args.no_common, compile=args.compile)
     rows, skipped = [], []
     for shape in args.shapes:
         for policy in args.policies:
@@ -403,7 +439,8 @@ def main(argv=None) -> int:
     result = {"device": str(s.device), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "steps": rows, "skipped": skipped}
     print(table(rows, ["shape", "policy", "batch", "seq", "ours_tok_s", "hf_tok_s", "ratio", "hf_common_tok_s",
-                       "ratio_common", "ours_mem_gib", "hf_mem_gib", "eval_ratio"]))
+                       "ratio_common", "ours_compiled_tok_s", "compile_speedup", "ratio_compiled",
+                       "compile_warmup_s", "ours_mem_gib", "hf_mem_gib", "eval_ratio"]))
     for sk in skipped:
         print(f"skipped: {sk}")
     if args.json:

@@ -13,7 +13,7 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 class LoRALinear(nn.Linear):
     """y = x W^T + b + (alpha / r) * x A^T B^T, with W frozen and A, B trained; B starts at zero."""
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
         nn.Module.__init__(self)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight, self.bias = base.weight, base.bias
@@ -22,13 +22,16 @@ class LoRALinear(nn.Linear):
         dev, dt = base.weight.device, torch.float32
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, device=dev, dtype=dt))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=dev, dtype=dt))
-        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         if not self.lora_A.is_meta:
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight, self.bias) + F.linear(
-            F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+        y = F.linear(x, self.weight, self.bias)
+        # The detour stays r wide until its last GEMM: the scale multiplies the [.., r] tensor, and addmm adds
+        # the up-projection into y inside the GEMM, so no full-width elementwise pass is spent (forward or
+        # backward) on the adapter.
+        z = F.linear(x, self.lora_A) * self.scaling
+        return torch.addmm(y.flatten(0, -2), z.flatten(0, -2), self.lora_B.t()).view(y.shape)
 
     @torch.no_grad()
     def merged(self, dtype: torch.dtype | None = None) -> nn.Linear:
@@ -44,8 +47,8 @@ class LoRALinear(nn.Linear):
         return out
 
 
-def add_lora(module: nn.Module, rank: int, alpha: float | None = None, dropout: float = 0.0,
-             targets: tuple[str, ...] = TARGETS, layers: list[int] | None = None) -> list[str]:
+def add_lora(module: nn.Module, rank: int, alpha: float | None = None, targets: tuple[str, ...] = TARGETS,
+             layers: list[int] | None = None) -> list[str]:
     """Wrap the target projections of the chosen decoder layers in LoRA; returns the wrapped names."""
     alpha = float(2 * rank if alpha is None else alpha)
     wrapped = []
@@ -58,17 +61,6 @@ def add_lora(module: nn.Module, rank: int, alpha: float | None = None, dropout: 
             continue
         for child_name, child in list(mod.named_children()):
             if child_name in targets and type(child) is nn.Linear:
-                setattr(mod, child_name, LoRALinear(child, rank, alpha, dropout))
+                setattr(mod, child_name, LoRALinear(child, rank, alpha))
                 wrapped.append(f"{name}.{child_name}")
     return wrapped
-
-
-def merge_lora(module: nn.Module) -> int:
-    """Fold every adapter into its weight and restore plain nn.Linear layers; returns how many."""
-    n = 0
-    for mod in list(module.modules()):
-        for child_name, child in list(mod.named_children()):
-            if isinstance(child, LoRALinear):
-                setattr(mod, child_name, child.merged())
-                n += 1
-    return n

@@ -1,0 +1,107 @@
+"""Where a training step's time goes: torch.profiler over llama_ft's step, grouped into matrix multiplies,
+attention, elementwise work, copies/casts, the optimizer and the rest.
+
+    python benchmarks/profile_step.py --shape smollm2-135m --policy lora:16 --batch 16 --seq 256 [--compile]
+
+Random weights, classification head, bf16 autocast, the engine's dtypes (frozen bf16, trainable fp32). Warm-up
+steps (and compilation) run before the profiled steps. Prints a table and JSON (self time per group and the
+top operators).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.train_step import Setting, batch, config, ours_stepper  # noqa: E402
+from llama_ft.hf.loading import random_model  # noqa: E402
+
+# Operator name fragments -> group; the first match wins, so the specific names come first.
+GROUPS = (
+    ("attention", ("flash_attention", "scaled_dot_product", "_efficient_attention", "_cudnn_attention")),
+    ("optimizer", ("adam", "_foreach")),
+    ("matmul", ("mm", "matmul", "linear", "addmm", "bmm", "baddbmm", "mkldnn", "onednn", "gemm")),
+    ("copy/cast", ("copy_", "to_copy", "_to_copy", "contiguous", "clone", "cat", "index", "gather", "scatter",
+                   "fill_", "zero_", "empty")),
+    ("compiled kernels", ("compiled", "cpp_fused", "triton_", "graph_")),
+    ("elementwise", ("mul", "add", "sub", "div", "pow", "rsqrt", "silu", "neg", "mean", "sum", "exp", "where",
+                     "masked", "softmax", "cross_entropy", "nll", "log_softmax", "sqrt", "cos", "sin")),
+)
+
+
+def group_of(name: str) -> str:
+    low = name.lower()
+    for group, keys in GROUPS:
+        if any(k in low for k in keys):
+            return group
+    return "other"
+
+
+def profile(shape: str, policy: str, s: Setting, warmup: int, steps: int) -> dict:
+    cfg = config(shape)
+    b = batch(cfg, s.batch, s.seq, s.device)
+    model = random_model(cfg, "classification", 2, dtype=torch.float32, device=s.device, seed=0)
+    step = ours_stepper(model, policy, s, compile=s.compile)
+    for _ in range(warmup):
+        step(b)
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
+                                                    if s.device.type == "cuda" else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(steps):
+            step(b)
+    by_group: dict[str, float] = defaultdict(float)
+    ops = []
+    for e in prof.key_averages():
+        us = e.self_device_time_total if s.device.type == "cuda" else e.self_cpu_time_total
+        if us <= 0:
+            continue
+        by_group[group_of(e.key)] += us
+        ops.append((e.key, us, e.count))
+    total = sum(by_group.values())
+    ops.sort(key=lambda o: -o[1])
+    return {"shape": shape, "policy": policy, "compile": s.compile, "batch": s.batch, "seq": s.seq,
+            "threads": torch.get_num_threads(), "step_seconds": total / 1e6 / steps,
+            "groups": {g: round(us / total, 4) for g, us in sorted(by_group.items(), key=lambda kv: -kv[1])},
+            "top_ops": [{"op": k, "share": round(us / total, 4), "calls_per_step": c // steps}
+                        for k, us, c in ops[:15]]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="smollm2-135m")
+    ap.add_argument("--policy", default="lora:16")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--json", help="also write the result here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    s = Setting(torch.device(args.device), torch.bfloat16, args.batch, args.seq, compile=args.compile)
+    res = profile(args.shape, args.policy, s, args.warmup, args.steps)
+    print(f"{res['shape']} {res['policy']} compile={res['compile']} {res['batch']}x{res['seq']}, "
+          f"{res['threads']} threads: {res['step_seconds']:.2f} s of operator self time per step")
+    print("| group | share of step |\n|---|---:|")
+    for g, share in res["groups"].items():
+        print(f"| {g} | {100 * share:.1f}% |")
+    print("\n| top operator | share | calls/step |\n|---|---:|---:|")
+    for o in res["top_ops"]:
+        print(f"| `{o['op']}` | {100 * o['share']:.1f}% | {o['calls_per_step']} |")
+    print(json.dumps(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
