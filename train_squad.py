@@ -87,7 +87,7 @@ def load_splits(args):
     questions, and the validation slice of --eval-every / --save-best."""
     data = load_squad(args.data, "train", args.version)
     print(f"SQuAD {data.version} from {data.source}: {data.counts.summary()}")
-    train_q, test_q = study_split(data.examples, args.n, args.test_size, seed=1)
+    train_q, test_q = study_split(data.examples, args.n, args.test_size, seed=1, where=data.source)
     held = []
     if data.version == "2.0" or wants_evaluation(args):
         train_q, held = hold_out(train_q)

@@ -63,7 +63,7 @@ def load_splits(args) -> tuple[list, list]:
     data = sst2.load_sst2(args.data)
     if args.split == "study":
         pool = data["train"] + data.get("validation", [])
-        train_rows, test_rows = sst2.stratified_split(pool, 0.2, seed=1)
+        train_rows, test_rows = sst2.stratified_split(pool, 0.2, seed=1, where=f"--data {args.data}")
         print(f"SST-2 study split: {len(pool):,} labelled rows -> {len(train_rows):,} train / {len(test_rows):,} test")
     else:
         if "validation" not in data:
@@ -71,8 +71,8 @@ def load_splits(args) -> tuple[list, list]:
                                  "use --split study otherwise.")
         train_rows, test_rows = data["train"], data["validation"]
         print(f"SST-2 GLUE split: {len(train_rows):,} train / {len(test_rows):,} validation")
-    train_rows = sst2.subsample(train_rows, args.max_train, seed=args.seed)
-    test_rows = sst2.subsample(test_rows, args.max_test, seed=args.seed)
+    train_rows = sst2.subsample(train_rows, args.max_train, seed=args.seed, where=f"--data {args.data} --max-train")
+    test_rows = sst2.subsample(test_rows, args.max_test, seed=args.seed, where=f"--data {args.data} --max-test")
     if args.max_train or args.max_test:
         print(f"subset: {len(train_rows):,} train / {len(test_rows):,} test (stratified, seed {args.seed})")
     sst2.check_classes(train_rows, f"--data {args.data}")
@@ -86,7 +86,7 @@ def run(args) -> int:
         train_rows, test_rows = load_splits(args)
         held_rows = None
         if wants_evaluation(args):
-            train_rows, held_rows = sst2.hold_out(train_rows, seed=args.seed)
+            train_rows, held_rows = sst2.hold_out(train_rows, seed=args.seed, where=f"--data {args.data} validation")
             print(f"validation: {len(held_rows):,} rows held out of training")
         extra_rows = sst2.read_file(args.eval_file) if args.eval_file else None  # a bad file fails now
         tokenizer = llama_ft.load_tokenizer(args.model)

@@ -288,16 +288,17 @@ def load_squad(source: str | Path | None = None, split: str = "train", version: 
     return SquadData(examples, version, where, counts)
 
 
-def study_split(examples: list[SquadExample], n_train: int, n_test: int = 1000,
-                seed: int = 1) -> tuple[list[SquadExample], list[SquadExample]]:
+def study_split(examples: list[SquadExample], n_train: int, n_test: int = 1000, seed: int = 1,
+                where: str = "the data") -> tuple[list[SquadExample], list[SquadExample]]:
     """The study's protocol: the first n_train + n_test questions in source order, split as
     `datasets.Dataset.train_test_split(test_size=n_test, seed=seed)` does (one numpy permutation of the
-    pool; its first n_test indices are the test set, the rest the train set, each in permutation order)."""
+    pool; its first n_test indices are the test set, the rest the train set, each in permutation order).
+    `where` (the file) names the data in the message of a SquadDataError."""
     pool = n_train + n_test
     if n_train < 1 or n_test < 1:
         raise SquadDataError(f"--n {n_train} with {n_test} test questions: both must be positive.")
     if len(examples) < pool:
-        raise SquadDataError(f"the data has {len(examples):,} questions, fewer than --n {n_train:,} + {n_test:,} "
+        raise SquadDataError(f"{where} has {len(examples):,} questions, fewer than --n {n_train:,} + {n_test:,} "
                              f"test; lower --n to at most {len(examples) - n_test:,}.")
     order = np.random.default_rng(seed).permutation(pool)
     return [examples[i] for i in order[n_test:]], [examples[i] for i in order[:n_test]]

@@ -193,12 +193,12 @@ def _approximate_mode(counts: np.ndarray, n_draws: int, rng: np.random.Generator
 
 
 def stratified_split(rows: list[Example], test_fraction: float = 0.2, seed: int = 1,
-                     n_test: int | None = None) -> tuple[list[Example], list[Example]]:
+                     n_test: int | None = None, where: str = "") -> tuple[list[Example], list[Example]]:
     """The study's split: the rows `datasets.Dataset.train_test_split(test_size=test_fraction,
     stratify_by_column="label", seed=seed)` gives, in the same order (tests/test_sst2_data.py checks it
     against `datasets`). ceil(fraction * n) test rows; per label, train and test counts by largest
     remainder, one permutation of the label's rows (train first, then test); then each side permuted;
-    all draws from one `np.random.default_rng(seed)`."""
+    all draws from one `np.random.default_rng(seed)`. `where` (the file) starts the message of a DataError."""
     rng = np.random.default_rng(seed)
     labels = np.array([r.label for r in rows])
     if n_test is None:
@@ -206,8 +206,9 @@ def stratified_split(rows: list[Example], test_fraction: float = 0.2, seed: int 
     n_train = len(rows) - n_test
     classes, counts = np.unique(labels, return_counts=True)
     if counts.min() < 2 or min(n_train, n_test) < len(classes):
-        raise DataError(f"cannot split {len(rows):,} rows ({dict(zip(classes.tolist(), counts.tolist()))} per "
-                        f"label) into {n_train:,} train / {n_test:,} test with every label on both sides; "
+        per_label = dict(zip(classes.tolist(), counts.tolist()))
+        raise DataError(f"{where + ': ' if where else ''}cannot split {len(rows):,} rows ({per_label} per label) "
+                        f"into {n_train:,} train / {n_test:,} test with every label on both sides; "
                         "use more rows or a larger subset.")
     # datasets also allocates the test side by approximate mode, over what train left: that is exactly the
     # remainder (it sums to n_test), so it draws nothing and the test rows are the rest of each label.
@@ -221,18 +222,18 @@ def stratified_split(rows: list[Example], test_fraction: float = 0.2, seed: int 
     return [rows[i] for i in train_idx], [rows[i] for i in test_idx]
 
 
-def subsample(rows: list[Example], n: int | None, seed: int = 1) -> list[Example]:
+def subsample(rows: list[Example], n: int | None, seed: int = 1, where: str = "") -> list[Example]:
     """A stratified random subset of `n` rows (all of them when n is None or larger)."""
     if n is None or n >= len(rows):
         return rows
-    return stratified_split(rows, seed=seed, n_test=n)[1]
+    return stratified_split(rows, seed=seed, n_test=n, where=where)[1]
 
 
-def hold_out(rows: list[Example], at_most: int = 1000, seed: int = 1
+def hold_out(rows: list[Example], at_most: int = 1000, seed: int = 1, where: str = ""
              ) -> tuple[list[Example], list[Example]]:
     """(kept, held out): a stratified tenth of `rows` (at least 2, at most `at_most`) held out of training
     to evaluate on while training."""
-    return stratified_split(rows, seed=seed, n_test=min(at_most, max(2, len(rows) // 10)))
+    return stratified_split(rows, seed=seed, n_test=min(at_most, max(2, len(rows) // 10)), where=where)
 
 
 def encode(rows: list[Example], tokenizer, max_length: int = 128) -> list[dict]:
