@@ -15,6 +15,7 @@ from pathlib import Path
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors import SafetensorError
 
+from llama_ft.metrics import SetupError
 from llama_ft.train import NonFiniteError
 
 # API argument -> the flag that sets it, for messages raised below the recipes.
@@ -57,6 +58,8 @@ def describe(err: BaseException, output_dir: str | Path | None = None, resume: b
     """(one line for the user, exit status) for an expected failure."""
     if isinstance(err, NonFiniteError):
         return f"training diverged: {as_flags(str(err))}", FAILED
+    if isinstance(err, SetupError):
+        return str(err), FAILED
     if isinstance(err, CORRUPT) or (isinstance(err, RuntimeError) and "PytorchStreamReader" in str(err)):
         return f"{_checkpoint_hint(output_dir, resume)} ({type(err).__name__}: {err}).", USAGE
     if _from_http_client(err):
@@ -73,9 +76,9 @@ def describe(err: BaseException, output_dir: str | Path | None = None, resume: b
 
 def expected(err: BaseException) -> bool:
     """True for the failures a recipe reports in one line; anything else is a bug and keeps its traceback."""
-    if isinstance(err, RuntimeError) and not isinstance(err, NonFiniteError):
+    if isinstance(err, RuntimeError) and not isinstance(err, (NonFiniteError, SetupError)):
         return "PytorchStreamReader" in str(err)  # torch.load of a truncated state.pt
-    return isinstance(err, (NonFiniteError, ValueError, OSError, *CORRUPT)) or _from_http_client(err)
+    return isinstance(err, (NonFiniteError, SetupError, ValueError, OSError, *CORRUPT)) or _from_http_client(err)
 
 
 def run_guarded(body: Callable[[], int], *, debug: bool = False, output_dir: str | Path | None = None,
