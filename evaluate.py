@@ -13,12 +13,12 @@ llama_ft/metrics/inputs.py). METEOR needs the NLTK data built once by `python -m
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from llama_ft.cli.errors import run_guarded
+from llama_ft.files import write_json
 from llama_ft.metrics import (
-    SetupError,
     classification_report,
     format_classification_table,
     format_squad_table,
@@ -101,13 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.task == "squad" and args.before_na_probs and not args.before:
         parser.error("--before-na-probs needs --before")
-    try:
-        reports = _squad(args) if args.task == "squad" else _classification(args)
-        if args.json:
-            Path(args.json).write_text(json.dumps(reports, indent=2) + "\n")
-    except (InputError, SetupError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_guarded(lambda: _score(args))
+
+
+def _score(args: argparse.Namespace) -> int:
+    reports = _squad(args) if args.task == "squad" else _classification(args)
+    if args.json:
+        write_json(args.json, reports)
     return 0
 
 

@@ -1,73 +1,118 @@
-"""A run's output folder: refuse to clobber a previous run, write every result file atomically."""
+"""A run's output folder: a previous run is refused, continued (--resume) or replaced (--overwrite), and a
+replaced run is only deleted once the new one has finished.
+
+--overwrite moves the old run's outputs into `<folder>/.previous-<pid>/`; the new run writes beside it. When the
+new run ends with metrics.json written the old outputs are deleted; when it fails (any exception, Ctrl-C) its
+partial outputs are removed and the old ones moved back. A process killed in between leaves the aside folder:
+the next run in that folder finds it (its PID is gone) and restores it when the killed run never wrote
+metrics.json, or deletes it when that run had finished.
+"""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
-import torch
-
+from llama_ft.files import fsync_dir, left_by_dead_processes, write_atomic, write_json
 from llama_ft.hf.export import save_pretrained
+from llama_ft.hf.hub import push_to_hub
 from llama_ft.model.config import hub_id_for
 
 # Files that mark a folder as holding a finished or running llama_ft run.
 RUN_MARKERS = ("metrics.json", "run_config.json", "results.md", "checkpoint")
-# Everything a recipe or the engine writes there: --overwrite removes all of it, so that no file of the old run
-# (predictions of a row the new run skips, a plot) sits beside the new results as if it were theirs.
+# Everything a recipe or the engine writes there: --overwrite moves all of it aside, so that no file of the old
+# run (predictions of a row the new run skips, a plot) sits beside the new results as if it were theirs.
 RUN_OUTPUTS = (*RUN_MARKERS, "checkpoint.tmp", "checkpoint.old", "best", "model", "tmp", "train_log.jsonl",
                "loss.png", "confusion.png", "predictions.json", "predictions_eval.json",
                "predictions_zero_shot.json")
+ASIDE = ".previous-"
+DONE = "metrics.json"  # written last: a run is finished exactly when it exists
 
 
 class RunDirError(ValueError):
     """The output folder cannot be used as asked; the message says which flag fixes it."""
 
 
-def prepare_output_dir(path: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Create `path`, or refuse when it holds a previous run (unless --overwrite, or --resume to continue it)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise RunDirError(f"--output-dir {path} is a file; give a folder.")
-    previous = path.is_dir() and any((path / m).exists() for m in RUN_MARKERS)
-    if previous and not (overwrite or resume):
-        found = ", ".join(m for m in RUN_MARKERS if (path / m).exists())
-        raise RunDirError(f"--output-dir {path} holds a previous run ({found}). "
-                          "Pass --overwrite to replace it, --resume to continue it, or choose another folder.")
-    if previous and overwrite and not resume:
-        for m in RUN_OUTPUTS:
-            target = path / m
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Write a file atomically (temp file + rename): readers never see half of it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+def _remove_outputs(folder: Path) -> None:
+    for name in RUN_OUTPUTS:
+        _remove(folder / name)
 
 
-def write_json(path: str | Path, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+def _move_back(folder: Path, aside: Path) -> None:
+    """The outputs in `aside` back into `folder`, replacing whatever a failed run wrote; `aside` removed."""
+    _remove_outputs(folder)
+    for entry in aside.iterdir():
+        os.replace(entry, folder / entry.name)
+    aside.rmdir()
+    fsync_dir(folder)
 
 
-def _jsonable(x):
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    if hasattr(x, "__dict__"):
-        return vars(x)
-    return str(x)
+def sweep_aside(folder: Path) -> list[Path]:
+    """Settle the aside folders of killed runs in `folder`: restored when the killed run never finished,
+    deleted when it had; returns the ones it restored."""
+    restored = []
+    for aside in sorted(left_by_dead_processes(folder, ASIDE)):
+        if (folder / DONE).exists():
+            shutil.rmtree(aside)
+        else:
+            _move_back(folder, aside)
+            restored.append(aside)
+    return restored
+
+
+class RunFolder:
+    """`with RunFolder(path, overwrite, resume) as out:` the run's folder (a Path) for the block's duration.
+
+    A previous run there is refused unless `overwrite` (moved aside, deleted when the block ends with
+    metrics.json written, restored otherwise) or `resume` (left in place for the engine to continue)."""
+
+    def __init__(self, path: str | Path, overwrite: bool = False, resume: bool = False):
+        self.path, self.overwrite, self.resume = Path(path), overwrite, resume
+        self.aside: Path | None = None
+        self.created = False
+
+    def __enter__(self) -> Path:
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"--output-dir {path} is a file; give a folder.")
+        if path.is_dir():
+            for restored in sweep_aside(path):
+                print(f"{path}: restored the previous run from {restored.name} (its replacement was killed "
+                      "before it finished)", file=sys.stderr)
+        found = [m for m in RUN_MARKERS if (path / m).exists()]
+        if found and not (self.overwrite or self.resume):
+            raise RunDirError(f"--output-dir {path} holds a previous run ({', '.join(found)}). "
+                              "Pass --overwrite to replace it, --resume to continue it, or choose another folder.")
+        self.created = not path.exists()
+        path.mkdir(parents=True, exist_ok=True)
+        if found and self.overwrite and not self.resume:
+            self.aside = path / f"{ASIDE}{os.getpid()}"
+            self.aside.mkdir()
+            for name in RUN_OUTPUTS:
+                if (path / name).exists() or (path / name).is_symlink():
+                    os.replace(path / name, self.aside / name)
+            fsync_dir(self.aside)
+            fsync_dir(path)
+        return path
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # metrics.json is written before the Hub upload: a failed upload does not undo a finished run.
+        finished = (self.path / DONE).exists()
+        if self.aside is not None:
+            if finished:
+                shutil.rmtree(self.aside)
+            else:
+                _move_back(self.path, self.aside)
+        elif not finished and self.created and not any(self.path.iterdir()):
+            self.path.rmdir()  # a run that failed before writing anything leaves no empty folder behind
 
 
 def command_line() -> str:
@@ -75,42 +120,15 @@ def command_line() -> str:
     return " ".join(["python"] + [a if a and " " not in a else repr(a) for a in sys.argv])
 
 
-def device_and_amp(device: str = "auto", amp: str = "auto", study: bool = False) -> tuple[str, str]:
-    """The --device and --amp a recipe runs with: auto = CUDA when present; fp16 on CUDA for the study's
-    preset (it trained fp16 on T4s), bf16 otherwise."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if amp == "auto":
-        amp = "fp16" if device.startswith("cuda") and study else "bf16"
-    return device, amp
-
-
 def finish_run(out: Path, model, tokenizer, *, source: str, scores: dict, card: dict, results_md: str,
-               metrics: dict, push_to_hub: str | None = None, private: bool = False) -> None:
+               metrics: dict, repo_id: str | None = None, private: bool = False) -> None:
     """Export the fine-tuned model to out/model (with its model card), then write results.md and, last,
-    metrics.json (a run's completion mark); optionally upload the model to the Hub."""
+    metrics.json (a run's completion mark); with `repo_id`, upload the model to that Hub repo."""
     card = dict(card)
     if hub_id_for(source):
         card["base_model"] = hub_id_for(source)
     save_pretrained(model, out / "model", tokenizer=tokenizer, overwrite=True, metrics=scores, card=card)
-    write_text(out / "results.md", results_md)
-    write_json(out / "metrics.json", metrics)
-    if push_to_hub:
-        print("pushed:", push_to_hub(out / "model", push_to_hub, private=private))
-
-
-def add_run_arguments(ap, output_dir: str) -> None:
-    """The flags every recipe shares: autocast, seed, zero-shot rows, output folder, Hub upload, device,
-    resume, compile."""
-    ap.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
-                    help="autocast dtype; auto = fp16 on CUDA under --preset study (as the study), else bf16")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot rows")
-    ap.add_argument("--output-dir", default=output_dir)
-    ap.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
-    ap.add_argument("--push-to-hub", metavar="OWNER/NAME", help="upload the fine-tuned model to the Hub")
-    ap.add_argument("--private", action="store_true", help="with --push-to-hub: a private repo")
-    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    ap.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint")
-    ap.add_argument("--compile", action="store_true",
-                    help="torch.compile each decoder block (aimed at CUDA; see TrainConfig.compile)")
+    write_atomic(out / "results.md", results_md)
+    write_json(out / DONE, metrics)
+    if repo_id:
+        print("pushed:", push_to_hub(out / "model", repo_id, private=private))

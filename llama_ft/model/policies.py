@@ -21,13 +21,9 @@ class Policy:
         return {"head": "head", "full": "full", "last": f"last:{self.k}",
                 "lora": f"lora:{self.rank}" + (f":{self.alpha:g}" if self.alpha is not None else "")}[self.kind]
 
-    def first_trainable_layer(self, num_layers: int) -> int:
-        """Index of the lowest decoder layer with trainable weights (num_layers when none do)."""
-        return {"head": num_layers, "last": num_layers - self.k}.get(self.kind, 0)
-
 
 def parse_policy(spec: str | Policy) -> Policy:
-    """Parse `head`, `last:K`, `lora:R`, `lora:R:ALPHA` or `full` (the --train flag)."""
+    """Parse `head`, `last:K`, `lora:R`, `lora:R:ALPHA` or `full`."""
     if isinstance(spec, Policy):
         return spec
     parts = str(spec).strip().lower().split(":")
@@ -40,7 +36,7 @@ def parse_policy(spec: str | Policy) -> Policy:
             return Policy("lora", rank=int(parts[1]), alpha=float(parts[2]) if len(parts) == 3 else None)
     except ValueError:
         pass
-    raise ValueError(f"--train {spec!r} is not a policy; use {POLICY_HELP} (e.g. last:4, lora:8).")
+    raise ValueError(f"policy={spec!r} is not a policy; use {POLICY_HELP} (e.g. last:4, lora:8).")
 
 
 def apply_policy(model: nn.Module, spec: str | Policy) -> Policy:
@@ -49,7 +45,8 @@ def apply_policy(model: nn.Module, spec: str | Policy) -> Policy:
     backbone = model.backbone
     n = len(backbone.layers)
     if policy.kind == "last" and policy.k > n:
-        raise ValueError(f"--train last:{policy.k} asks for more layers than the model has ({n}).")
+        raise ValueError(f"policy='last:{policy.k}' asks for more layers than the model has ({n}); use "
+                         f"last:{n} or fewer.")
     if policy.kind == "lora":
         add_lora(backbone, policy.rank, policy.alpha)
     for p in model.parameters():

@@ -188,13 +188,16 @@ def read_json(path: str | Path) -> dict:
                 raw = z.read(members[0])
         else:
             raw = path.read_bytes()
-        doc = json.loads(raw.decode("utf-8"))
+        doc = json.loads(raw.decode("utf-8-sig"))
     except json.JSONDecodeError as e:
         raise SquadDataError(f"{where}: malformed JSON at line {e.lineno}, column {e.colno} ({e.msg}); "
                              "the file is truncated or not SQuAD JSON: download it again.") from None
     except UnicodeDecodeError as e:
-        raise SquadDataError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start}); "
-                             "SQuAD JSON is UTF-8: download it again.") from None
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise SquadDataError(f"{where}, line {line}: byte {raw[e.start]:#04x} is not UTF-8 ({e.reason} at byte "
+                             f"{e.start}); SQuAD JSON is UTF-8: download it again or save it as UTF-8.") from None
+    except RecursionError:
+        raise SquadDataError(f"{where}: JSON nested too deeply to be SQuAD; download it again.") from None
     except zipfile.BadZipFile as e:
         raise SquadDataError(f"{path}: damaged zip ({e}); download it again.") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
@@ -218,8 +221,9 @@ def json_records(doc: dict, where: str) -> Iterator[dict]:
                 if not isinstance(qa, dict):
                     raise SquadDataError(f"{where}: data[{a}].paragraphs[{p}].qas holds a non-object; "
                                          "not SQuAD JSON.")
-                answers = [(x.get("text"), x.get("answer_start")) for x in qa.get("answers") or []
-                           if isinstance(x, dict)]
+                given = qa.get("answers")
+                answers = [(x.get("text"), x.get("answer_start")) for x in given if isinstance(x, dict)] \
+                    if isinstance(given, list) else []
                 impossible = qa.get("is_impossible")
                 yield {"id": qa.get("id"), "title": article.get("title"), "context": para.get("context"),
                        "question": qa.get("question"), "answers": answers,
@@ -284,19 +288,36 @@ def load_squad(source: str | Path | None = None, split: str = "train", version: 
     return SquadData(examples, version, where, counts)
 
 
-def study_split(examples: list[SquadExample], n_train: int, n_test: int = 1000,
-                seed: int = 1) -> tuple[list[SquadExample], list[SquadExample]]:
+def study_split(examples: list[SquadExample], n_train: int, n_test: int = 1000, seed: int = 1,
+                where: str = "the data") -> tuple[list[SquadExample], list[SquadExample]]:
     """The study's protocol: the first n_train + n_test questions in source order, split as
     `datasets.Dataset.train_test_split(test_size=n_test, seed=seed)` does (one numpy permutation of the
-    pool; its first n_test indices are the test set, the rest the train set, each in permutation order)."""
+    pool; its first n_test indices are the test set, the rest the train set, each in permutation order).
+    `where` (the file) names the data in the message of a SquadDataError."""
     pool = n_train + n_test
     if n_train < 1 or n_test < 1:
         raise SquadDataError(f"--n {n_train} with {n_test} test questions: both must be positive.")
     if len(examples) < pool:
-        raise SquadDataError(f"the data has {len(examples):,} questions, fewer than --n {n_train:,} + {n_test:,} "
+        raise SquadDataError(f"{where} has {len(examples):,} questions, fewer than --n {n_train:,} + {n_test:,} "
                              f"test; lower --n to at most {len(examples) - n_test:,}.")
     order = np.random.default_rng(seed).permutation(pool)
     return [examples[i] for i in order[n_test:]], [examples[i] for i in order[:n_test]]
+
+
+def hold_out(examples: list[SquadExample], at_most: int = 1000
+              ) -> tuple[list[SquadExample], list[SquadExample]]:
+    """(kept, held out): the last tenth of `examples` (at least 1, at most `at_most`) held out of training,
+    to calibrate SQuAD v2's no-answer threshold or to evaluate during training."""
+    k = min(at_most, max(1, len(examples) // 10))
+    return examples[:-k], examples[-k:]
+
+
+def check_trainable(examples: list[SquadExample], where: str) -> None:
+    """A SquadDataError when no training question has a usable answer span (nothing to learn from)."""
+    if examples and not any(ex.trainable for ex in examples):
+        raise SquadDataError(f"{where}: none of the {len(examples):,} training questions has a usable answer span "
+                             "(every answer's text is missing from its context, or its answer_start is wrong and "
+                             "the text occurs several times); check the file's `answers` or use another file.")
 
 
 def references(examples: list[SquadExample]) -> dict[str, list[str]]:

@@ -168,7 +168,7 @@ class WindowBuilder:
         self.cue = tokenizer.encode(ANSWER_CUE, add_special_tokens=False)
         fixed = len(self.bos) + len(self.context_prefix) + len(self.cue) + 4
         if max_length - fixed - 16 <= 0:
-            raise FeatureError(f"--max-length {max_length} leaves no room for a question and context; use 128 or "
+            raise FeatureError(f"max_length={max_length} leaves no room for a question and context; use 128 or "
                                "more.")
         self._contexts: dict[str, tuple[list[int], list, int, int]] = {}
         self.counts = FeatureCounts()

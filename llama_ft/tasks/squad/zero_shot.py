@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from llama_ft.metrics.squad import normalize_answer
 from llama_ft.model.generate import generate
 from llama_ft.tasks.squad.data import SquadExample
+from llama_ft.train.config import resolve_amp
 
 INSTRUCTION = "Answer the question using a short span copied exactly from the context. Reply with the answer only."
 UNANSWERABLE_INSTRUCTION = ' If the context does not contain the answer, reply "unanswerable".'
@@ -132,10 +133,12 @@ def clean_answer(reply: str, context: str, snap: bool = True) -> str:
 
 @torch.inference_mode()
 def answer_by_prompt(lm, tokenizer, examples: list[SquadExample], batch_size: int = 16, max_new_tokens: int = 24,
-                     amp: torch.dtype | None = torch.bfloat16, progress: bool = True,
+                     amp: str = "bf16", progress: bool = True,
                      unanswerable: bool = False, demonstration: bool = True) -> dict[str, str]:
-    """{qid: raw generated reply} for each question (greedy, stops at EOS or a newline); `unanswerable`: the
-    SQuAD v2 prompt, which allows the reply "unanswerable"; `demonstration`: see qa_prompt."""
+    """{qid: raw generated reply} for each question (greedy, stops at EOS or a newline); `amp`: the autocast
+    dtype by name (bf16, fp16 on CUDA, none); `unanswerable`: the SQuAD v2 prompt, which allows the reply
+    "unanswerable"; `demonstration`: see qa_prompt."""
+    amp_dtype = resolve_amp(amp, next(lm.parameters()).device)
     prompts = [qa_prompt(tokenizer, ex.context, ex.question, unanswerable, demonstration) for ex in examples]
     stop = list(tokenizer.eos_token_ids)
     newline = tokenizer.encode("\n", add_special_tokens=False)
@@ -147,7 +150,7 @@ def answer_by_prompt(lm, tokenizer, examples: list[SquadExample], batch_size: in
     for k in range(0, len(order), batch_size):
         idx = order[k:k + batch_size]
         outs = generate(lm, [prompts[i] for i in idx], max_new_tokens=max_new_tokens, stop_ids=stop,
-                        pad_id=tokenizer.pad_token_id, amp=amp)
+                        pad_id=tokenizer.pad_token_id, amp=amp_dtype)
         for i, ids in zip(idx, outs):
             replies[examples[i].qid] = tokenizer.decode(ids, skip_special_tokens=True)
         bar.update(len(idx))

@@ -1,9 +1,9 @@
 """GLUE SST-2: loading (TSV, JSONL, parquet, the Hub), the study's stratified 80:20 split, and tokenisation."""
 from __future__ import annotations
 
-import csv
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,28 @@ def _check(rows: list[Example], where: str) -> list[Example]:
     return rows
 
 
+def _lines(path: Path):
+    """(line number, text) of a UTF-8 file (a leading byte-order mark is skipped); a byte that is not UTF-8
+    is a DataError naming the file and the line."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}, line {n}: byte {raw[e.start]:#04x} at column {e.start + 1} is not "
+                                "UTF-8; save the file as UTF-8.") from None
+
+
+def check_classes(rows: list[Example], where: str) -> None:
+    """Warn when the training rows hold a single label: a classifier trained on them learns no boundary."""
+    labels = {r.label for r in rows}
+    if len(labels) == 1:
+        warnings.warn(f"{where}: every training row is labelled {LABELS[labels.pop()]}; the model cannot learn "
+                      "to tell the two apart. Check the file, or --max-train when it is small.", stacklevel=2)
+
+
 def _row(sentence, label, where: str, line: int) -> Example:
     if not isinstance(sentence, str) or not sentence.strip():
         raise DataError(f"{where}, row {line}: empty sentence. Remove the row or fill it in.")
@@ -45,23 +67,26 @@ def _row(sentence, label, where: str, line: int) -> Example:
 def read_tsv(path: str | Path) -> list[Example]:
     """A GLUE-format TSV with a header naming `sentence` and `label` columns."""
     path = Path(path)
-    with open(path, newline="", encoding="utf-8") as f:
-        header = f.readline().rstrip("\r\n").split("\t")
-        if len(header) < 2 or "sentence" not in header:
-            raise DataError(f"{path}: not a GLUE SST-2 TSV; the first line must be a tab-separated header "
-                            f"with `sentence` and `label` columns, got {header[:4]!r}.")
-        if "label" not in header:
-            raise DataError(f"{path}: has no `label` column (GLUE's test.tsv is unlabelled); "
-                            "use train.tsv / dev.tsv or a labelled file.")
-        si, li = header.index("sentence"), header.index("label")
-        rows = []
-        for line, fields in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=2):
-            if not fields:
-                continue  # a blank line (e.g. a trailing one)
-            if len(fields) != len(header):
-                raise DataError(f"{path}, row {line}: {len(fields)} tab-separated fields, the header has "
-                                f"{len(header)}. Is this a TSV file?")
-            rows.append(_row(fields[si], fields[li], str(path), line))
+    lines = _lines(path)
+    first = next(lines, (1, ""))[1]
+    header = first.rstrip("\r\n").split("\t")
+    if len(header) < 2 or "sentence" not in header:
+        raise DataError(f"{path}: not a GLUE SST-2 TSV; the first line must be a tab-separated header "
+                        f"with `sentence` and `label` columns, got {header[:4]!r}.")
+    if "label" not in header:
+        raise DataError(f"{path}: has no `label` column (GLUE's test.tsv is unlabelled); "
+                        "use train.tsv / dev.tsv or a labelled file.")
+    si, li = header.index("sentence"), header.index("label")
+    rows = []
+    for line, text in lines:
+        text = text.rstrip("\r\n")
+        if not text:
+            continue  # a blank line (e.g. a trailing one)
+        fields = text.split("\t")  # GLUE's TSVs are unquoted: a quote is part of the sentence
+        if len(fields) != len(header):
+            raise DataError(f"{path}, row {line}: {len(fields)} tab-separated fields, the header has "
+                            f"{len(header)}. Is this a TSV file?")
+        rows.append(_row(fields[si], fields[li], str(path), line))
     return _check(rows, str(path))
 
 
@@ -69,17 +94,16 @@ def read_jsonl(path: str | Path) -> list[Example]:
     """One JSON object a line with `sentence` and `label`."""
     path = Path(path)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                d = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {line}: not JSON ({e}).") from None
-            if not isinstance(d, dict) or "sentence" not in d or "label" not in d:
-                raise DataError(f"{path}, line {line}: needs `sentence` and `label` fields.")
-            rows.append(_row(d["sentence"], d["label"], str(path), line))
+    for line, text in _lines(path):
+        if not text.strip():
+            continue
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {line}: not JSON ({e}).") from None
+        if not isinstance(d, dict) or "sentence" not in d or "label" not in d:
+            raise DataError(f"{path}, line {line}: needs `sentence` and `label` fields.")
+        rows.append(_row(d["sentence"], d["label"], str(path), line))
     return _check(rows, str(path))
 
 
@@ -89,7 +113,10 @@ def read_parquet(path: str | Path) -> list[Example]:
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(f"{path}: reading parquet needs pyarrow; run `pip install pyarrow`.") from None
-    table = pq.read_table(path).to_pydict()
+    try:
+        table = pq.read_table(path).to_pydict()
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"{path}: not a readable parquet file ({e}); export it again.") from None
     if "sentence" not in table or "label" not in table:
         raise DataError(f"{path}: needs `sentence` and `label` columns, has {sorted(table)}.")
     rows = [_row(s, y, str(path), i + 1) for i, (s, y) in enumerate(zip(table["sentence"], table["label"]))]
@@ -166,12 +193,12 @@ def _approximate_mode(counts: np.ndarray, n_draws: int, rng: np.random.Generator
 
 
 def stratified_split(rows: list[Example], test_fraction: float = 0.2, seed: int = 1,
-                     n_test: int | None = None) -> tuple[list[Example], list[Example]]:
+                     n_test: int | None = None, where: str = "") -> tuple[list[Example], list[Example]]:
     """The study's split: the rows `datasets.Dataset.train_test_split(test_size=test_fraction,
     stratify_by_column="label", seed=seed)` gives, in the same order (tests/test_sst2_data.py checks it
     against `datasets`). ceil(fraction * n) test rows; per label, train and test counts by largest
     remainder, one permutation of the label's rows (train first, then test); then each side permuted;
-    all draws from one `np.random.default_rng(seed)`."""
+    all draws from one `np.random.default_rng(seed)`. `where` (the file) starts the message of a DataError."""
     rng = np.random.default_rng(seed)
     labels = np.array([r.label for r in rows])
     if n_test is None:
@@ -179,8 +206,9 @@ def stratified_split(rows: list[Example], test_fraction: float = 0.2, seed: int 
     n_train = len(rows) - n_test
     classes, counts = np.unique(labels, return_counts=True)
     if counts.min() < 2 or min(n_train, n_test) < len(classes):
-        raise DataError(f"cannot split {len(rows):,} rows ({dict(zip(classes.tolist(), counts.tolist()))} per "
-                        f"label) into {n_train:,} train / {n_test:,} test with every label on both sides; "
+        per_label = dict(zip(classes.tolist(), counts.tolist()))
+        raise DataError(f"{where + ': ' if where else ''}cannot split {len(rows):,} rows ({per_label} per label) "
+                        f"into {n_train:,} train / {n_test:,} test with every label on both sides; "
                         "use more rows or a larger subset.")
     # datasets also allocates the test side by approximate mode, over what train left: that is exactly the
     # remainder (it sums to n_test), so it draws nothing and the test rows are the rest of each label.
@@ -194,11 +222,18 @@ def stratified_split(rows: list[Example], test_fraction: float = 0.2, seed: int 
     return [rows[i] for i in train_idx], [rows[i] for i in test_idx]
 
 
-def subsample(rows: list[Example], n: int | None, seed: int = 1) -> list[Example]:
+def subsample(rows: list[Example], n: int | None, seed: int = 1, where: str = "") -> list[Example]:
     """A stratified random subset of `n` rows (all of them when n is None or larger)."""
     if n is None or n >= len(rows):
         return rows
-    return stratified_split(rows, seed=seed, n_test=n)[1]
+    return stratified_split(rows, seed=seed, n_test=n, where=where)[1]
+
+
+def hold_out(rows: list[Example], at_most: int = 1000, seed: int = 1, where: str = ""
+             ) -> tuple[list[Example], list[Example]]:
+    """(kept, held out): a stratified tenth of `rows` (at least 2, at most `at_most`) held out of training
+    to evaluate on while training."""
+    return stratified_split(rows, seed=seed, n_test=min(at_most, max(2, len(rows) // 10)), where=where)
 
 
 def encode(rows: list[Example], tokenizer, max_length: int = 128) -> list[dict]:

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from llama_ft.train.config import resolve_amp
+
 INSTRUCTION = "Is the sentiment of this movie review positive or negative? Answer with one word."
 LABEL_WORDS = (("negative", "Negative", " negative", " Negative"), ("positive", "Positive", " positive", " Positive"))
 
@@ -49,10 +51,11 @@ def label_token_ids(tokenizer) -> list[list[int]]:
 
 @torch.inference_mode()
 def classify_by_prompt(lm, tokenizer, sentences: list[str], batch_size: int = 32,
-                       amp: torch.dtype | None = torch.bfloat16,
-                       progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted labels [N], P(positive) renormalised over the two label sets [N]) for each sentence."""
+                       amp: str = "bf16", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted labels [N], P(positive) renormalised over the two label sets [N]) for each sentence; `amp`:
+    the autocast dtype by name (bf16, fp16 on CUDA, none), as for training and `predict`."""
     device = next(lm.parameters()).device
+    amp_dtype = resolve_amp(amp, device)
     label_ids = label_token_ids(tokenizer)
     prompts = [sentiment_prompt(tokenizer, s) for s in sentences]
     order = np.argsort([len(p) for p in prompts], kind="stable")
@@ -67,7 +70,7 @@ def classify_by_prompt(lm, tokenizer, sentences: list[str], batch_size: int = 32
         for row, i in enumerate(idx):
             ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
             mask[row, width - len(prompts[i]):] = 1
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = lm(ids.to(device), mask.to(device), last_only=True)[:, -1].float()
         probs = logits.softmax(-1)
         neg = probs[:, label_ids[0]].sum(-1)

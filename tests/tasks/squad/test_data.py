@@ -172,3 +172,39 @@ def test_hub_parquet_rows_map_to_examples(monkeypatch, tmp_path):
     assert asked == [("rajpurkar/squad_v2", "dataset", ("*train-*.parquet",))]
     assert data.version == "2.0" and [e.is_impossible for e in data.examples] == [False, True]
     assert data.counts.impossible_inferred == 1 and data.examples[0].answers == [squad.Answer("beta", 6)]
+
+
+def test_a_utf8_byte_order_mark_is_read(tmp_path):
+    doc = {"version": "1.1", "data": [{"title": "T", "paragraphs": [
+        {"context": "Paris is in France.", "qas": [{"id": "a", "question": "Where?",
+                                                    "answers": [{"text": "France", "answer_start": 12}]}]}]}]}
+    p = tmp_path / "bom.json"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps(doc).encode())
+    assert [ex.answers[0].text for ex in load_squad(p).examples] == ["France"]
+
+
+def test_a_byte_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    p = tmp_path / "latin1.json"
+    p.write_bytes(b'{"data": [\n{"title": "caf\xe9"}]}')
+    with pytest.raises(SquadDataError, match=r"latin1.json, line 2: byte 0xe9 is not UTF-8"):
+        load_squad(p)
+
+
+def test_training_questions_without_any_usable_span_say_so(tmp_path):
+    doc = {"data": [{"title": "T", "paragraphs": [
+        {"context": "Paris is in France.", "qas": [{"id": str(i), "question": "Where?",
+                                                    "answers": [{"text": "Spain", "answer_start": 0}]}
+                                                   for i in range(3)]}]}]}
+    p = tmp_path / "nospan.json"
+    p.write_text(json.dumps(doc))
+    data = load_squad(p)
+    with pytest.raises(SquadDataError, match="nospan.json: none of the 3 training questions has a usable answer"):
+        squad.check_trainable(data.examples, data.source)
+
+
+def test_answers_that_are_not_a_list_are_no_answers(tmp_path):
+    doc = {"data": [{"title": "T", "paragraphs": [
+        {"context": "Paris is in France.", "qas": [{"id": "a", "question": "Where?", "answers": 5}]}]}]}
+    p = tmp_path / "odd.json"
+    p.write_text(json.dumps(doc))
+    assert load_squad(p).examples[0].answers == []

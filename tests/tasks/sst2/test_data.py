@@ -79,3 +79,29 @@ def test_bad_files_name_file_and_row(tmp_path, content, message):
 def test_unlabelled_glue_test_file_is_refused(shared):
     with pytest.raises(sst2.DataError, match="unlabelled"):
         sst2.read_file(shared / "data/sst2/test.tsv")
+
+
+@pytest.mark.parametrize("name,content", [
+    ("bom.tsv", "sentence\tlabel\ngood film\t1\nbad film\t0\n"),
+    ("bom.jsonl", '{"sentence": "good film", "label": 1}\n{"sentence": "bad film", "label": 0}\n'),
+])
+def test_a_utf8_byte_order_mark_is_read_not_refused(tmp_path, name, content):
+    p = tmp_path / name
+    p.write_bytes(b"\xef\xbb\xbf" + content.encode())
+    assert sst2.read_file(p) == [sst2.Example("good film", 1), sst2.Example("bad film", 0)]
+
+
+@pytest.mark.parametrize("name,content,line", [
+    ("latin1.tsv", b"sentence\tlabel\ngood film\t1\nna\xefve film\t0\n", 3),
+    ("latin1.jsonl", b'{"sentence": "good", "label": 1}\n{"sentence": "na\xefve", "label": 0}\n', 2),
+])
+def test_a_byte_that_is_not_utf8_names_the_file_and_line(tmp_path, name, content, line):
+    p = tmp_path / name
+    p.write_bytes(content)
+    with pytest.raises(sst2.DataError, match=rf"{name}, line {line}: byte 0xef .* is not UTF-8"):
+        sst2.read_file(p)
+
+
+def test_a_training_set_with_one_class_warns():
+    with pytest.warns(UserWarning, match="every training row is labelled positive"):
+        sst2.check_classes([sst2.Example("good", 1), sst2.Example("fine", 1)], "train.tsv")

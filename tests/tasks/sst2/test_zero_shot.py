@@ -29,8 +29,8 @@ def test_label_tokens_are_distinct_per_label(tokenizer):
 
 def test_batched_left_padded_scoring_equals_one_at_a_time(tiny_model_dir, tokenizer):
     lm = llama_ft.from_pretrained(tiny_model_dir, task="causal-lm", dtype="float32")
-    pred, p = classify_by_prompt(lm, tokenizer, SENTENCES, batch_size=8, amp=None, progress=False)
-    _, p_one = classify_by_prompt(lm, tokenizer, SENTENCES, batch_size=1, amp=None, progress=False)
+    pred, p = classify_by_prompt(lm, tokenizer, SENTENCES, batch_size=8, amp="none", progress=False)
+    _, p_one = classify_by_prompt(lm, tokenizer, SENTENCES, batch_size=1, amp="none", progress=False)
     np.testing.assert_allclose(p, p_one, atol=1e-5)
     assert ((0 < p) & (p < 1)).all() and (pred == (p > 0.5)).all()
 

@@ -1,0 +1,44 @@
+"""What both recipes do around the engine: the device and autocast dtype they run with, the TrainConfig their
+flags make, and the summary of a training run they write to metrics.json."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from llama_ft.train import TrainConfig
+from llama_ft.train.config import AMP_DTYPES, resolve_amp, resolve_device
+from llama_ft.train.loop import TrainResult
+
+
+def device_and_amp(device: str = "auto", amp: str = "auto", study: bool = False) -> tuple[str, str]:
+    """(device, amp) as concrete names (`cuda`, `bf16`): the engine's rules (`resolve_device`, `resolve_amp`),
+    plus one of the recipes': `auto` under the study's preset is fp16 on CUDA, as the study trained on T4s."""
+    dev = resolve_device(device)
+    if amp == "auto" and study and dev.type == "cuda":
+        amp = "fp16"
+    dtype = resolve_amp(amp, dev)
+    return str(dev), next(name for name, d in AMP_DTYPES.items() if d == dtype)
+
+
+def train_config(args: argparse.Namespace, out: Path, device: str, amp: str) -> TrainConfig:
+    """The engine's settings from the shared flags (see llama_ft.cli.flags)."""
+    return TrainConfig(policy=args.policy, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
+                       warmup_ratio=args.warmup_ratio, batch_size=args.batch_size, global_batch=args.global_batch,
+                       epochs=args.epochs, max_steps=args.max_steps, max_grad_norm=args.max_grad_norm or None,
+                       amp=amp, seed=args.seed, grad_checkpointing=args.grad_checkpointing, compile=args.compile,
+                       output_dir=str(out), eval_every=args.eval_every, select_metric=args.save_best,
+                       log_every=args.log_every, device=device, resume=args.resume)
+
+
+def wants_evaluation(args: argparse.Namespace) -> bool:
+    """True when the run evaluates during training (and so holds a validation slice out of the train rows)."""
+    return bool(args.eval_every or args.save_best)
+
+
+def train_summary(result: TrainResult) -> dict:
+    """The `train` section of metrics.json: throughput, steps, sizes, cache, evaluations."""
+    return {"tokens_per_second": result.tokens_per_second, "steps": result.steps,
+            "padding_waste": result.padding_waste, "trainable_params": result.trainable_params,
+            "total_params": result.total_params, "trunk_cache": result.trunk_cache,
+            "epoch_seconds": result.epoch_seconds, "final_loss": result.losses[-1] if result.losses else None,
+            "evaluations": result.metrics, "best_metric": result.best_metric, "best_step": result.best_step}

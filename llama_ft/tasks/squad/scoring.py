@@ -1,0 +1,102 @@
+"""Scoring SQuAD per question: a windowed question set predicted, decoded and scored with any model state
+(SQuAD v2's no-answer threshold calibrated on held-out questions), the prompted zero-shot row, and the summary
+table of the recipe's rows."""
+from __future__ import annotations
+
+from llama_ft.metrics import squad_em_f1, squad_report
+from llama_ft.tasks.squad.data import SquadExample, references
+from llama_ft.tasks.squad.decode import (
+    MAX_ANSWER_TOKENS,
+    N_BEST,
+    QuestionPrediction,
+    answers,
+    best_null_threshold,
+    decode_predictions,
+    na_probs,
+    study_window_predictions,
+)
+from llama_ft.tasks.squad.windows import build_windows, training_examples
+from llama_ft.tasks.squad.zero_shot import answer_by_prompt, clean_answer
+from llama_ft.train import predict
+
+
+class QuestionSet:
+    """One set of questions, windowed once for one tokenizer; `decode`/`score` work with any model state.
+
+    amp: the autocast dtype by name (bf16, fp16 on CUDA, none); n_best / max_answer_tokens: see decode."""
+
+    def __init__(self, name: str, examples: list[SquadExample], tokenizer, max_length: int = 384,
+                 stride: int = 128, *, amp: str = "bf16", n_best: int = N_BEST,
+                 max_answer_tokens: int = MAX_ANSWER_TOKENS, progress: bool = True):
+        self.name, self.examples, self.tokenizer, self.amp = name, examples, tokenizer, amp
+        self.n_best, self.max_answer_tokens = n_best, max_answer_tokens
+        self.windows, self.counts = build_windows(tokenizer, examples, max_length, stride, progress=progress,
+                                                  desc=f"windows {name}")
+        self.refs = references(examples)
+
+    def training_examples(self) -> list[dict]:
+        """The engine's examples of this set's labelled windows (a train set, or an eval_set for its loss)."""
+        return training_examples(self.windows)
+
+    def decode(self, model, batch_size: int = 32) -> tuple[dict[str, QuestionPrediction], list]:
+        """({qid: prediction}, the windows' span logits) of `model` on this set."""
+        logits = predict(model, [w.as_example() for w in self.windows], batch_size=batch_size, amp=self.amp)
+        return decode_predictions(self.examples, self.windows, logits, self.n_best, self.max_answer_tokens), logits
+
+    def threshold(self, model) -> float:
+        """The SQuAD v2 no-answer threshold that maximises F1 on this (held-out) set."""
+        return best_null_threshold(self.decode(model)[0], self.refs)
+
+    def score(self, model, threshold: float | None = None, per_window: bool = False) -> tuple[dict, dict[str, str]]:
+        """(the full report, {qid: answer}) of `model`; `per_window` adds the study's per-window scoring."""
+        preds, logits = self.decode(model)
+        texts = answers(preds, threshold)
+        report = squad_report(texts, self.refs, na_probs(preds, threshold) if threshold is not None else None)
+        if threshold is not None:
+            report["null_threshold"] = threshold
+        if per_window:
+            report["per_window"] = squad_report(*study_window_predictions(self.examples, self.windows, logits,
+                                                                          self.tokenizer))
+        return report, texts
+
+    def em_f1(self, model) -> dict[str, float]:
+        """Exact match and F1 (0-100) of `model`, the cheap metrics for evaluation during training; a v2 set
+        answers '' by the threshold calibrated on itself."""
+        preds = self.decode(model)[0]
+        v2 = any(not g for g in self.refs.values())
+        return squad_em_f1(answers(preds, best_null_threshold(preds, self.refs) if v2 else None), self.refs)
+
+
+def score_sets(model, sets: dict[str, QuestionSet], calibration: QuestionSet | None = None,
+               per_window: bool = False) -> tuple[dict[str, dict], dict[str, dict[str, str]]]:
+    """({set name: report}, {set name: {qid: answer}}) of `model` on every set; with a calibration set (SQuAD
+    v2) its no-answer threshold applies to all of them; `per_window` adds the study's scoring to `test`."""
+    threshold = calibration.threshold(model) if calibration is not None else None
+    reports, texts = {}, {}
+    for key, qs in sets.items():
+        reports[key], texts[key] = qs.score(model, threshold, per_window and key == "test")
+    return reports, texts
+
+
+def prompted_answers(lm, tokenizer, examples: list[SquadExample], amp: str = "bf16"
+                     ) -> tuple[dict, dict[str, str], dict[str, str]]:
+    """(report, cleaned answers, raw replies) of a causal LM prompted zero-shot on `examples`; the report's
+    `unsnapped` entry scores the cleaned replies before they are snapped to the context."""
+    refs = references(examples)
+    raw = answer_by_prompt(lm, tokenizer, examples, amp=amp, unanswerable=any(not g for g in refs.values()))
+    ctx = {ex.qid: ex.context for ex in examples}
+    texts = {q: clean_answer(r, ctx[q]) for q, r in raw.items()}
+    report = squad_report(texts, refs)
+    report["unsnapped"] = squad_em_f1({q: clean_answer(r, ctx[q], snap=False) for q, r in raw.items()}, refs)
+    return report, texts, raw
+
+
+def summary_table(rows: dict[str, dict[str, dict]]) -> str:
+    """A markdown table: one line per row name, exact match and F1 for each question set (test first)."""
+    sets = sorted({s for r in rows.values() for s in r}, key=lambda s: (s != "test", s))
+    head = "| row | " + " | ".join(f"{s} EM | {s} F1" for s in sets) + " |"
+    lines = [head, "|---|" + "---:|---:|" * len(sets)]
+    for name, r in rows.items():
+        cells = [f"{r[s]['exact_match']:.2f} | {r[s]['f1']:.2f}" if s in r else "- | -" for s in sets]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
