@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from llama_ft.dtypes import as_dtype as as_dtype  # re-exported: the recipes name it here
 from llama_ft.hf.weights import load_weights, materialise
 from llama_ft.model.config import LlamaConfig
 from llama_ft.model.llama import TASKS, LlamaPreTrainedModel
@@ -17,18 +18,6 @@ from llama_ft.tokenizer import (
     tokenizer_from_file,
     tokenizer_from_folder,
 )
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
-
-def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
-    return DTYPES[dtype]
-
 
 def build_model(cfg: LlamaConfig, task: str = "causal-lm", num_labels: int = 2,
                 device: str | torch.device = "meta") -> LlamaPreTrainedModel:

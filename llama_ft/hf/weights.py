@@ -10,10 +10,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from llama_ft.dtypes import SAFETENSORS_DTYPES
+from llama_ft.files import write_atomic, write_json
 from llama_ft.model.llama import RotaryEmbedding
+from llama_ft.sources.resolve import INDEX, SINGLE, SourceError, weight_files
 
-SINGLE = "model.safetensors"
-INDEX = "model.safetensors.index.json"
 
 
 class WeightsError(ValueError):
@@ -23,30 +24,15 @@ class WeightsError(ValueError):
 def checkpoint_files(folder: str | Path) -> dict[str, Path]:
     """Map every tensor name in a folder's safetensors checkpoint to the file that holds it."""
     folder = Path(folder)
-    if (folder / INDEX).is_file():
-        try:
-            weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise WeightsError(f"{folder / INDEX}: not a safetensors index (needs a `weight_map` object): "
-                               f"{e}") from None
-        files = {name: folder / fname for name, fname in weight_map.items()}
-        for f in set(files.values()):
-            if not f.is_file():
-                raise WeightsError(f"{folder / INDEX} lists shard {f.name}, which is missing from {folder}.")
-        return files
-    if (folder / SINGLE).is_file():
-        return {name: folder / SINGLE for name in _keys(folder / SINGLE)}
-    shards = sorted(folder.glob("*.safetensors"))
-    if len(shards) == 1:
-        return {name: shards[0] for name in _keys(shards[0])}
-    raise WeightsError(
-        f"{folder}: no weights found (expected {SINGLE}, or {INDEX} with its shards). "
-        "Point llama_ft at a folder holding the model's safetensors files.")
+    try:
+        files, weight_map = weight_files(folder)
+    except SourceError as e:
+        raise WeightsError(f"{e} Point llama_ft at a folder holding the model's safetensors files.") from None
+    if weight_map is not None:
+        return {name: folder / fname for name, fname in weight_map.items()}
+    return {name: files[0] for name in _keys(files[0])}
 
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 # Bytes read at a time when a tensor changes dtype on the way in: the only memory beyond the model's own.
 _STAGING_BYTES = 64 << 20
 
@@ -69,7 +55,7 @@ class SafetensorsReader:
             header.pop("__metadata__", None)
             for name, entry in header.items():
                 end = entry["data_offsets"][1]
-                if entry["dtype"] not in _DTYPES:
+                if entry["dtype"] not in SAFETENSORS_DTYPES:
                     raise ValueError(f"tensor {name!r} has unsupported dtype {entry['dtype']}")
                 if 8 + n + end > size:
                     raise ValueError(f"tensor {name!r} ends at byte {8 + n + end}, past the end of the file "
@@ -89,7 +75,7 @@ class SafetensorsReader:
     def read(self, name: str, dtype: torch.dtype, device: str | torch.device = "cpu") -> torch.Tensor:
         """The tensor `name` in `dtype` on `device`; a cast goes through a small staging buffer."""
         entry = self.header[name]
-        src = _DTYPES[entry["dtype"]]
+        src = SAFETENSORS_DTYPES[entry["dtype"]]
         shape = self.shape(name)
         begin, end = entry["data_offsets"]
         if end - begin != shape.numel() * src.itemsize:
@@ -252,13 +238,9 @@ def save_weights(state: dict[str, torch.Tensor], folder: str | Path, max_shard_b
         weight_map.update({k: path.name for k in shard})
     total = sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    tmp = folder / (INDEX + ".tmp")
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    os.replace(tmp, folder / INDEX)
+    write_json(folder / INDEX, index)
     return paths + [folder / INDEX]
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, meta: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llama_ft.files import write_atomic
+from llama_ft.sources.hub_ids import PRESET_HUB_IDS
+from llama_ft.sources.hub_ids import hub_id_for as hub_id_for  # re-exported: cli/run_folder names it here
 from llama_ft.sources.resolve import resolve_config
 
 
@@ -160,10 +163,7 @@ class LlamaConfig:
         """Write config.json into `directory`; returns its path."""
         path = Path(directory) / "config.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(self.to_json_string())
-        tmp.replace(path)
-        return path
+        return write_atomic(path, self.to_json_string())
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> LlamaConfig:
@@ -197,22 +197,12 @@ PRESETS: dict[str, dict] = {
         rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
                           original_max_position_embeddings=8192),
         max_position_embeddings=131072, tie_word_embeddings=True, attention_bias=False, mlp_bias=False,
-        bos_token_id=128000, eos_token_id=128001, _name_or_path="meta-llama/Llama-3.2-1B"),
+        bos_token_id=128000, eos_token_id=128001, _name_or_path=PRESET_HUB_IDS["llama-3.2-1b"]),
     "smollm2-135m": dict(
         hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
         num_key_value_heads=3, head_dim=64, vocab_size=49152, rms_norm_eps=1e-5, rope_theta=100000.0,
         rope_scaling=None, max_position_embeddings=8192, tie_word_embeddings=True, attention_bias=False,
         mlp_bias=False, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-        _name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct"),
+        _name_or_path=PRESET_HUB_IDS["smollm2-135m"]),
 }
 
-
-def hub_id_for(src: str) -> str | None:
-    """The Hugging Face Hub id a model source stands for (preset names map to their models), if any."""
-    s = str(src)
-    if s.lower() in PRESETS:
-        return PRESETS[s.lower()].get("_name_or_path")
-    parts = s.split("/")
-    if len(parts) == 2 and all(parts) and not Path(s).exists() and not s.endswith(".gguf"):
-        return s
-    return None

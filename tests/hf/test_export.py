@@ -1,6 +1,7 @@
 """Exports load in `transformers` with the same outputs, carry a Hub model card, are written atomically."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -283,7 +284,7 @@ def test_interrupted_export_leaves_nothing_that_looks_complete(tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
     # A killed process runs no clean-up: what it leaves is a hidden partial folder without config.json.
-    monkeypatch.setattr(export.shutil, "rmtree", lambda *a, **k: None)
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)
     with pytest.raises(KeyboardInterrupt):
         llama_ft.save_pretrained(model, tmp_path / "killed")
     leftovers = [p for p in tmp_path.iterdir() if p.name != "out"]

@@ -170,7 +170,7 @@ def test_a_killed_conversions_temporary_folder_is_swept(tiny_gguf, tmp_path):
     proc.wait()
     cache = tmp_path / "cache"
     key = sources._gguf_key(tiny_gguf, "float32")
-    dead, alive = cache / "gguf" / f".tmp-{key}-{proc.pid}-abc", cache / "gguf" / f".tmp-{key}-1-def"
+    dead, alive = cache / "gguf" / f".{key}.partial-{proc.pid}-abc", cache / "gguf" / f".{key}.partial-1-def"
     for d in (dead, alive):
         d.mkdir(parents=True)
         (d / "model.safetensors").write_bytes(b"half")
