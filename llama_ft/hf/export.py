@@ -22,6 +22,7 @@ from llama_ft.hf.model_card import PIPELINES, guess_base_model, render_model_car
 from llama_ft.hf.weights import save_weights, state_dict_for_saving
 from llama_ft.model.llama import LlamaPreTrainedModel
 from llama_ft.model.lora import LoRALinear
+from llama_ft.tokenizer import choose_pad
 
 
 class ExportError(ValueError):
@@ -129,9 +130,11 @@ def export_config(model: LlamaPreTrainedModel, dtype: torch.dtype, tokenizer=Non
         if tok_pad is not None:
             d["pad_token_id"] = tok_pad
             d["pad_token_id_source"] = getattr(tokenizer, "pad_token_source", "tokenizer")
-        elif cfg.eos_ids:
-            d["pad_token_id"], d["pad_token_id_source"] = cfg.eos_ids[0], "eos_token"
-        elif model.task == "classification":
+        else:
+            pad, source = choose_pad(None, None, cfg.eos_ids[0] if cfg.eos_ids else None)
+            if pad is not None:
+                d["pad_token_id"], d["pad_token_id_source"] = pad, source
+        if d.get("pad_token_id") is None and model.task == "classification":
             raise ExportError("the model has no pad_token_id and no eos_token_id, and no tokenizer was "
                               "given: transformers cannot pool a padded batch. Set "
                               "model.config.pad_token_id.")

@@ -326,3 +326,13 @@ def test_hub_tokenizer_through_load_tokenizer(tmp_path, monkeypatch, smollm2_dir
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     tok = load_tokenizer("owner/tok", cache_dir=tmp_path)
     assert tok.encode("Hello") == load_tokenizer(smollm2_dir).encode("Hello")
+
+
+def test_resolve_restores_a_folder_a_killed_publisher_moved_aside(tmp_path):
+    hf_tiny().save_pretrained(tmp_path / "model")
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    os.rename(tmp_path / "model", tmp_path / f".model.old-{proc.pid}-ab")
+    assert resolve(tmp_path / "model") == tmp_path / "model"
+    assert resolve_config(tmp_path / "model") == tmp_path / "model" / "config.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
