@@ -37,6 +37,21 @@ def checkpoint_files(folder: str | Path) -> dict[str, Path]:
 _STAGING_BYTES = 64 << 20
 
 
+def _check_entry(name: str, entry: object) -> None:
+    """A header entry {dtype, shape, data_offsets} that describes a tensor; else a ValueError saying why."""
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+        raise ValueError(f"tensor {name!r} has no dtype, shape and data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        raise ValueError(f"tensor {name!r} has unsupported dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d
+                                              for d in shape):
+        raise ValueError(f"tensor {name!r} has shape {shape!r}, not a list of sizes")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise ValueError(f"tensor {name!r} has data_offsets {offsets!r}, not [begin, end] with begin <= end")
+
+
 class SafetensorsReader:
     """A safetensors file read with plain file reads (no mmap), so loading costs the model's bytes and no more.
 
@@ -52,15 +67,16 @@ class SafetensorsReader:
             if not 2 <= n <= size - 8:
                 raise ValueError(f"header length {n} does not fit a {size}-byte file")
             header = json.loads(self.file.read(n))
+            if not isinstance(header, dict):
+                raise ValueError(f"the header is a JSON {type(header).__name__}, not an object")
             header.pop("__metadata__", None)
             for name, entry in header.items():
+                _check_entry(name, entry)
                 end = entry["data_offsets"][1]
-                if entry["dtype"] not in SAFETENSORS_DTYPES:
-                    raise ValueError(f"tensor {name!r} has unsupported dtype {entry['dtype']}")
                 if 8 + n + end > size:
                     raise ValueError(f"tensor {name!r} ends at byte {8 + n + end}, past the end of the file "
                                      f"({size} bytes)")
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        except (ValueError, KeyError, TypeError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
             self.file.close()
             raise WeightsError(f"{self.path}: unreadable safetensors file ({e}); it may be truncated or "
                                "corrupt — download or export it again.") from None
@@ -119,6 +135,10 @@ def read_tensors(files: dict[str, Path], names: list[str]) -> Iterator[tuple[str
         by_file.setdefault(files[n], []).append(n)
     for path, ns in by_file.items():
         with SafetensorsReader(path) as f:
+            absent = [n for n in ns if n not in f.header]
+            if absent:
+                raise WeightsError(f"{path.parent / INDEX} places tensor(s) {absent[:3]} in {path.name}, which "
+                                   "does not hold them; download or export the model again.")
             for n in ns:
                 yield n, f, path
 
