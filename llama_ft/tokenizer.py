@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tokenizers import Tokenizer as _Backend
 
@@ -14,12 +14,25 @@ from tokenizers import Tokenizer as _Backend
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 LLAMA3_PAD_TOKEN = "<|finetune_right_pad_id|>"
+_T = TypeVar("_T")
 
-# Where `pad_token_id` came from (`Tokenizer.pad_token_source`); the saved config records it as
-# `pad_token_source`, with the same strings as `llama_ft.hf.loading.default_pad_token`.
+# Where the pad token came from: `Tokenizer.pad_token_source`, recorded as `pad_token_source` in
+# tokenizer_config.json and as `pad_token_id_source` in an exported config.json.
 PAD_FROM_FINETUNE_TOKEN = LLAMA3_PAD_TOKEN
 PAD_FROM_MODEL = "pad_token"
 PAD_FROM_EOS = "eos"
+PAD_FROM_NOTHING = "none"
+
+
+def choose_pad(finetune_pad: _T | None, model_pad: _T | None, eos: _T | None) -> tuple[_T | None, str]:
+    """(pad token, where it came from): Llama 3's reserved `<|finetune_right_pad_id|>` when the vocabulary
+    has it, else the model's own pad token, else its EOS; (None, "none") when it has none of them. The one
+    choice the tokenizer, the loaded model and its export all make (as strings or as ids alike)."""
+    for value, source in ((finetune_pad, PAD_FROM_FINETUNE_TOKEN), (model_pad, PAD_FROM_MODEL),
+                          (eos, PAD_FROM_EOS)):
+        if value is not None:
+            return value, source
+    return None, PAD_FROM_NOTHING
 
 
 class TokenizerError(ValueError):
@@ -136,13 +149,9 @@ class Tokenizer:
                 raise TokenizerError(f"{source}: `{name}` {tok!r} is not in the vocabulary; fix `{name}` in "
                                      "tokenizer_config.json or config.json.")
         self.bos_token, self.eos_token = bos_token, eos_token
-        if self.token_to_id(LLAMA3_PAD_TOKEN) is not None:
-            self.pad_token, self.pad_token_source = LLAMA3_PAD_TOKEN, PAD_FROM_FINETUNE_TOKEN
-        elif pad_token is not None:
-            self.pad_token, self.pad_token_source = pad_token, PAD_FROM_MODEL
-        elif self.eos_token is not None:
-            self.pad_token, self.pad_token_source = self.eos_token, PAD_FROM_EOS
-        else:
+        finetune_pad = LLAMA3_PAD_TOKEN if self.token_to_id(LLAMA3_PAD_TOKEN) is not None else None
+        self.pad_token, self.pad_token_source = choose_pad(finetune_pad, pad_token, self.eos_token)
+        if self.pad_token is None:
             raise TokenizerError(f"{source}: no pad token (no {LLAMA3_PAD_TOKEN}, no `pad_token`, no `eos_token`); "
                                  "set `eos_token` or `pad_token` in tokenizer_config.json.")
         ids = [i for i in eos_token_ids if isinstance(i, int)]
@@ -291,9 +300,13 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise TokenizerError(f"{path}: not valid JSON ({e}); restore the file.") from None
+    if not isinstance(doc, dict):
+        raise TokenizerError(f"{path}: must hold one JSON object of fields, found a JSON {type(doc).__name__}; "
+                             "restore the file.")
+    return doc
 
 
 def _chat_template(folder: Path, tok_config: dict) -> str | None:

@@ -271,3 +271,11 @@ def test_load_tokenizer_sources(smollm2_dir, smollm2):
     assert by_name.encode(text) == by_gguf.encode(text) == by_file.encode(text) == smollm2.encode(text)
     with pytest.raises(Exception, match="not an existing folder"):
         load_tokenizer("no such thing")
+
+
+def test_a_config_json_holding_a_list_is_a_tokenizer_error_naming_it(smollm2, tmp_path):
+    folder = smollm2.save(tmp_path / "tok")
+    (folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(TokenizerError, match=rf"{folder}/config\.json: must hold one JSON object of fields, "
+                                             "found a JSON list; restore the file"):
+        load_tokenizer(folder)

@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from llama_ft.files import left_by_dead_processes
-from llama_ft.hf.loading import as_dtype, load_tokenizer
+from llama_ft.files import publish_folder, sweep_dead_publishes, write_atomic, write_json
+from llama_ft.dtypes import as_dtype
+from llama_ft.hf.loading import load_tokenizer
 from llama_ft.hf.model_card import PIPELINES, guess_base_model, render_model_card
 from llama_ft.hf.weights import save_weights, state_dict_for_saving
 from llama_ft.model.llama import LlamaPreTrainedModel
 from llama_ft.model.lora import LoRALinear
+from llama_ft.tokenizer import choose_pad
 
 
 class ExportError(ValueError):
@@ -46,7 +45,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, dtype: torch.dtype 
     model = _unwrap(model)
     target = Path(os.path.abspath(directory))
     if target.parent.is_dir():
-        _clean_stale(target)
+        sweep_dead_publishes(target)
     _check_target(target, overwrite)
     dtype = as_dtype(dtype)
     if tokenizer is not None and not hasattr(tokenizer, "save"):
@@ -63,12 +62,16 @@ def save_pretrained(model: nn.Module, directory: str | Path, dtype: torch.dtype 
         if tokenizer is not None:
             tokenizer.save(folder)
         if model.task == "causal-lm":
-            _write(folder / "generation_config.json", json.dumps(generation_config(config), indent=2) + "\n")
+            write_json(folder / "generation_config.json", generation_config(config))
         if readme is not None:
-            _write(folder / "README.md", readme)
-        _write(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+            write_atomic(folder / "README.md", readme)
+        write_atomic(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
 
-    return _publish(build, target, overwrite)
+    def keep_existing(existing: Path) -> bool:
+        _check_target(existing, overwrite)  # again: the folder may have been filled while we wrote
+        return False
+
+    return publish_folder(build, target, keep_existing)
 
 
 # ---------------------------------------------------------------------------------------------- contents
@@ -127,9 +130,11 @@ def export_config(model: LlamaPreTrainedModel, dtype: torch.dtype, tokenizer=Non
         if tok_pad is not None:
             d["pad_token_id"] = tok_pad
             d["pad_token_id_source"] = getattr(tokenizer, "pad_token_source", "tokenizer")
-        elif cfg.eos_ids:
-            d["pad_token_id"], d["pad_token_id_source"] = cfg.eos_ids[0], "eos_token"
-        elif model.task == "classification":
+        else:
+            pad, source = choose_pad(None, None, cfg.eos_ids[0] if cfg.eos_ids else None)
+            if pad is not None:
+                d["pad_token_id"], d["pad_token_id_source"] = pad, source
+        if d.get("pad_token_id") is None and model.task == "classification":
             raise ExportError("the model has no pad_token_id and no eos_token_id, and no tokenizer was "
                               "given: transformers cannot pool a padded batch. Set "
                               "model.config.pad_token_id.")
@@ -181,10 +186,6 @@ def card_info(model: LlamaPreTrainedModel, config: dict, card: dict, metrics: di
 
 
 # ---------------------------------------------------------------------------------------------- folders
-def _write(path: Path, text: str) -> None:
-    path.write_text(text, encoding="utf-8")
-
-
 def _check_target(target: Path, overwrite: bool) -> None:
     if target.exists() and not target.is_dir():
         raise ExportError(f"{target} is a file; save_pretrained writes a folder. Choose another path.")
@@ -198,41 +199,3 @@ def _check_target(target: Path, overwrite: bool) -> None:
     if not (target / "config.json").is_file():
         raise ExportError(f"{target} holds no config.json, so it is not an earlier export; overwrite=True "
                           "only replaces exported model folders. Empty it yourself or choose another folder.")
-
-
-def _clean_stale(target: Path) -> None:
-    """Remove the hidden siblings of `target` that dead exports left; restore a moved-aside previous export."""
-    for old in left_by_dead_processes(target.parent, f".{target.name}.old-"):
-        if not target.exists():
-            os.rename(old, target)  # killed after moving the previous export aside: it is the only copy
-        else:
-            shutil.rmtree(old, ignore_errors=True)
-    for partial in left_by_dead_processes(target.parent, f".{target.name}.partial-"):
-        shutil.rmtree(partial, ignore_errors=True)
-
-
-def _publish(build: Callable[[Path], None], target: Path, overwrite: bool) -> Path:
-    """Run `build` into a hidden sibling folder, then rename it to `target` (same filesystem: atomic)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-    partial = target.parent / f".{target.name}.partial-{tag}"
-    partial.mkdir()
-    try:
-        build(partial)
-        _check_target(target, overwrite)  # again: the folder may have been filled while we wrote
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{tag}"
-            os.rename(target, old)
-        try:
-            os.rename(partial, target)
-        except OSError:
-            if old is not None:
-                os.rename(old, target)
-            raise
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return target

@@ -5,17 +5,15 @@ The token is passed to `huggingface_hub` and nowhere else: no message, log line 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
 from llama_ft.hf.weights import WeightsError, checkpoint_files
+from llama_ft.sources.hub_ids import MAX_NAME, is_repo_id
+from llama_ft.sources.resolve import missing_parts
 
-# owner/name: letters, digits, '-', '_', '.'; no leading/trailing '-' or '.', no '--' or '..'.
-_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
-_REPO_ID = re.compile(rf"^{_PART}/{_PART}$")
 LOGIN_HINT = "run `huggingface-cli login` (`hf auth login` in recent huggingface_hub) or set HF_TOKEN"
 
 
@@ -25,10 +23,10 @@ class HubError(ValueError):
 
 def check_repo_id(repo_id: str) -> str:
     """`repo_id` itself when it is a valid `owner/name` model repo id; else a HubError."""
-    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id \
-            or len(repo_id.split("/")[1]) > 96:
+    if not is_repo_id(repo_id):
         raise HubError(f"repo id {repo_id!r} is not `owner/name` (e.g. my-user/smollm2-135m-sst2): one '/', "
-                       "letters, digits, '-', '_' and '.', no '--' or '..', a name of at most 96 characters.")
+                       f"letters, digits, '-', '_' and '.', no '--' or '..', a name of at most {MAX_NAME} "
+                       "characters.")
     return repo_id
 
 
@@ -43,7 +41,7 @@ def resolve_token(token: str | None = None) -> str:
 def check_export_folder(directory: str | Path) -> Path:
     """`directory` when it holds a complete export (config.json and all weight files); else a HubError."""
     folder = Path(directory)
-    if not (folder / "config.json").is_file():
+    if missing_parts(folder, weights=False):
         raise HubError(f"{folder}: no config.json, so not a complete export; write it with "
                        "llama_ft.save_pretrained(model, folder) before pushing.")
     try:

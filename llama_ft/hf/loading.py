@@ -6,29 +6,21 @@ from pathlib import Path
 
 import torch
 
+from llama_ft.dtypes import as_dtype as as_dtype  # re-exported: the recipes name it here
 from llama_ft.hf.weights import load_weights, materialise
-from llama_ft.model.config import LlamaConfig
+from llama_ft.files import restore_moved_aside
+from llama_ft.model.config import ConfigError, LlamaConfig
 from llama_ft.model.llama import TASKS, LlamaPreTrainedModel
-from llama_ft.sources.resolve import resolve, resolve_tokenizer
+from llama_ft.sources.resolve import CONFIG_FILES, resolve, resolve_tokenizer
 from llama_ft.tokenizer import (
+    LLAMA3_PAD_TOKEN,
     Tokenizer,
     TokenizerError,
+    choose_pad,
     llama3_tokenizer_from_tiktoken,
     tokenizer_from_file,
     tokenizer_from_folder,
 )
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
-
-def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
-    return DTYPES[dtype]
-
 
 def build_model(cfg: LlamaConfig, task: str = "causal-lm", num_labels: int = 2,
                 device: str | torch.device = "meta") -> LlamaPreTrainedModel:
@@ -54,19 +46,33 @@ def _saved_task(folder: Path) -> tuple[str | None, int | None]:
     return None, None
 
 
-def default_pad_token(folder: Path, cfg: LlamaConfig) -> tuple[int | None, str]:
-    """(pad id, why): `<|finetune_right_pad_id|>` when the vocabulary has it, else the first EOS id."""
+def _finetune_pad_id(folder: Path) -> int | None:
+    """The id of `<|finetune_right_pad_id|>` among the added tokens of the folder's tokenizer files, if any."""
     for name in ("tokenizer.json", "tokenizer_config.json"):
         try:
-            d = json.loads((folder / name).read_text())
-        except (OSError, json.JSONDecodeError):
+            d = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if not isinstance(d, dict):
             continue
         added = d.get("added_tokens") or [
-            dict(v, id=int(k)) for k, v in (d.get("added_tokens_decoder") or {}).items()]
-        for tok in added:
-            if tok.get("content") == "<|finetune_right_pad_id|>":
-                return int(tok["id"]), "<|finetune_right_pad_id|>"
-    return (cfg.eos_ids[0], "eos") if cfg.eos_ids else (None, "none")
+            dict(v, id=k) for k, v in (d.get("added_tokens_decoder") or {}).items() if isinstance(v, dict)]
+        for tok in added if isinstance(added, list) else []:
+            if isinstance(tok, dict) and tok.get("content") == LLAMA3_PAD_TOKEN and str(tok.get("id")).isdigit():
+                return int(tok["id"])
+    return None
+
+
+def default_pad_token(folder: Path, cfg: LlamaConfig) -> tuple[int | None, str]:
+    """(pad id, where it came from) for a config without `pad_token_id`: the tokenizer's choice
+    (`llama_ft.tokenizer.choose_pad`), made from the folder's files without building the tokenizer."""
+    return choose_pad(_finetune_pad_id(folder), None, cfg.eos_ids[0] if cfg.eos_ids else None)
+
+
+def _refuse_config_file(path: Path) -> None:
+    if path.name in CONFIG_FILES and path.is_file():
+        raise ConfigError(f"{path}: a model's {path.name}, given where a model is expected; pass the folder that "
+                          f"holds it ({path.parent}), a .gguf file, a preset name or a Hub id.")
 
 
 def from_pretrained(src: str | Path, task: str | None = None, num_labels: int | None = None,
@@ -79,6 +85,8 @@ def from_pretrained(src: str | Path, task: str | None = None, num_labels: int | 
     initialised as transformers does, from `seed` when given.
     """
     folder = Path(src)
+    _refuse_config_file(folder)
+    restore_moved_aside(folder)  # an export killed between its two renames left the previous one aside
     if not folder.is_dir():
         folder = Path(resolve(src, revision=revision, token=token))
     cfg = LlamaConfig.from_json_file(folder / "config.json")
@@ -126,6 +134,7 @@ def load_tokenizer(src: str | Path | Tokenizer, *, revision: str | None = None, 
     if isinstance(src, Tokenizer):
         return src
     path = Path(src).expanduser()
+    _refuse_config_file(path)
     if (path.is_file() and path.name == "tokenizer.model") or tokenizer_config is not None:
         model = path if path.is_file() else path / "tokenizer.model"
         cfg = Path(tokenizer_config) if tokenizer_config is not None else model.parent / "tokenizer_config.json"

@@ -4,11 +4,12 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from pathlib import Path, PurePath
+from pathlib import PurePath
 
 from huggingface_hub import EvalResult, ModelCardData
 
 from llama_ft.model.config import LlamaConfig
+from llama_ft.sources.hub_ids import is_repo_id, looks_like_hub_id
 
 # Licenses of the base models llama_ft is used with (Hub license ids).
 BASE_LICENSES = {
@@ -43,7 +44,6 @@ METRIC_TYPES = {"em": "exact_match", "eval_loss": "loss"}
 # metrics.json entries that describe the run, not the model's quality: kept out of model-index.
 _NOT_RESULTS = re.compile(r"^(step|steps|epoch|examples|samples|tokens)$"
                           r"|(_s|_seconds|_time|per_second|_tokens)$")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class ModelCardError(ValueError):
@@ -55,8 +55,7 @@ def guess_base_model(cfg: LlamaConfig) -> str | None:
     name = cfg.extra.get("_name_or_path")
     if not isinstance(name, str) or not name:
         return None
-    if _HUB_ID.match(name) and not PurePath(name).is_absolute() and not name.startswith(".") \
-            and not Path(name).exists():  # `runs/ckpt` (a folder here) looks like owner/name but is not one
+    if looks_like_hub_id(name):  # `runs/ckpt` (a folder here) looks like owner/name but is not one
         return name
     stem = PurePath(name).name.split(".")[0].lower()  # SmolLM2-135M-Instruct.Q4_1.gguf: smollm2-135m-instruct
     return next((hub for hub in BASE_LICENSES if hub.split("/")[1].lower() == stem), None)
@@ -104,7 +103,7 @@ def render_model_card(info: dict) -> str:
         raise ModelCardError(f"model card: give `task` ({', '.join(PIPELINES)}) or `pipeline_tag` "
                              f"({', '.join(TASK_NAMES)}); got task={info.get('task')!r}.")
     base = info.get("base_model")
-    if base is not None and (not isinstance(base, str) or not _HUB_ID.match(base)):
+    if base is not None and not is_repo_id(base):
         raise ModelCardError(f"model card: `base_model` must be the Hub id of the model fine-tuned "
                              f"(owner/name, e.g. HuggingFaceTB/SmolLM2-135M-Instruct), got {base!r}.")
     license_ = info.get("license") or BASE_LICENSES.get(base)

@@ -10,10 +10,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from llama_ft.dtypes import SAFETENSORS_DTYPES
+from llama_ft.files import write_atomic, write_json
 from llama_ft.model.llama import RotaryEmbedding
+from llama_ft.sources.resolve import INDEX, SINGLE, SourceError, weight_files
 
-SINGLE = "model.safetensors"
-INDEX = "model.safetensors.index.json"
 
 
 class WeightsError(ValueError):
@@ -23,32 +24,32 @@ class WeightsError(ValueError):
 def checkpoint_files(folder: str | Path) -> dict[str, Path]:
     """Map every tensor name in a folder's safetensors checkpoint to the file that holds it."""
     folder = Path(folder)
-    if (folder / INDEX).is_file():
-        try:
-            weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise WeightsError(f"{folder / INDEX}: not a safetensors index (needs a `weight_map` object): "
-                               f"{e}") from None
-        files = {name: folder / fname for name, fname in weight_map.items()}
-        for f in set(files.values()):
-            if not f.is_file():
-                raise WeightsError(f"{folder / INDEX} lists shard {f.name}, which is missing from {folder}.")
-        return files
-    if (folder / SINGLE).is_file():
-        return {name: folder / SINGLE for name in _keys(folder / SINGLE)}
-    shards = sorted(folder.glob("*.safetensors"))
-    if len(shards) == 1:
-        return {name: shards[0] for name in _keys(shards[0])}
-    raise WeightsError(
-        f"{folder}: no weights found (expected {SINGLE}, or {INDEX} with its shards). "
-        "Point llama_ft at a folder holding the model's safetensors files.")
+    try:
+        files, weight_map = weight_files(folder)
+    except SourceError as e:
+        raise WeightsError(f"{e} Point llama_ft at a folder holding the model's safetensors files.") from None
+    if weight_map is not None:
+        return {name: folder / fname for name, fname in weight_map.items()}
+    return {name: files[0] for name in _keys(files[0])}
 
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 # Bytes read at a time when a tensor changes dtype on the way in: the only memory beyond the model's own.
 _STAGING_BYTES = 64 << 20
+
+
+def _check_entry(name: str, entry: object) -> None:
+    """A header entry {dtype, shape, data_offsets} that describes a tensor; else a ValueError saying why."""
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+        raise ValueError(f"tensor {name!r} has no dtype, shape and data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        raise ValueError(f"tensor {name!r} has unsupported dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d
+                                              for d in shape):
+        raise ValueError(f"tensor {name!r} has shape {shape!r}, not a list of sizes")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise ValueError(f"tensor {name!r} has data_offsets {offsets!r}, not [begin, end] with begin <= end")
 
 
 class SafetensorsReader:
@@ -66,15 +67,16 @@ class SafetensorsReader:
             if not 2 <= n <= size - 8:
                 raise ValueError(f"header length {n} does not fit a {size}-byte file")
             header = json.loads(self.file.read(n))
+            if not isinstance(header, dict):
+                raise ValueError(f"the header is a JSON {type(header).__name__}, not an object")
             header.pop("__metadata__", None)
             for name, entry in header.items():
+                _check_entry(name, entry)
                 end = entry["data_offsets"][1]
-                if entry["dtype"] not in _DTYPES:
-                    raise ValueError(f"tensor {name!r} has unsupported dtype {entry['dtype']}")
                 if 8 + n + end > size:
                     raise ValueError(f"tensor {name!r} ends at byte {8 + n + end}, past the end of the file "
                                      f"({size} bytes)")
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        except (ValueError, KeyError, TypeError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
             self.file.close()
             raise WeightsError(f"{self.path}: unreadable safetensors file ({e}); it may be truncated or "
                                "corrupt — download or export it again.") from None
@@ -89,7 +91,7 @@ class SafetensorsReader:
     def read(self, name: str, dtype: torch.dtype, device: str | torch.device = "cpu") -> torch.Tensor:
         """The tensor `name` in `dtype` on `device`; a cast goes through a small staging buffer."""
         entry = self.header[name]
-        src = _DTYPES[entry["dtype"]]
+        src = SAFETENSORS_DTYPES[entry["dtype"]]
         shape = self.shape(name)
         begin, end = entry["data_offsets"]
         if end - begin != shape.numel() * src.itemsize:
@@ -133,6 +135,10 @@ def read_tensors(files: dict[str, Path], names: list[str]) -> Iterator[tuple[str
         by_file.setdefault(files[n], []).append(n)
     for path, ns in by_file.items():
         with SafetensorsReader(path) as f:
+            absent = [n for n in ns if n not in f.header]
+            if absent:
+                raise WeightsError(f"{path.parent / INDEX} places tensor(s) {absent[:3]} in {path.name}, which "
+                                   "does not hold them; download or export the model again.")
             for n in ns:
                 yield n, f, path
 
@@ -252,13 +258,9 @@ def save_weights(state: dict[str, torch.Tensor], folder: str | Path, max_shard_b
         weight_map.update({k: path.name for k in shard})
     total = sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    tmp = folder / (INDEX + ".tmp")
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    os.replace(tmp, folder / INDEX)
+    write_json(folder / INDEX, index)
     return paths + [folder / INDEX]
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, meta: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))

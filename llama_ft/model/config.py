@@ -7,8 +7,12 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
+from llama_ft.files import write_atomic
+from llama_ft.sources.hub_ids import PRESET_HUB_IDS
+from llama_ft.sources.hub_ids import hub_id_for as hub_id_for  # re-exported: cli/run_folder names it here
 from llama_ft.sources.resolve import resolve_config
 
 
@@ -25,6 +29,91 @@ _PASSTHROUGH = {
 
 _REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 ROPE_TYPES = ("default", "linear", "llama3")
+
+
+# ------------------------------------------------------------------ what each field may hold
+def _is_int(v: Any, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_number(v: Any, positive: bool = True) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and (v > 0 if positive else v >= 0))
+
+
+def _is_token_id(v: Any, cfg: LlamaConfig) -> bool:
+    return _is_int(v, 0, cfg.vocab_size - 1)
+
+
+_SIZE = "a positive integer"
+_ID = "null or a token id from 0 to `vocab_size` - 1"
+_REDOWNLOAD = "copy the value from the model's published config.json"
+_ID_FIX = "ids index the embedding: remove the field, or use the id the tokenizer gives that token"
+# field: (what it must hold, the test, how to fix it). One table for the dataclass fields and for the bookkeeping
+# fields llama_ft reads; ranges bound the sizes far above any published Llama, so a typo cannot ask for
+# petabytes. Id fields are checked after `vocab_size`, which precedes them.
+_RULES: dict[str, tuple[str, Callable[[Any, LlamaConfig], bool], str]] = {
+    "hidden_size": (f"{_SIZE} up to 2**20", lambda v, c: _is_int(v, 1, 2**20), _REDOWNLOAD),
+    "intermediate_size": (f"{_SIZE} up to 2**22", lambda v, c: _is_int(v, 1, 2**22), _REDOWNLOAD),
+    "num_hidden_layers": (f"{_SIZE} up to 1024", lambda v, c: _is_int(v, 1, 1024), _REDOWNLOAD),
+    "num_attention_heads": (f"{_SIZE} up to 2**14", lambda v, c: _is_int(v, 1, 2**14), _REDOWNLOAD),
+    "num_key_value_heads": (f"null or {_SIZE} up to 2**14", lambda v, c: v is None or _is_int(v, 1, 2**14),
+                            _REDOWNLOAD),
+    "head_dim": (f"null or {_SIZE} up to 2**14", lambda v, c: v is None or _is_int(v, 1, 2**14), _REDOWNLOAD),
+    "vocab_size": (f"{_SIZE} up to 2**24", lambda v, c: _is_int(v, 1, 2**24), _REDOWNLOAD),
+    "max_position_embeddings": (f"{_SIZE} up to 2**31", lambda v, c: _is_int(v, 1, 2**31), _REDOWNLOAD),
+    "rms_norm_eps": ("a positive finite number", lambda v, c: _is_number(v), _REDOWNLOAD),
+    "rope_theta": ("a positive finite number", lambda v, c: _is_number(v), _REDOWNLOAD),
+    "initializer_range": ("a finite number >= 0", lambda v, c: _is_number(v, positive=False), "use 0.02"),
+    "tie_word_embeddings": ("true or false", lambda v, c: isinstance(v, bool), _REDOWNLOAD),
+    "attention_bias": ("true or false", lambda v, c: isinstance(v, bool), _REDOWNLOAD),
+    "mlp_bias": ("true or false", lambda v, c: isinstance(v, bool), _REDOWNLOAD),
+    "bos_token_id": (_ID, lambda v, c: v is None or _is_token_id(v, c), _ID_FIX),
+    "eos_token_id": (f"{_ID}, or a list of such ids",
+                     lambda v, c: v is None or _is_token_id(v, c)
+                     or (isinstance(v, list) and all(_is_token_id(i, c) for i in v)), _ID_FIX),
+    "pad_token_id": (_ID, lambda v, c: v is None or _is_token_id(v, c), _ID_FIX),
+    "rope_scaling": ("null or an object", lambda v, c: v is None or isinstance(v, dict),
+                     "remove it for plain rotary embeddings"),
+    # Bookkeeping fields (kept in `extra`) that loading and exports read.
+    "architectures": ("a list of class names", lambda v, c: isinstance(v, list)
+                      and all(isinstance(a, str) for a in v), 'e.g. ["LlamaForCausalLM"]'),
+    "num_labels": (f"{_SIZE} up to 2**20", lambda v, c: _is_int(v, 1, 2**20), "use the number of classes"),
+    "id2label": ("an object (id -> label name)", lambda v, c: isinstance(v, (dict, list)),
+                 'e.g. {"0": "negative", "1": "positive"}'),
+    "label2id": ("an object (label name -> id)", lambda v, c: isinstance(v, dict),
+                 'e.g. {"negative": 0, "positive": 1}'),
+    "model_type": ("a string", lambda v, c: v is None or isinstance(v, str), 'use "llama"'),
+}
+# rope_scaling keys: (what they must hold, the test).
+_ROPE_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "factor": ("a positive finite number", _is_number),
+    "low_freq_factor": ("a positive finite number", _is_number),
+    "high_freq_factor": ("a positive finite number", _is_number),
+    "original_max_position_embeddings": (f"{_SIZE} up to 2**31", lambda v: _is_int(v, 1, 2**31)),
+}
+_ABSENT = object()
+
+
+def _found(v: Any) -> str:
+    text = json.dumps(v) if isinstance(v, (str, int, float, bool, type(None))) else repr(v)
+    text = text if len(text) <= 60 else text[:60] + "..."
+    return f"{text} (a JSON {_JSON_TYPES.get(type(v), type(v).__name__)})"
+
+
+_JSON_TYPES = {str: "string", int: "number", float: "number", bool: "boolean", type(None): "null", list: "list",
+               dict: "object"}
+
+
+def _unquote_hint(v: Any, ok: Callable[[Any], bool]) -> str | None:
+    """How to fix a value written as a string that would be right without its quotes ("1e-5", "false")."""
+    if not isinstance(v, str):
+        return None
+    try:
+        unquoted = json.loads(v.strip().lower() if v.strip().lower() in ("true", "false", "null") else v)
+    except (ValueError, RecursionError):
+        return None
+    return f"write it without the quotes: {json.dumps(unquoted)}" if ok(unquoted) else None
 
 
 @dataclass
@@ -52,9 +141,10 @@ class LlamaConfig:
     source: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        self._check_fields()  # types first: the defaults below compute with them
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        if self.head_dim is None and isinstance(self.num_attention_heads, int) and self.num_attention_heads > 0:
+        if self.head_dim is None:
             if self.hidden_size % self.num_attention_heads:
                 raise ConfigError(
                     f"{self._where()}: `hidden_size` {self.hidden_size} is not divisible by "
@@ -67,12 +157,23 @@ class LlamaConfig:
     def _where(self) -> str:
         return self.source or "config"
 
-    def validate(self) -> None:
+    def _check_fields(self) -> None:
+        """Every field of `_RULES` that is set holds what it must; else a ConfigError naming it."""
         where = self._where()
-        for name in _REQUIRED + ("num_key_value_heads", "head_dim"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ConfigError(f"{where}: `{name}` must be a positive integer, got {v!r}.")
+        for name, (must, ok, fix) in _RULES.items():
+            v = getattr(self, name) if name in _FIELDS else self.extra.get(name, _ABSENT)
+            if v is _ABSENT or ok(v, self):
+                continue
+            hint = _unquote_hint(v, lambda u, ok=ok: ok(u, self)) or fix
+            raise ConfigError(f"{where}: `{name}` must be {must}, found {_found(v)}; {hint}.")
+
+    def validate(self) -> None:
+        """Raise a ConfigError naming the field when this config cannot describe a Llama model."""
+        self._check_fields()
+        where = self._where()
+        for name in ("num_key_value_heads", "head_dim"):
+            if getattr(self, name) is None:
+                raise ConfigError(f"{where}: `{name}` must be {_SIZE}, found null.")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
                 f"{where}: `num_key_value_heads` {self.num_key_value_heads} does not divide "
@@ -82,10 +183,8 @@ class LlamaConfig:
             raise ConfigError(f"{where}: `head_dim` {self.head_dim} must be even for rotary embeddings.")
         rs = self.rope_scaling
         if rs is not None:
-            if not isinstance(rs, dict):
-                raise ConfigError(f"{where}: `rope_scaling` must be an object or null, got {rs!r}.")
             kind = rs.get("rope_type", rs.get("type", "default"))
-            if kind not in ROPE_TYPES:
+            if not isinstance(kind, str) or kind not in ROPE_TYPES:
                 raise ConfigError(
                     f"{where}: `rope_scaling.rope_type` {kind!r} is not supported; llama_ft implements "
                     f"{', '.join(ROPE_TYPES)}. Remove `rope_scaling` or use one of those.")
@@ -95,10 +194,13 @@ class LlamaConfig:
             for key in needed:
                 if key not in rs:
                     raise ConfigError(f"{where}: `rope_scaling` of type {kind!r} needs `{key}`.")
+                must, ok = _ROPE_RULES[key]
+                if not ok(rs[key]):
+                    hint = _unquote_hint(rs[key], ok) or _REDOWNLOAD
+                    raise ConfigError(f"{where}: `rope_scaling.{key}` must be {must}, found {_found(rs[key])}; "
+                                      f"{hint}.")
             if kind == "llama3" and rs["high_freq_factor"] <= rs["low_freq_factor"]:
                 raise ConfigError(f"{where}: `rope_scaling.high_freq_factor` must exceed `low_freq_factor`.")
-        if not (self.rms_norm_eps > 0 and math.isfinite(self.rms_norm_eps)):
-            raise ConfigError(f"{where}: `rms_norm_eps` must be a positive number, got {self.rms_norm_eps!r}.")
 
     @property
     def rope_type(self) -> str:
@@ -116,7 +218,8 @@ class LlamaConfig:
         """Build from a parsed config.json; unknown fields are kept (and warned about)."""
         where = source or "config"
         if not isinstance(d, dict):
-            raise ConfigError(f"{where}: expected a JSON object, got {type(d).__name__}.")
+            raise ConfigError(f"{where}: a config.json must hold one JSON object of fields, found "
+                              f"{_found(d)}; restore the model's config.json.")
         missing = [k for k in _REQUIRED if k not in d]
         if missing:
             raise ConfigError(f"{where}: missing required field(s) {', '.join(f'`{m}`' for m in missing)}; "
@@ -125,6 +228,9 @@ class LlamaConfig:
         if mt not in (None, "llama"):
             warnings.warn(f"{where}: model_type is {mt!r}, not 'llama'; loading it as a Llama decoder.",
                           stacklevel=2)
+        if "rope_parameters" in d and not isinstance(d["rope_parameters"], dict):
+            raise ConfigError(f"{where}: `rope_parameters` must be an object, found {_found(d['rope_parameters'])}; "
+                              "remove it or copy it from the model's published config.json.")
         if isinstance(d.get("rope_parameters"), dict):
             # transformers >= 5 writes rope_theta and the scaling together as `rope_parameters`.
             d = dict(d)
@@ -160,10 +266,7 @@ class LlamaConfig:
         """Write config.json into `directory`; returns its path."""
         path = Path(directory) / "config.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(self.to_json_string())
-        tmp.replace(path)
-        return path
+        return write_atomic(path, self.to_json_string())
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> LlamaConfig:
@@ -189,6 +292,8 @@ class LlamaConfig:
         return cls.from_json_file(resolve_config(str(src), **hub_kwargs))
 
 
+_FIELDS = {f.name for f in dataclasses.fields(LlamaConfig)}
+
 # Named presets: the config.json values of the published models (Hugging Face field names).
 PRESETS: dict[str, dict] = {
     "llama-3.2-1b": dict(
@@ -197,22 +302,12 @@ PRESETS: dict[str, dict] = {
         rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
                           original_max_position_embeddings=8192),
         max_position_embeddings=131072, tie_word_embeddings=True, attention_bias=False, mlp_bias=False,
-        bos_token_id=128000, eos_token_id=128001, _name_or_path="meta-llama/Llama-3.2-1B"),
+        bos_token_id=128000, eos_token_id=128001, _name_or_path=PRESET_HUB_IDS["llama-3.2-1b"]),
     "smollm2-135m": dict(
         hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
         num_key_value_heads=3, head_dim=64, vocab_size=49152, rms_norm_eps=1e-5, rope_theta=100000.0,
         rope_scaling=None, max_position_embeddings=8192, tie_word_embeddings=True, attention_bias=False,
         mlp_bias=False, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-        _name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct"),
+        _name_or_path=PRESET_HUB_IDS["smollm2-135m"]),
 }
 
-
-def hub_id_for(src: str) -> str | None:
-    """The Hugging Face Hub id a model source stands for (preset names map to their models), if any."""
-    s = str(src)
-    if s.lower() in PRESETS:
-        return PRESETS[s.lower()].get("_name_or_path")
-    parts = s.split("/")
-    if len(parts) == 2 and all(parts) and not Path(s).exists() and not s.endswith(".gguf"):
-        return s
-    return None

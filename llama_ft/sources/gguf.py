@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from llama_ft.dtypes import DTYPES
 from llama_ft.tokenizer import byte_level_bpe_json, byte_level_post_processor, byte_level_pre_tokenizer
 
 # Bump when the converted folder's contents change, so cached conversions are redone.
@@ -313,8 +314,7 @@ def convert_gguf(path: str | Path, out_dir: str | Path, dtype: str | torch.dtype
     tokenizer_config.json) for the Llama GGUF at `path` into `out_dir`; returns `out_dir`."""
 
     path, out = Path(path), Path(out_dir)
-    dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16}.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     if dtype not in (torch.float32, torch.bfloat16):
         raise GGUFError(f"{path}: cannot save as {dtype}; dequantized GGUF weights are saved as float32 or "
                         "bfloat16.")

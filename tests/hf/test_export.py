@@ -1,6 +1,7 @@
 """Exports load in `transformers` with the same outputs, carry a Hub model card, are written atomically."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from llama_ft.hf import export
 from llama_ft.hf.export import ExportError
 from llama_ft.hf.model_card import ModelCardError, render_model_card
 from llama_ft.model.lora import LoRALinear, add_lora
+from llama_ft.sources.resolve import SourceError
 
 transformers = pytest.importorskip("transformers")
 
@@ -185,7 +187,7 @@ def test_pad_token_id_is_filled_and_must_agree_with_the_tokenizer(tmp_path):
     model = small_model("classification")
     model.config.pad_token_id = None  # Llama 3 has none; transformers' classifier needs one to pool a batch
     cfg = json.loads((llama_ft.save_pretrained(model, tmp_path / "eos") / "config.json").read_text())
-    assert (cfg["pad_token_id"], cfg["pad_token_id_source"]) == (2, "eos_token")
+    assert (cfg["pad_token_id"], cfg["pad_token_id_source"]) == (2, "eos")
     out = llama_ft.save_pretrained(model, tmp_path / "tok", tokenizer=Tok())
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["pad_token_id"], cfg["pad_token_id_source"]) == (5, "pad_token")
@@ -283,7 +285,7 @@ def test_interrupted_export_leaves_nothing_that_looks_complete(tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
     # A killed process runs no clean-up: what it leaves is a hidden partial folder without config.json.
-    monkeypatch.setattr(export.shutil, "rmtree", lambda *a, **k: None)
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)
     with pytest.raises(KeyboardInterrupt):
         llama_ft.save_pretrained(model, tmp_path / "killed")
     leftovers = [p for p in tmp_path.iterdir() if p.name != "out"]
@@ -371,3 +373,29 @@ def test_embedded_model_after_training_steps_loads_in_transformers(tmp_path):
         assert_close(task, rounded, want, mask, atol=0.05, rtol=0.05)
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     assert hf_tok("Hello world")["input_ids"] == tok.encode("Hello world") and hf_tok.pad_token_id == pad
+
+
+def test_killed_between_the_two_renames_from_pretrained_finds_the_previous_export(tmp_path):
+    """The state a kill in the swap window leaves: no `out`, the previous export at .out.old-PID-*, the new
+    one complete at .out.partial-PID-*. Loading `out` puts the previous export back and loads it."""
+    target = tmp_path / "out"
+    model = small_model("classification")
+    llama_ft.save_pretrained(model, target, dtype="fp32")
+    dead = _dead_pid()
+    os.rename(target, tmp_path / f".out.old-{dead}-aa")
+    llama_ft.save_pretrained(small_model("classification", seed=3), tmp_path / f".out.partial-{dead}-aa",
+                             dtype="fp32")
+    ids, mask = padded_batch(SMALL["vocab_size"], SMALL["pad_token_id"])
+    loaded = llama_ft.from_pretrained(target)
+    torch.testing.assert_close(ours(loaded, ids, mask), ours(model, ids, mask), atol=1e-6, rtol=0)
+    assert (target / "config.json").is_file() and not (tmp_path / f".out.old-{dead}-aa").exists()
+
+
+def test_a_folder_moved_aside_by_a_live_process_is_left_alone(tmp_path):
+    target = tmp_path / "out"
+    llama_ft.save_pretrained(small_model("classification"), target, dtype="fp32")
+    aside = tmp_path / f".out.old-{os.getpid()}-aa"  # its publisher still runs: the swap is in progress
+    os.rename(target, aside)
+    with pytest.raises(SourceError, match="not an existing folder"):
+        llama_ft.from_pretrained(target)
+    assert aside.is_dir() and not target.exists()

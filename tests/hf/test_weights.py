@@ -125,3 +125,32 @@ def test_index_pointing_to_missing_shard(tmp_path):
     (tmp_path / sorted(set(idx["weight_map"].values()))[-1]).unlink()
     with pytest.raises(WeightsError, match="missing"):
         llama_ft.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("weight_map,found", [
+    (["model-00001-of-00002.safetensors"], r"`weight_map` = \['model-00001-of-00002\.safetensors'\]"),
+    ({"lm_head.weight": "../elsewhere.safetensors"}, r"`weight_map` = \{'lm_head\.weight': '\.\./elsewhere"),
+    (None, r"`weight_map` = None"),
+])
+def test_an_index_whose_weight_map_is_not_a_name_to_shard_object_is_a_weights_error(tmp_path, weight_map, found):
+    saved(tmp_path, max_shard_bytes=20_000)
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    with pytest.raises(WeightsError, match=rf"{index}: not a safetensors index: `weight_map` must be an object "
+                                           rf"mapping tensor names to shard file names in this folder, found {found}"):
+        llama_ft.from_pretrained(tmp_path)
+
+
+def test_an_index_that_is_a_json_list_is_a_weights_error(tmp_path):
+    saved(tmp_path, max_shard_bytes=20_000)
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text("[]")
+    with pytest.raises(WeightsError, match=rf"{index}: not a safetensors index: .* found a JSON list"):
+        llama_ft.from_pretrained(tmp_path)
+
+
+def test_shards_are_written_atomically_with_no_temporary_file_left(tmp_path):
+    saved(tmp_path, max_shard_bytes=20_000)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert not [n for n in names if "tmp" in n], names
+    assert "model.safetensors.index.json" in names

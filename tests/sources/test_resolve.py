@@ -170,7 +170,7 @@ def test_a_killed_conversions_temporary_folder_is_swept(tiny_gguf, tmp_path):
     proc.wait()
     cache = tmp_path / "cache"
     key = sources._gguf_key(tiny_gguf, "float32")
-    dead, alive = cache / "gguf" / f".tmp-{key}-{proc.pid}-abc", cache / "gguf" / f".tmp-{key}-1-def"
+    dead, alive = cache / "gguf" / f".{key}.partial-{proc.pid}-abc", cache / "gguf" / f".{key}.partial-1-def"
     for d in (dead, alive):
         d.mkdir(parents=True)
         (d / "model.safetensors").write_bytes(b"half")
@@ -326,3 +326,13 @@ def test_hub_tokenizer_through_load_tokenizer(tmp_path, monkeypatch, smollm2_dir
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     tok = load_tokenizer("owner/tok", cache_dir=tmp_path)
     assert tok.encode("Hello") == load_tokenizer(smollm2_dir).encode("Hello")
+
+
+def test_resolve_restores_a_folder_a_killed_publisher_moved_aside(tmp_path):
+    hf_tiny().save_pretrained(tmp_path / "model")
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    os.rename(tmp_path / "model", tmp_path / f".model.old-{proc.pid}-ab")
+    assert resolve(tmp_path / "model") == tmp_path / "model"
+    assert resolve_config(tmp_path / "model") == tmp_path / "model" / "config.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
