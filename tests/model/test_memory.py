@@ -145,3 +145,15 @@ def test_bad_arguments_name_the_argument():
         training_memory(model, batch=1, seq_len=1, shard="zero")
     with pytest.raises(ValueError, match="seq_len=0"):
         training_memory(model, batch=1, seq_len=0)
+
+
+if __name__ == "__main__":  # README's table: python tests/model/test_memory.py
+    print("| policy | checkpointing | weights | grads | AdamW | bf16 copies | activations | total / peak |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for pol, ckpt in itertools.product(("full", "lora:8"), (False, True)):
+        e, g = measure(pol, ckpt)
+        terms = ["-" if k not in g else f"{e[k] / g[k]:.3f}"
+                 for k in ("weights", "grads", "optimizer", "working", "activations")]
+        total = e["total_checkpointed" if ckpt else "total"]
+        print(f"| {pol} | {'yes' if ckpt else 'no'} | " + " | ".join(terms)
+              + f" | {total / 2**20:.1f} / {g['peak'] / 2**20:.1f} MiB ({total / g['peak']:.2f}x) |")
