@@ -50,3 +50,32 @@ def test_training_memory_counts_each_weight_once(shared):
     n = 1_235_818_496
     assert pol["full"]["memory_bytes"]["total"] == 16 * n
     assert pol["head"]["memory_bytes"]["total"] == 2 * (n - 4096) + 16 * 4096
+
+
+def test_bigger_llama_presets_have_the_published_parameter_counts():
+    """Llama-3.2-3B (tied embeddings) and Llama-3.1-8B (untied) as their model cards count them."""
+    for preset, n in (("llama-3.2-3b", 3_212_749_824), ("llama-3.1-8b", 8_030_261_248)):
+        rep = audit(preset, tasks=("causal-lm",), policies=("head",))
+        assert rep["tasks"]["causal-lm"]["total"] == n
+
+
+def test_memory_plan_answers_eight_80gb_gpus_for_8b_full():
+    args = [sys.executable, "-m", "llama_ft.audit", "llama-3.1-8b", "--task", "classification", "--policy", "full"]
+    fsdp = subprocess.run(args + ["--devices", "8", "--shard", "fsdp"], capture_output=True, text=True,
+                          check=True).stdout
+    assert "memory per device, 8 device(s), FSDP, batch 16 x 384" in fsdp
+    row = next(ln for ln in fsdp.splitlines() if ln.startswith("| full |") and ln.count("|") == 13)
+    assert row.split("|")[9].strip() == "yes"
+    js = json.loads(subprocess.run(args + ["--devices", "8", "--json", "--batch", "16", "--seq-len", "384"],
+                                   capture_output=True, text=True, check=True).stdout)
+    plan = js["tasks"]["classification"]["policies"]["full"]["memory_plan"]
+    assert js["plan"]["shard"] == "none" and not plan["fits"] and not plan["fits_checkpointed"]
+
+
+def test_train_is_an_alias_of_policy_and_bad_plans_name_the_flag():
+    base = [sys.executable, "-m", "llama_ft.audit", "llama-3.2-1b", "--task", "qa", "--json"]
+    a, b = (json.loads(subprocess.run(base + [flag, "lora:8"], capture_output=True, text=True, check=True).stdout)
+            for flag in ("--policy", "--train"))
+    assert a["tasks"] == b["tasks"] and list(a["tasks"]["qa"]["policies"]) == ["lora:8"]
+    r = subprocess.run(base + ["--seq-len", "0"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--seq-len 0" in r.stderr and "Traceback" not in r.stderr

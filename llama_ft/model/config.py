@@ -303,6 +303,21 @@ PRESETS: dict[str, dict] = {
                           original_max_position_embeddings=8192),
         max_position_embeddings=131072, tie_word_embeddings=True, attention_bias=False, mlp_bias=False,
         bos_token_id=128000, eos_token_id=128001, _name_or_path=PRESET_HUB_IDS["llama-3.2-1b"]),
+    "llama-3.2-3b": dict(
+        hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+        num_key_value_heads=8, head_dim=128, vocab_size=128256, rms_norm_eps=1e-5, rope_theta=500000.0,
+        rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                          original_max_position_embeddings=8192),
+        max_position_embeddings=131072, tie_word_embeddings=True, attention_bias=False, mlp_bias=False,
+        bos_token_id=128000, eos_token_id=128001, _name_or_path=PRESET_HUB_IDS["llama-3.2-3b"]),
+    # The published 3.1-8B config.json has no head_dim: hidden_size / num_attention_heads (128) applies.
+    "llama-3.1-8b": dict(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, vocab_size=128256, rms_norm_eps=1e-5, rope_theta=500000.0,
+        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                          original_max_position_embeddings=8192),
+        max_position_embeddings=131072, tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+        bos_token_id=128000, eos_token_id=128001, _name_or_path=PRESET_HUB_IDS["llama-3.1-8b"]),
     "smollm2-135m": dict(
         hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
         num_key_value_heads=3, head_dim=64, vocab_size=49152, rms_norm_eps=1e-5, rope_theta=100000.0,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 # Preset names and the published models they stand for (smollm2-135m loads from the embedded GGUF of that model).
 PRESET_HUB_IDS = {"llama-3.2-1b": "meta-llama/Llama-3.2-1B",
+                  "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
+                  "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
                   "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 # The Hub's rule: letters, digits, '-', '_', '.'; no leading/trailing '-' or '.', no '--' or '..'.
 _PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
