@@ -1,0 +1,55 @@
+"""TrainConfig.compile: compiled training equals eager training, and `auto` compiles only runs long enough to
+repay the warm-up."""
+import numpy as np
+import pytest
+import torch
+from tiny import dataset, tiny_model
+
+from llama_ft.train import TrainConfig, train
+from llama_ft.train.compile import compile_pays, is_compiled
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run(compile, task="qa", **kw):
+    model = tiny_model(task)
+    base = {"epochs": 2, "batch_size": 8, "lr": 1e-3, "amp": "bf16", "progress": False, "seed": 3,
+            "compile": compile}
+    base.update(kw)
+    return model, train(model, dataset(task, n=40), TrainConfig(**base))
+
+
+def test_auto_rule():
+    assert compile_pays(2.0, 200)          # 400 s of eager steps left: the warm-up pays
+    assert not compile_pays(0.05, 100)     # a 5 s run: it never would
+    assert compile_pays(1.0, 10, min_seconds=5.0)
+
+
+def test_auto_leaves_a_short_run_eager():
+    model, res = run("auto", epochs=1)
+    assert not is_compiled(model) and res.compile is None
+
+
+@pytest.mark.slow
+def test_compiled_training_equals_eager_with_lora_trunk_cache_and_checkpointing():
+    """LoRA on the top blocks over a cached frozen bottom, recomputed in backward: same losses as eager."""
+    kw = {"policy": "lora:4:last:2", "grad_checkpointing": True, "trunk_cache": True}
+    _, eager = run(False, **kw)
+    model, compiled = run(True, **kw)
+    assert is_compiled(model) and compiled.trunk_cache is not None
+    assert compiled.compile["frames_compiled"] >= 1
+    np.testing.assert_allclose(compiled.losses, eager.losses, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.slow
+def test_auto_compiles_after_the_probe_steps_when_the_run_is_long_enough():
+    model, res = run("auto", task="classification", policy="full", compile_min_seconds=0.0)
+    assert is_compiled(model) and res.compile["at_step"] == 2
+    _, eager = run(False, task="classification", policy="full")
+    np.testing.assert_allclose(res.losses, eager.losses, rtol=2e-2, atol=2e-2)
