@@ -70,8 +70,13 @@ def test_fast_path_equals_full_backward(task, policy):
 def test_frozen_blocks_build_no_graph_and_keep_no_grads():
     model = tiny_model()
     seen = {}
+
+    def record(i, out):
+        # Built a graph in any forward (the check of the updated weights before a checkpoint runs without one).
+        seen[i] = seen.get(i, False) or out.requires_grad
+
     for i, layer in enumerate(model.model.layers):
-        layer.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, out.requires_grad))
+        layer.register_forward_hook(lambda m, a, out, i=i: record(i, out))
     train(model, dataset(n=16), quick(policy="last:1", epochs=1, trunk_cache=False))
     assert seen == {0: False, 1: False, 2: False, 3: True}
     frozen = [p for p in model.parameters() if not p.requires_grad]
@@ -318,7 +323,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
                                           output_dir=str(tmp_path)), eval_fn=poison)
     last = json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 3 and "non_finite" in last
-    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
     assert state["step"] == 2
 
 
