@@ -159,6 +159,14 @@ class Geometry:
     total_steps: int
     n_epochs: int
 
+    def end_of_epoch(self, step: int) -> bool:
+        return step % self.steps_per_epoch == 0 or step == self.total_steps
+
+    def epoch(self, lengths: np.ndarray, epoch: int, cfg: TrainConfig, world: int) -> list[np.ndarray]:
+        """The epoch's step batches (a last one smaller than `world` gives nobody work and is dropped)."""
+        return [b for b in epoch_batches(lengths, self.global_batch, cfg.seed, epoch, cfg.length_grouping)
+                if len(b) >= world]
+
 
 def batch_geometry(n_examples: int, cfg: TrainConfig, world: int) -> Geometry:
     """Steps and micro-batches for `n_examples` under cfg's batch sizes on `world` processes."""
@@ -179,12 +187,30 @@ RESUMED = ("losses", "lrs", "grad_norms", "metrics", "best_metric", "best_step",
            "train_seconds", "model_flops")
 
 
-def checkpoint_state(step: int, res: TrainResult, optimizer, scheduler, scaler, cfg: TrainConfig,
-                     fingerprint: dict) -> dict:
-    """Everything but the weights that a resumed run needs to continue exactly (tensors, numbers, strings)."""
-    return {"step": step, "fingerprint": fingerprint, "config": cfg.to_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-            **{k: getattr(res, k) for k in RESUMED}}
+class Checkpoints:
+    """When checkpoints are due, writing them (rank 0), and the last good one (named when a run stops)."""
+
+    def __init__(self, cfg: TrainConfig, geo: Geometry, rank: int, fingerprint: dict):
+        self.cfg, self.geo, self.fingerprint = cfg, geo, fingerprint
+        self.out_dir = Path(cfg.output_dir) if cfg.output_dir else None
+        self.writer = self.out_dir if rank == 0 else None
+        self.last_good: tuple[Path, int] | None = None
+
+    def due(self, step: int) -> bool:
+        every = self.cfg.checkpoint_every
+        return self.out_dir is not None and bool((every and step % every == 0) or step == self.geo.total_steps
+                                                 or (not every and self.geo.end_of_epoch(step)))
+
+    def save(self, step: int, model: nn.Module, res: TrainResult, optimizer, scheduler, scaler) -> None:
+        """Everything a resumed run needs to continue exactly: the trainable weights, then as tensors, numbers
+        and strings the optimizer, schedule, scaler, RNG, the result so far and the run's fingerprint."""
+        if self.writer:
+            state = {"step": step, "fingerprint": self.fingerprint, "config": self.cfg.to_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict(), "rng": rng_state(), **{k: getattr(res, k) for k in RESUMED}}
+            res.paths["checkpoint"] = str(save_checkpoint(self.writer, model, state))
+        barrier()
+        self.last_good = (self.out_dir / "checkpoint", step)
 
 
 def restore(ckpt: Path, model: nn.Module, optimizer, scheduler, scaler, res: TrainResult,
@@ -367,6 +393,19 @@ def stopped(error: type[TrainingError], log: JsonlLog, step: int, why: str, last
                  "warmup_ratio, clip harder (max_grad_norm) or use amp='bf16' instead of fp16.")
 
 
+def finish(res: TrainResult, step: int, world: int, t_start: float) -> TrainResult:
+    """The whole run's figures from its per-step sums."""
+    if res.trunk_cache is not None and res.epoch_seconds and res.resumed_from is None:
+        res.epoch_seconds[0] += res.trunk_cache["seconds"]
+    res.steps = step
+    res.tokens_per_second = res.real_tokens / res.train_seconds if res.train_seconds else 0.0
+    res.padding_waste = 1 - res.real_tokens / res.padded_tokens if res.padded_tokens else 0.0
+    if res.peak_flops and res.train_seconds:
+        res.mfu = res.model_flops / res.train_seconds / (res.peak_flops * world)
+    res.wall_seconds = time.perf_counter() - t_start
+    return res
+
+
 def resolve_peak(peak_flops: float | str | None, device: torch.device, amp_dtype: torch.dtype | None) -> float | None:
     """The FLOP/s MFU divides by, per process (TrainConfig.peak_flops)."""
     if peak_flops is None or not isinstance(peak_flops, str):
@@ -396,91 +435,70 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # the step log's peak_memory is this run's
     split, lengths, geo = find_split(model), example_lengths(train_set), batch_geometry(len(train_set), cfg, world)
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else None
-    writer = out_dir if rank == 0 else None
-    fingerprint = run_fingerprint(cfg, geo.global_batch, amp_dtype, frozen_dtype, train_set)
+    ckpts = Checkpoints(cfg, geo, rank, run_fingerprint(cfg, geo.global_batch, amp_dtype, frozen_dtype, train_set))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, device)
     scheduler = build_scheduler(optimizer, geo.total_steps, cfg.warmup_ratio, cfg.schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     counts = count_parameters(model)
     res = TrainResult(trainable_params=counts["trainable"], total_params=counts["total"])
-    evaluate = Evaluation(model, cfg, eval_fn, eval_set, amp_dtype, device, writer)
-    ckpt = find_checkpoint(out_dir) if cfg.resume else None
-    if ckpt is not None:
-        evaluate.best_weights = restore(ckpt, model, optimizer, scheduler, scaler, res, fingerprint)
-    step, last_good = res.resumed_from or 0, (ckpt, res.resumed_from) if ckpt else None
-    log = JsonlLog(writer / "train_log.jsonl" if writer else None, resume_step=res.resumed_from)
-    if writer:
-        res.paths["log"] = str(writer / "train_log.jsonl")
+    evaluate = Evaluation(model, cfg, eval_fn, eval_set, amp_dtype, device, ckpts.writer)
+    if cfg.resume and (ckpt := find_checkpoint(ckpts.out_dir)) is not None:
+        evaluate.best_weights = restore(ckpt, model, optimizer, scheduler, scaler, res, ckpts.fingerprint)
+        ckpts.last_good = (ckpt, res.resumed_from)
+    step = res.resumed_from or 0
+    log = JsonlLog(ckpts.writer / "train_log.jsonl" if ckpts.writer else None, resume_step=res.resumed_from)
+    res.paths.update({"log": str(ckpts.writer / "train_log.jsonl")} if ckpts.writer else {})
     cache, res.trunk_cache = start_trunk_cache(model, split, train_set, lengths, cfg, geo.n_epochs, device,
-                                               amp_dtype, feature_dtype, out_dir, cfg.progress and rank == 0)
-    task_module = TaskLoss(model, split, feature_dtype)
-    loss_model = wrap(task_module, world, device)
+                                               amp_dtype, feature_dtype, ckpts.out_dir, cfg.progress and rank == 0)
+    loss_model = wrap(task_module := TaskLoss(model, split, feature_dtype), world, device)
     flops = training_flops(model, cached_layers=split.start if cache is not None else 0)
     res.peak_flops = resolve_peak(cfg.peak_flops, device, amp_dtype)
     steplog = StepLog(log, cfg, geo.total_steps, step, cfg.progress and rank == 0, device,
                       res.peak_flops * world if res.peak_flops else None)
     guard = DivergenceGuard(cfg.divergence_factor, chance_loss(model.task, lengths, getattr(model, "num_labels", 2)),
                             res.losses, res.grad_norms)
-    epoch_t0, batches, batches_epoch = time.perf_counter(), None, None
+    epoch_t0, batches = time.perf_counter(), {}
     try:
         while step < geo.total_steps:
             epoch, k = divmod(step, geo.steps_per_epoch)
-            if batches_epoch != epoch:
-                batches_epoch, batches = epoch, [b for b in epoch_batches(lengths, geo.global_batch, cfg.seed, epoch,
-                                                                         cfg.length_grouping) if len(b) >= world]
-            all_pieces = [p for r in range(world) for p in split_batch(batches[k], geo.n_micro, r, world)]
+            batches = batches if epoch in batches else {epoch: geo.epoch(lengths, epoch, cfg, world)}
+            batch = batches[epoch][k]
+            all_pieces = [p for r in range(world) for p in split_batch(batch, geo.n_micro, r, world)]
             real, padded = padding_waste(lengths, all_pieces)
             lr, t0 = optimizer.param_groups[0]["lr"], time.perf_counter()
             mbs = [micro_batch(train_set, p, model.config.pad_token_id, device, cache)
-                   for p in split_batch(batches[k], geo.n_micro, rank, world)]
+                   for p in split_batch(batch, geo.n_micro, rank, world)]
             try:
                 loss, gnorm = train_step(loss_model, mbs, optimizer, scheduler, scaler, params,
-                                         step_examples=len(batches[k]), world=world, amp_dtype=amp_dtype,
+                                         step_examples=len(batch), world=world, amp_dtype=amp_dtype,
                                          device=device, max_grad_norm=cfg.max_grad_norm)
             except NonFiniteError as e:
-                raise stopped(NonFiniteError, log, step + 1, str(e), last_good, lr=lr) from None
+                raise stopped(NonFiniteError, log, step + 1, str(e), ckpts.last_good, lr=lr) from None
             dt, step = time.perf_counter() - t0, step + 1
             if why := guard.diverged(loss, gnorm):
-                raise stopped(DivergenceError, log, step, why, last_good, loss=loss, grad_norm=gnorm, lr=lr)
+                raise stopped(DivergenceError, log, step, why, ckpts.last_good, loss=loss, grad_norm=gnorm, lr=lr)
             guard.record(loss, gnorm)
             steplog(res, step=step, epoch=epoch, loss=loss, lr=lr, grad_norm=gnorm, real=real, padded=padded,
                     seconds=dt, flops=flops.of_lengths(lengths[np.concatenate(all_pieces)]))
-            end_of_epoch = step % geo.steps_per_epoch == 0 or step == geo.total_steps
-            if end_of_epoch:
+            if geo.end_of_epoch(step):
                 res.epoch_seconds.append(time.perf_counter() - epoch_t0)
                 epoch_t0 = time.perf_counter()
-            every = cfg.checkpoint_every
-            save = out_dir is not None and ((every and step % every == 0) or (not every and end_of_epoch)
-                                            or step == geo.total_steps)
-            if save or step == geo.total_steps:  # the updated weights, before anything keeps or returns them
-                after = loss_after_update(task_module, mbs, amp_dtype, device, len(batches[k]))
+            if ckpts.due(step) or step == geo.total_steps:  # the updated weights, before anything keeps them
+                after = loss_after_update(task_module, mbs, amp_dtype, device, len(batch))
                 if why := guard.diverged(after):
-                    raise stopped(DivergenceError, log, step, f"after its update, {why}", last_good, loss=after)
+                    raise stopped(DivergenceError, log, step, f"after its update, {why}", ckpts.last_good, loss=after)
             if evaluate.due(step, geo.total_steps):
                 evaluate(step, res, log)
-            if save:
-                if writer:
-                    state = checkpoint_state(step, res, optimizer, scheduler, scaler, cfg, fingerprint)
-                    res.paths["checkpoint"] = str(save_checkpoint(writer, model, state))
-                barrier()
-                last_good = (out_dir / "checkpoint", step)
+            if ckpts.due(step):
+                ckpts.save(step, model, res, optimizer, scheduler, scaler)
     finally:
         steplog.close()
         if cache is not None:
             cache.close()
-    if res.trunk_cache is not None and res.epoch_seconds and res.resumed_from is None:
-        res.epoch_seconds[0] += res.trunk_cache["seconds"]
     if evaluate.best_weights is not None:
         load_trainable(model, evaluate.best_weights, "best weights")
-    res.steps = step
-    res.tokens_per_second = res.real_tokens / res.train_seconds if res.train_seconds else 0.0
-    res.padding_waste = 1 - res.real_tokens / res.padded_tokens if res.padded_tokens else 0.0
-    if res.peak_flops and res.train_seconds:
-        res.mfu = res.model_flops / res.train_seconds / (res.peak_flops * world)
-    res.wall_seconds = time.perf_counter() - t_start
-    return res
+    return finish(res, step, world, t_start)
 
 
 @torch.inference_mode()
