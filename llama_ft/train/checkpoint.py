@@ -151,12 +151,16 @@ def find_checkpoint(output_dir: str | Path | None) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model: nn.Module) -> dict:
-    """Load the trainable weights into `model`; returns the training state saved next to them (tensors on CPU:
-    optimizer.load_state_dict moves each to its parameter's device)."""
-    load_trainable(model, load_file(str(path / "model.safetensors")), str(path / "model.safetensors"))
+def read_state(path: Path) -> dict:
+    """The training state saved in checkpoint `path` (tensors on CPU: optimizer.load_state_dict moves each to
+    its parameter's device)."""
     try:
         structure = json.loads((path / "state.json").read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path / 'state.json'} is damaged ({e}); delete {path} to start afresh.") from None
     return from_json_and_tensors(structure, load_file(str(path / "state.safetensors")), str(path / "state.json"))
+
+
+def load_weights(path: Path, model: nn.Module) -> None:
+    """The trainable weights of checkpoint `path` into `model`."""
+    load_trainable(model, load_file(str(path / "model.safetensors")), str(path / "model.safetensors"))

@@ -21,8 +21,9 @@ from llama_ft.model.policies import apply_policy, parse_policy
 from llama_ft.train.batching import collate, epoch_batches, example_lengths, padding_waste, sorted_batches, split_batch
 from llama_ft.train.checkpoint import (
     find_checkpoint,
-    load_checkpoint,
     load_trainable,
+    load_weights,
+    read_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -217,8 +218,9 @@ def restore(ckpt: Path, model: nn.Module, optimizer, scheduler, scaler, res: Tra
             fingerprint: dict) -> dict[str, Tensor] | None:
     """Continue from `ckpt`: weights, optimizer, schedule, scaler, RNG and the result so far; returns this run's
     best weights (None when there are none to restore). Refuses a checkpoint of other settings or data."""
-    state = load_checkpoint(ckpt, model)
+    state = read_state(ckpt)
     check_same_run(state["fingerprint"], fingerprint, ckpt)
+    load_weights(ckpt, model)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
