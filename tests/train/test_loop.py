@@ -5,13 +5,15 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from tiny import dataset, tiny_model, train_config
 
+from llama_ft.model.flops import training_flops
 from llama_ft.model.policies import apply_policy
 from llama_ft.train import predict, train
-from llama_ft.train.batching import collate
+from llama_ft.train.batching import collate, example_lengths
 from llama_ft.train.config import resolve_amp
-from llama_ft.train.loop import TaskLoss, task_loss
+from llama_ft.train.loop import TaskLoss, eval_loss, task_loss
 from llama_ft.train.trunk import find_split
 
 
@@ -152,3 +154,52 @@ def test_jsonl_log_and_result(tmp_path):
     assert r.real_tokens == 2 * sum(len(x["input_ids"]) for x in dataset(n=32))
     assert 0 < r.trainable_params < r.total_params
     assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("trunk_cache", [False, True])
+def test_every_step_line_has_tokens_per_s_and_mfu_of_what_ran(tmp_path, trunk_cache):
+    """MFU = the step's model FLOPs (llama_ft.model.flops, real tokens; with the trunk cache only the top runs)
+    over its seconds and the peak; the run's FLOPs are those of each example once per epoch."""
+    data = dataset(n=32)
+    model = tiny_model()
+    r = train(model, data, train_config(policy="last:2", trunk_cache=trunk_cache, peak_flops=1e12,
+                                        output_dir=str(tmp_path)))
+    lines = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    cached = 2 if trunk_cache else 0
+    per_epoch = training_flops(model, cached_layers=cached).of_lengths(example_lengths(data))
+    assert r.model_flops == pytest.approx(2 * per_epoch)
+    assert sum(x["mfu"] * x["seconds"] * 1e12 for x in lines) == pytest.approx(r.model_flops)
+    assert all(x["tokens_per_s"] == pytest.approx(x["real_tokens"] / x["seconds"]) for x in lines)
+    assert r.mfu == pytest.approx(r.model_flops / r.train_seconds / 1e12) and r.peak_flops == 1e12
+    assert (training_flops(model, cached_layers=cached).per_token < training_flops(model).per_token) == trunk_cache
+
+
+def test_mfu_peak_auto_probes_and_none_logs_no_mfu(tmp_path):
+    data = dataset(n=16)
+    auto = train(tiny_model(), data, train_config(policy="head", epochs=1, output_dir=str(tmp_path / "a")))
+    assert auto.peak_flops > 1e8 and 0 < auto.mfu
+    off = train(tiny_model(), data, train_config(policy="head", epochs=1, peak_flops=None,
+                                                 output_dir=str(tmp_path / "b")))
+    assert off.mfu is None and off.peak_flops is None
+    lines = [json.loads(x) for x in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
+    assert all("mfu" not in x and x["tokens_per_s"] > 0 for x in lines)
+    with pytest.raises(ValueError, match="TrainConfig.peak_flops"):
+        train_config(peak_flops="fast")
+
+
+@pytest.mark.parametrize("task", ["classification", "qa"])
+def test_eval_loss_is_the_training_loss_on_held_out_examples(task):
+    """eval_loss (task_loss, masked padding) equals each example's cross-entropy computed alone, unpadded."""
+    model = tiny_model(task).eval()
+    held = dataset(task, 11, seed=2)
+    want = []
+    for ex in held:
+        with torch.no_grad():
+            out = model(torch.tensor([ex["input_ids"]]))
+        if task == "classification":
+            want.append(F.cross_entropy(out, torch.tensor([ex["label"]])).item())
+        else:
+            want.append((F.cross_entropy(out[0], torch.tensor([ex["start_positions"]]))
+                         + F.cross_entropy(out[1], torch.tensor([ex["end_positions"]]))).item() / 2)
+    got = eval_loss(model, held, 4, None, torch.device("cpu"))
+    assert got == pytest.approx(sum(want) / len(want), rel=1e-5)
