@@ -55,6 +55,7 @@ def train_config(**kw) -> TrainConfig:
 
 
 def worker(args: dict) -> None:
+    """Train the tiny model as `args` says ({"task", "cfg", "out", "n", "slow"}) and write losses/weights to out."""
     torch.set_num_threads(1)
     if args.get("slow"):
         # Slow the run down so the test can kill it mid-epoch, after a checkpoint.
@@ -74,7 +75,8 @@ def worker(args: dict) -> None:
                                                  if args["task"] == "classification" else None}))
 
 
-def run_worker(args: dict, env: dict | None = None, wait: bool = True):
+def run_worker(args: dict, env: dict | None = None, wait: bool = True) -> subprocess.Popen:
+    """`worker(args)` in a subprocess (waited for, and required to succeed, unless wait=False)."""
     p = subprocess.Popen([sys.executable, __file__, json.dumps(args)], cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
     if wait:
