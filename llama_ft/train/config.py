@@ -43,7 +43,20 @@ class TrainConfig:
     select_metric: eval_fn metric naming the best checkpoint (higher is better unless the name ends in
         `loss`); the best weights are restored into the model when training ends.
     log_every: steps between progress-bar refreshes (the JSONL log has every step).
-    resume: continue from output_dir/checkpoint when it exists.
+    resume: continue from output_dir/checkpoint when it exists. The checkpoint must come from the same run:
+        every field that changes the math (all but progress, log_every, output_dir, device, compile,
+        eval_every, checkpoint_every, trunk_cache_ram_gib, resume, peak_flops, divergence_factor) and the
+        training examples must be those it was written with, else resuming is refused naming each difference.
+    divergence_factor: stop with DivergenceError when a step's loss exceeds this multiple of its reference (the
+        largest of chance level, the run's first loss and the running mean of its losses), or the gradient norm
+        this multiple squared of its running mean (after 5 steps). The weights are checked again after the
+        update before each checkpoint and at the end, so no checkpoint or returned model holds diverged weights.
+        10 leaves room for the noise of small batches (a diverging run overshoots by orders of magnitude);
+        None: no check (NaN/inf still stop the run).
+    peak_flops: the FLOP/s that MFU (model FLOPs per second, logged in every step line) divides by, per
+        process. `auto`: the datasheet's dense peak for a known CUDA card (H100, H200, A100), else a short matmul
+        probe in the run's compute dtype, once per process (1024^3 on CPU: well under a second). A number: that
+        peak. None: MFU is not logged.
     """
     policy: str = "head"
     lr: float = 2e-4
@@ -71,6 +84,8 @@ class TrainConfig:
     progress: bool = True
     device: str = "auto"
     resume: bool = False
+    divergence_factor: float | None = 10.0
+    peak_flops: float | str | None = "auto"
 
     def __post_init__(self) -> None:
         if self.schedule not in ("linear", "cosine"):
@@ -83,6 +98,12 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.trunk_cache={self.trunk_cache!r}; use auto, True or False.")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"TrainConfig.warmup_ratio={self.warmup_ratio}; it is a fraction in [0, 1).")
+        if self.divergence_factor is not None and not self.divergence_factor > 1:
+            raise ValueError(f"TrainConfig.divergence_factor={self.divergence_factor}; use a factor above 1 "
+                             "(10 is the default) or None to turn the check off.")
+        if self.peak_flops not in ("auto", None) and (isinstance(self.peak_flops, str) or self.peak_flops <= 0):
+            raise ValueError(f"TrainConfig.peak_flops={self.peak_flops!r}; use `auto`, a FLOP/s figure above 0 "
+                             "or None (no MFU).")
         if self.batch_size < 1:
             raise ValueError(f"TrainConfig.batch_size={self.batch_size}; it must be at least 1.")
 

@@ -15,13 +15,15 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from llama_ft.model.flops import device_peak, training_flops
 from llama_ft.model.params import count_parameters
 from llama_ft.model.policies import apply_policy, parse_policy
 from llama_ft.train.batching import collate, epoch_batches, example_lengths, padding_waste, sorted_batches, split_batch
 from llama_ft.train.checkpoint import (
     find_checkpoint,
-    load_checkpoint,
     load_trainable,
+    load_weights,
+    read_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -30,6 +32,8 @@ from llama_ft.train.checkpoint import (
 )
 from llama_ft.train.config import TrainConfig, resolve_amp, resolve_device, resolve_frozen_dtype
 from llama_ft.train.distributed import all_reduce_sum, barrier, init_distributed, no_sync, wrap
+from llama_ft.train.divergence import DivergenceError, DivergenceGuard, NonFiniteError, TrainingError, chance_loss
+from llama_ft.train.fingerprint import check_same_run, run_fingerprint
 from llama_ft.train.log import JsonlLog, memory_bytes
 from llama_ft.train.optim import build_optimizer, build_scheduler
 from llama_ft.train.trunk import (
@@ -42,11 +46,6 @@ from llama_ft.train.trunk import (
     top_forward,
 )
 
-
-class NonFiniteError(RuntimeError):
-    """A loss or gradient became NaN/inf; the run stopped before the optimizer step."""
-
-
 @dataclass
 class TrainResult:
     """What a run did. losses/lrs/grad_norms: one entry per optimizer step (mean loss over the step's examples)."""
@@ -58,6 +57,9 @@ class TrainResult:
     train_seconds: float = 0.0          # inside train_step only
     epoch_seconds: list[float] = field(default_factory=list)  # steps of each epoch (+ the cache build in the first)
     tokens_per_second: float = 0.0      # real (non-pad) tokens over train_seconds, all processes
+    model_flops: float = 0.0            # training FLOPs of the real tokens (llama_ft.model.flops), all processes
+    peak_flops: float | None = None     # per process, what mfu divides by (TrainConfig.peak_flops)
+    mfu: float | None = None            # model_flops / train_seconds / (peak_flops x processes)
     real_tokens: int = 0
     padded_tokens: int = 0
     padding_waste: float = 0.0          # 1 - real / padded tokens
@@ -149,6 +151,89 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, frozen_dtype: torch.dtype,
     model.train()
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """How the training set is cut into optimizer steps over all processes."""
+    global_batch: int       # examples per optimizer step
+    n_micro: int            # micro-batches per step over all processes
+    steps_per_epoch: int
+    total_steps: int
+    n_epochs: int
+
+    def end_of_epoch(self, step: int) -> bool:
+        return step % self.steps_per_epoch == 0 or step == self.total_steps
+
+    def epoch(self, lengths: np.ndarray, epoch: int, cfg: TrainConfig, world: int) -> list[np.ndarray]:
+        """The epoch's step batches (a last one smaller than `world` gives nobody work and is dropped)."""
+        return [b for b in epoch_batches(lengths, self.global_batch, cfg.seed, epoch, cfg.length_grouping)
+                if len(b) >= world]
+
+
+def batch_geometry(n_examples: int, cfg: TrainConfig, world: int) -> Geometry:
+    """Steps and micro-batches for `n_examples` under cfg's batch sizes on `world` processes."""
+    global_batch = cfg.global_batch or cfg.batch_size * world
+    if global_batch % (cfg.batch_size * world):
+        raise ValueError(f"global_batch {global_batch} is not a multiple of batch_size {cfg.batch_size} x "
+                         f"{world} processes; pick global_batch = k * {cfg.batch_size * world}.")
+    if n_examples < world:
+        raise ValueError(f"train_set has {n_examples} examples, fewer than the {world} processes.")
+    steps_per_epoch = n_examples // global_batch + (n_examples % global_batch >= world)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    return Geometry(global_batch, global_batch // cfg.batch_size, steps_per_epoch, total_steps,
+                    math.ceil(total_steps / steps_per_epoch))
+
+
+# TrainResult fields a checkpoint carries, so that a resumed run reports the whole run.
+RESUMED = ("losses", "lrs", "grad_norms", "metrics", "best_metric", "best_step", "real_tokens", "padded_tokens",
+           "train_seconds", "model_flops")
+
+
+class Checkpoints:
+    """When checkpoints are due, writing them (rank 0), and the last good one (named when a run stops)."""
+
+    def __init__(self, cfg: TrainConfig, geo: Geometry, rank: int, fingerprint: dict):
+        self.cfg, self.geo, self.fingerprint = cfg, geo, fingerprint
+        self.out_dir = Path(cfg.output_dir) if cfg.output_dir else None
+        self.writer = self.out_dir if rank == 0 else None
+        self.last_good: tuple[Path, int] | None = None
+
+    def due(self, step: int) -> bool:
+        every = self.cfg.checkpoint_every
+        return self.out_dir is not None and bool((every and step % every == 0) or step == self.geo.total_steps
+                                                 or (not every and self.geo.end_of_epoch(step)))
+
+    def save(self, step: int, model: nn.Module, res: TrainResult, optimizer, scheduler, scaler) -> None:
+        """Everything a resumed run needs to continue exactly: the trainable weights, then as tensors, numbers
+        and strings the optimizer, schedule, scaler, RNG, the result so far and the run's fingerprint."""
+        if self.writer:
+            state = {"step": step, "fingerprint": self.fingerprint, "config": self.cfg.to_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict(), "rng": rng_state(), **{k: getattr(res, k) for k in RESUMED}}
+            res.paths["checkpoint"] = str(save_checkpoint(self.writer, model, state))
+        barrier()
+        self.last_good = (self.out_dir / "checkpoint", step)
+
+
+def restore(ckpt: Path, model: nn.Module, optimizer, scheduler, scaler, res: TrainResult,
+            fingerprint: dict) -> dict[str, Tensor] | None:
+    """Continue from `ckpt`: weights, optimizer, schedule, scaler, RNG and the result so far; returns this run's
+    best weights (None when there are none to restore). Refuses a checkpoint of other settings or data."""
+    state = read_state(ckpt)
+    check_same_run(state["fingerprint"], fingerprint, ckpt)
+    load_weights(ckpt, model)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    for k in RESUMED:
+        setattr(res, k, state[k])
+    res.resumed_from = state["step"]
+    best = _best_of_this_run(ckpt.parent, res.best_step)
+    if best is None:
+        res.best_metric = res.best_step = None
+    return best
+
+
 def _best_of_this_run(out_dir: Path, best_step: int | None) -> dict | None:
     """On resume: best/ weights when the checkpoint names a best step and best/ was written at that step.
     Otherwise None: a best/ left by an earlier run in the same folder is not this run's, and one written after
@@ -160,24 +245,68 @@ def _best_of_this_run(out_dir: Path, best_step: int | None) -> dict | None:
         written_at = (f.metadata() or {}).get("step")
     if written_at != str(best_step):
         warnings.warn(f"{path} was written at step {written_at}, not at the checkpoint's best step {best_step}; "
-                      "the best weights are chosen again from the evaluations after the resume.", stacklevel=3)
+                      "the best weights are chosen again from the evaluations after the resume.", stacklevel=4)
         return None
     return load_file(str(path))
+
+
+def start_trunk_cache(model: nn.Module, split: TrunkSplit, train_set: list[dict], lengths: np.ndarray,
+                      cfg: TrainConfig, n_epochs: int, device: torch.device, amp_dtype: torch.dtype | None,
+                      feature_dtype: torch.dtype, out_dir: Path | None,
+                      show_progress: bool) -> tuple[TrunkCache | None, dict | None]:
+    """(cache, its report) when cfg.trunk_cache asks for it and the policy leaves a frozen deterministic bottom:
+    the bottom's output once, then every epoch trains the top alone. (None, None) otherwise."""
+    usable = split.has_frozen_bottom and (split.start > 0 or not split.per_token) and is_deterministic(model, split)
+    if cfg.trunk_cache is True and not usable:
+        raise ValueError(f"trunk_cache=True but policy {cfg.policy} leaves no frozen deterministic bottom to "
+                         "cache (the embeddings or layer 0 train); use trunk_cache='auto' or False.")
+    if not (usable and (cfg.trunk_cache is True or (cfg.trunk_cache == "auto" and n_epochs > 1))):
+        return None, None
+    t0 = time.perf_counter()
+    cache = TrunkCache(model, split, train_set, lengths, batch_size=2 * cfg.batch_size, device=device,
+                       amp_dtype=amp_dtype, dtype=feature_dtype, ram_bytes=cfg.trunk_cache_ram_gib * 2**30,
+                       tmp_dir=out_dir / "tmp" if out_dir else None, show_progress=show_progress)
+    return cache, {"kind": split.kind, "start_layer": split.start, "bytes": cache.nbytes,
+                   "file": str(cache.path) if cache.path else None, "seconds": time.perf_counter() - t0,
+                   "flop_ratio": flop_ratio(model, split)}
+
+
+def micro_batch(train_set: list[dict], idx: np.ndarray, pad: int, device: torch.device,
+                cache: TrunkCache | None) -> dict:
+    """TaskLoss's inputs for the examples `idx`: ids, or the trunk cache's features when there is one."""
+    b = collate([train_set[i] for i in idx], pad)
+    mb = {"attention_mask": b["attention_mask"].to(device), **{k: v.to(device) for k, v in _targets(b).items()}}
+    if cache is not None:
+        return {**mb, "input_ids": None, "features": cache.batch(idx, device)}
+    return {**mb, "input_ids": b["input_ids"].to(device), "features": None}
 
 
 def _targets(b: dict) -> dict:
     return {k: b[k] for k in ("label", "start_positions", "end_positions") if k in b}
 
 
-def _eval_loss(model: nn.Module, eval_set: list[dict], batch_size: int, amp: str, device) -> float:
-    out = predict(model, eval_set, batch_size=batch_size, amp=amp, device=device)
-    if model.task == "classification":
-        labels = torch.tensor([ex["label"] for ex in eval_set])
-        return F.cross_entropy(out, labels).item()
+@torch.no_grad()
+def loss_after_update(task_module: TaskLoss, micro_batches: list[dict], amp_dtype: torch.dtype | None,
+                      device: torch.device, step_examples: int) -> float:
+    """The step's mean loss under the weights its update produced (all processes): what a checkpoint holds."""
+    total = torch.zeros((), device=device)
+    for mb in micro_batches:
+        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            total += task_module(**mb)
+    return all_reduce_sum(total).item() / step_examples
+
+
+@torch.inference_mode()
+def eval_loss(model: nn.Module, eval_set: list[dict], batch_size: int, amp_dtype: torch.dtype | None,
+              device: torch.device) -> float:
+    """Mean task_loss over `eval_set` (the training loss's own definition)."""
     total = 0.0
-    for (s, e), ex in zip(out, eval_set):
-        total += (F.cross_entropy(s[None], torch.tensor([ex["start_positions"]]))
-                  + F.cross_entropy(e[None], torch.tensor([ex["end_positions"]]))).item() / 2
+    for idx in sorted_batches(example_lengths(eval_set), batch_size):
+        b = collate([eval_set[i] for i in idx], model.config.pad_token_id)
+        mask = b["attention_mask"].to(device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            out = model(b["input_ids"].to(device), mask)
+        total += task_loss(model.task, out, mask, **{k: v.to(device) for k, v in _targets(b).items()}).item()
     return total / len(eval_set)
 
 
@@ -187,21 +316,119 @@ def _better(metric: str, new: float, old: float | None) -> bool:
     return new < old if metric.endswith("loss") else new > old
 
 
+class Evaluation:
+    """Evaluation points and the best weights by cfg.select_metric (kept in memory, written to best/)."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, eval_fn, eval_set: list[dict] | None,
+                 amp_dtype: torch.dtype | None, device: torch.device, out_dir: Path | None):
+        self.model, self.cfg, self.eval_fn, self.eval_set = model, cfg, eval_fn, eval_set
+        self.amp_dtype, self.device, self.out_dir = amp_dtype, device, out_dir
+        self.best_weights: dict[str, Tensor] | None = None
+
+    def due(self, step: int, total_steps: int) -> bool:
+        if self.eval_fn is None and self.eval_set is None:
+            return False
+        return step == total_steps or bool(self.cfg.eval_every and step % self.cfg.eval_every == 0)
+
+    def __call__(self, at: int, res: TrainResult, log: JsonlLog) -> None:
+        self.model.eval()
+        metrics = dict(self.eval_fn(self.model)) if self.eval_fn is not None else {}
+        if self.eval_set is not None:
+            metrics["eval_loss"] = eval_loss(self.model, self.eval_set, 2 * self.cfg.batch_size, self.amp_dtype,
+                                             self.device)
+        self.model.train()
+        res.metrics.append({"step": at, **metrics})
+        log.write(step=at, eval=metrics)
+        m = self.cfg.select_metric
+        if m is None:
+            return
+        if m not in metrics:
+            raise ValueError(f"select_metric {m!r} is not among the eval metrics {sorted(metrics)}; "
+                             "set TrainConfig.select_metric to one of them.")
+        if _better(m, metrics[m], res.best_metric):
+            res.best_metric, res.best_step = float(metrics[m]), at
+            self.best_weights = trainable_state(self.model)
+            if self.out_dir is not None:
+                path = write_weights(self.out_dir / "best", self.best_weights, {"step": at, m: metrics[m]})
+                res.paths["best"] = str(path)
+
+
+class StepLog:
+    """One JSONL line per step (loss, lr, grad norm, tokens/s, MFU, memory) and the progress bar."""
+
+    def __init__(self, log: JsonlLog, cfg: TrainConfig, total_steps: int, step: int, show: bool,
+                 device: torch.device, peak: float | None):
+        self.log, self.log_every, self.total, self.device, self.peak = log, cfg.log_every, total_steps, device, peak
+        self.bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.policy}", unit="step", disable=not show,
+                        dynamic_ncols=True)
+
+    def __call__(self, res: TrainResult, *, step: int, epoch: int, loss: float, lr: float, grad_norm: float,
+                 real: int, padded: int, seconds: float, flops: float) -> None:
+        for k, v in (("losses", loss), ("lrs", lr), ("grad_norms", grad_norm)):
+            getattr(res, k).append(v)
+        res.train_seconds += seconds
+        res.real_tokens += real
+        res.padded_tokens += padded
+        res.model_flops += flops
+        mem = memory_bytes(self.device)
+        mfu = {"mfu": flops / seconds / self.peak} if self.peak else {}
+        self.log.write(step=step, epoch=epoch, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=real / seconds,
+                       **mfu, seconds=seconds, real_tokens=real, padded_tokens=padded, memory=mem["current"],
+                       peak_memory=mem["peak"])
+        self.bar.update(1)
+        if step % self.log_every == 0 or step == self.total:
+            shown = {"mfu": f"{mfu['mfu']:.1%}"} if mfu else {}
+            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{real / seconds:,.0f}", **shown, lr=f"{lr:.2e}")
+
+    def close(self) -> None:
+        self.bar.close()
+        self.log.close()
+
+
+def stopped(error: type[TrainingError], log: JsonlLog, step: int, why: str, last_good: tuple[Path, int] | None,
+            **entry) -> TrainingError:
+    """The error that ends a run gone wrong at `step`, logged, naming the last good checkpoint."""
+    log.write(step=step, **{"non_finite" if error is NonFiniteError else "diverged": why}, **entry)
+    good = f"{last_good[0]} (step {last_good[1]})" if last_good else "none (set output_dir and checkpoint_every)"
+    where = " before the optimizer step" if error is NonFiniteError else ""
+    return error(f"step {step}: {why}; training stopped{where}. Last good checkpoint: {good}. Lower lr, raise "
+                 "warmup_ratio, clip harder (max_grad_norm) or use amp='bf16' instead of fp16.")
+
+
+def finish(res: TrainResult, step: int, world: int, t_start: float) -> TrainResult:
+    """The whole run's figures from its per-step sums."""
+    if res.trunk_cache is not None and res.epoch_seconds and res.resumed_from is None:
+        res.epoch_seconds[0] += res.trunk_cache["seconds"]
+    res.steps = step
+    res.tokens_per_second = res.real_tokens / res.train_seconds if res.train_seconds else 0.0
+    res.padding_waste = 1 - res.real_tokens / res.padded_tokens if res.padded_tokens else 0.0
+    if res.peak_flops and res.train_seconds:
+        res.mfu = res.model_flops / res.train_seconds / (res.peak_flops * world)
+    res.wall_seconds = time.perf_counter() - t_start
+    return res
+
+
+def resolve_peak(peak_flops: float | str | None, device: torch.device, amp_dtype: torch.dtype | None) -> float | None:
+    """The FLOP/s MFU divides by, per process (TrainConfig.peak_flops)."""
+    if peak_flops is None or not isinstance(peak_flops, str):
+        return peak_flops
+    return device_peak(device, amp_dtype or torch.float32)
+
+
 def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: list[dict] | None = None,
-          eval_fn=None, resume: bool | None = None) -> TrainResult:
+          eval_fn=None) -> TrainResult:
     """Fine-tune `model` in place on `train_set` under `cfg`; returns a TrainResult.
 
     train_set: dicts with `input_ids` (list[int]) and `label` (classification) or `start_positions` and
     `end_positions` (QA); the engine right-pads with model.config.pad_token_id. eval_fn(model) -> dict of
     metrics runs at eval points and at the end (on every process under torchrun); with eval_set, `eval_loss`
     is added. After training the model holds the best weights by cfg.select_metric (else the last ones);
-    frozen weights stay in the frozen dtype. resume (or cfg.resume): continue from output_dir/checkpoint.
-    Under torchrun the processes share the work of each global batch; only rank 0 writes files.
+    frozen weights stay in the frozen dtype. cfg.resume: continue from output_dir/checkpoint. Under torchrun
+    the processes share the work of each global batch; only rank 0 writes files. Raises NonFiniteError or
+    DivergenceError (both TrainingError) when training goes wrong; no checkpoint holds diverged weights.
     """
     t_start = time.perf_counter()
-    resume = cfg.resume if resume is None else resume
-    device = resolve_device(cfg.device)
-    rank, world, device = init_distributed(device)
+    rank, world, device = init_distributed(resolve_device(cfg.device))
     amp_dtype = resolve_amp(cfg.amp, device)
     frozen_dtype = resolve_frozen_dtype(cfg.frozen_dtype, amp_dtype)
     feature_dtype = torch.bfloat16 if amp_dtype is not None else torch.float32
@@ -209,183 +436,71 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
     prepare_model(model, cfg, frozen_dtype, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # the step log's peak_memory is this run's
-    split = find_split(model)
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else None
-    writer = rank == 0 and out_dir is not None
-
-    # Batch geometry: micro-batches per step over all processes, all cut from one global batch.
-    global_batch = cfg.global_batch or cfg.batch_size * world
-    if global_batch % (cfg.batch_size * world):
-        raise ValueError(f"global_batch {global_batch} is not a multiple of batch_size {cfg.batch_size} x "
-                         f"{world} processes; pick global_batch = k * {cfg.batch_size * world}.")
-    n_micro = global_batch // cfg.batch_size
-    lengths = example_lengths(train_set)
-    if len(train_set) < world:
-        raise ValueError(f"train_set has {len(train_set)} examples, fewer than the {world} processes.")
-    steps_per_epoch = len(train_set) // global_batch + (len(train_set) % global_batch >= world)
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    n_epochs = math.ceil(total_steps / steps_per_epoch)
-
+    split, lengths, geo = find_split(model), example_lengths(train_set), batch_geometry(len(train_set), cfg, world)
+    ckpts = Checkpoints(cfg, geo, rank, run_fingerprint(cfg, geo.global_batch, amp_dtype, frozen_dtype, train_set))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, device)
-    scheduler = build_scheduler(optimizer, total_steps, cfg.warmup_ratio, cfg.schedule)
+    scheduler = build_scheduler(optimizer, geo.total_steps, cfg.warmup_ratio, cfg.schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     counts = count_parameters(model)
     res = TrainResult(trainable_params=counts["trainable"], total_params=counts["total"])
-    best_weights = None
-
-    step = 0
-    ckpt = find_checkpoint(out_dir) if resume else None
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, model)
-        if state["global_batch"] != global_batch or state["seed"] != cfg.seed:
-            raise ValueError(f"{ckpt} was written with global_batch={state['global_batch']}, seed={state['seed']};"
-                             " resume with the same values, or delete the checkpoint to start afresh.")
-        saved_amp = state.get("config", {}).get("amp", cfg.amp)
-        if saved_amp != cfg.amp:
-            raise ValueError(f"{ckpt} was written with amp={saved_amp!r}, this run asks for amp={cfg.amp!r} (the fp16 "
-                             "gradient scaler's state cannot carry over); resume with the same amp.")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        step = state["step"]
-        for k in ("losses", "lrs", "grad_norms", "metrics", "best_metric", "best_step", "real_tokens",
-                  "padded_tokens"):
-            setattr(res, k, state[k])
-        res.train_seconds = state.get("train_seconds", 0.0)  # absent from checkpoints of earlier versions
-        res.resumed_from = step
-        best_weights = _best_of_this_run(out_dir, res.best_step)
-        if best_weights is None:
-            res.best_metric = res.best_step = None
-    log = JsonlLog(out_dir / "train_log.jsonl" if writer else None, resume_step=step if ckpt else None)
-    if writer:
-        res.paths["log"] = str(out_dir / "train_log.jsonl")
-
-    # Frozen-trunk cache: the bottom's output once, then every epoch trains the top alone.
-    usable = split.has_frozen_bottom and (split.start > 0 or not split.per_token) and is_deterministic(model, split)
-    if cfg.trunk_cache is True and not usable:
-        raise ValueError(f"trunk_cache=True but policy {cfg.policy} leaves no frozen deterministic bottom to "
-                         "cache (the embeddings or layer 0 train); use trunk_cache='auto' or False.")
-    cache = None
-    if usable and (cfg.trunk_cache is True or (cfg.trunk_cache == "auto" and n_epochs > 1)):
-        t0 = time.perf_counter()
-        cache = TrunkCache(model, split, train_set, lengths, batch_size=2 * cfg.batch_size, device=device,
-                           amp_dtype=amp_dtype, dtype=feature_dtype, ram_bytes=cfg.trunk_cache_ram_gib * 2**30,
-                           tmp_dir=out_dir / "tmp" if out_dir else None, show_progress=cfg.progress and rank == 0)
-        res.trunk_cache = {"kind": split.kind, "start_layer": split.start, "bytes": cache.nbytes,
-                           "file": str(cache.path) if cache.path else None,
-                           "seconds": time.perf_counter() - t0, "flop_ratio": flop_ratio(model, split)}
-
-    loss_model = wrap(TaskLoss(model, split, feature_dtype), world, device)
-    pad = model.config.pad_token_id
-
-    def micro_batch(idx: np.ndarray) -> dict:
-        b = collate([train_set[i] for i in idx], pad)
-        mb = {"attention_mask": b["attention_mask"].to(device), **{k: v.to(device) for k, v in _targets(b).items()}}
-        if cache is not None:
-            mb.update(input_ids=None, features=cache.batch(idx, device))
-        else:
-            mb.update(input_ids=b["input_ids"].to(device), features=None)
-        return mb
-
-    def evaluate_now(at: int) -> None:
-        nonlocal best_weights
-        model.eval()
-        metrics = dict(eval_fn(model)) if eval_fn is not None else {}
-        if eval_set is not None:
-            metrics["eval_loss"] = _eval_loss(model, eval_set, 2 * cfg.batch_size, cfg.amp, device)
-        model.train()
-        res.metrics.append({"step": at, **metrics})
-        log.write(step=at, eval=metrics)
-        m = cfg.select_metric
-        if m is not None:
-            if m not in metrics:
-                raise ValueError(f"select_metric {m!r} is not among the eval metrics {sorted(metrics)}; "
-                                 "set TrainConfig.select_metric to one of them.")
-            if _better(m, metrics[m], res.best_metric):
-                res.best_metric, res.best_step = float(metrics[m]), at
-                best_weights = trainable_state(model)
-                if writer:
-                    res.paths["best"] = str(write_weights(out_dir / "best", best_weights, {"step": at, m: metrics[m]}))
-
-    def checkpoint_now(at: int) -> None:
-        if writer:
-            state = {"step": at, "global_batch": global_batch, "seed": cfg.seed, "config": cfg.to_dict(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "scaler": scaler.state_dict(), "rng": rng_state(), "losses": res.losses, "lrs": res.lrs,
-                     "grad_norms": res.grad_norms, "metrics": res.metrics, "best_metric": res.best_metric,
-                     "best_step": res.best_step, "real_tokens": res.real_tokens,
-                     "padded_tokens": res.padded_tokens, "train_seconds": res.train_seconds}
-            res.paths["checkpoint"] = str(save_checkpoint(out_dir, model, state))
-        barrier()
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.policy}", unit="step",
-               disable=not (cfg.progress and rank == 0), dynamic_ncols=True)
-    epoch_t0, batches, batches_epoch = time.perf_counter(), None, None
+    evaluate = Evaluation(model, cfg, eval_fn, eval_set, amp_dtype, device, ckpts.writer)
+    if cfg.resume and (ckpt := find_checkpoint(ckpts.out_dir)) is not None:
+        evaluate.best_weights = restore(ckpt, model, optimizer, scheduler, scaler, res, ckpts.fingerprint)
+        ckpts.last_good = (ckpt, res.resumed_from)
+    step = res.resumed_from or 0
+    log = JsonlLog(ckpts.writer / "train_log.jsonl" if ckpts.writer else None, resume_step=res.resumed_from)
+    res.paths.update({"log": str(ckpts.writer / "train_log.jsonl")} if ckpts.writer else {})
+    cache, res.trunk_cache = start_trunk_cache(model, split, train_set, lengths, cfg, geo.n_epochs, device,
+                                               amp_dtype, feature_dtype, ckpts.out_dir, cfg.progress and rank == 0)
+    loss_model = wrap(task_module := TaskLoss(model, split, feature_dtype), world, device)
+    flops = training_flops(model, cached_layers=split.start if cache is not None else 0)
+    res.peak_flops = resolve_peak(cfg.peak_flops, device, amp_dtype)
+    steplog = StepLog(log, cfg, geo.total_steps, step, cfg.progress and rank == 0, device,
+                      res.peak_flops * world if res.peak_flops else None)
+    guard = DivergenceGuard(cfg.divergence_factor, chance_loss(model.task, lengths, getattr(model, "num_labels", 2)),
+                            res.losses, res.grad_norms)
+    epoch_t0, batches = time.perf_counter(), {}
     try:
-        while step < total_steps:
-            epoch, k = divmod(step, steps_per_epoch)
-            if batches_epoch != epoch:
-                batches = [b for b in epoch_batches(lengths, global_batch, cfg.seed, epoch, cfg.length_grouping)
-                           if len(b) >= world]
-                batches_epoch = epoch
-            pieces = split_batch(batches[k], n_micro, rank, world)
-            all_pieces = [p for r in range(world) for p in split_batch(batches[k], n_micro, r, world)]
+        while step < geo.total_steps:
+            epoch, k = divmod(step, geo.steps_per_epoch)
+            batches = batches if epoch in batches else {epoch: geo.epoch(lengths, epoch, cfg, world)}
+            batch = batches[epoch][k]
+            all_pieces = [p for r in range(world) for p in split_batch(batch, geo.n_micro, r, world)]
             real, padded = padding_waste(lengths, all_pieces)
-            t0 = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
+            lr, t0 = optimizer.param_groups[0]["lr"], time.perf_counter()
+            mbs = [micro_batch(train_set, p, model.config.pad_token_id, device, cache)
+                   for p in split_batch(batch, geo.n_micro, rank, world)]
             try:
-                loss, gnorm = train_step(loss_model, [micro_batch(p) for p in pieces], optimizer, scheduler,
-                                         scaler, params, step_examples=len(batches[k]), world=world,
-                                         amp_dtype=amp_dtype, device=device, max_grad_norm=cfg.max_grad_norm)
+                loss, gnorm = train_step(loss_model, mbs, optimizer, scheduler, scaler, params,
+                                         step_examples=len(batch), world=world, amp_dtype=amp_dtype,
+                                         device=device, max_grad_norm=cfg.max_grad_norm)
             except NonFiniteError as e:
-                log.write(step=step + 1, non_finite=str(e), lr=lr)
-                last = find_checkpoint(out_dir)
-                raise NonFiniteError(
-                    f"step {step + 1}: {e}; training stopped before the optimizer step. Last good checkpoint: "
-                    f"{last or 'none written (set output_dir and checkpoint_every)'}. Lower lr, raise warmup_ratio, "
-                    "clip harder (max_grad_norm) or use amp='bf16' instead of fp16.") from None
-            dt = time.perf_counter() - t0
-            step += 1
-            res.losses.append(loss)
-            res.lrs.append(lr)
-            res.grad_norms.append(gnorm)
-            res.train_seconds += dt
-            res.real_tokens += real
-            res.padded_tokens += padded
-            mem = memory_bytes(device)
-            log.write(step=step, epoch=epoch, loss=loss, lr=lr, grad_norm=gnorm, tokens_per_s=real / dt,
-                      seconds=dt, real_tokens=real, padded_tokens=padded, memory=mem["current"],
-                      peak_memory=mem["peak"])
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == total_steps:
-                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{real / dt:,.0f}", lr=f"{lr:.2e}")
-            end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-            if end_of_epoch:
+                raise stopped(NonFiniteError, log, step + 1, str(e), ckpts.last_good, lr=lr) from None
+            dt, step = time.perf_counter() - t0, step + 1
+            if why := guard.diverged(loss, gnorm):
+                raise stopped(DivergenceError, log, step, why, ckpts.last_good, loss=loss, grad_norm=gnorm, lr=lr)
+            guard.record(loss, gnorm)
+            steplog(res, step=step, epoch=epoch, loss=loss, lr=lr, grad_norm=gnorm, real=real, padded=padded,
+                    seconds=dt, flops=flops.of_lengths(lengths[np.concatenate(all_pieces)]))
+            if geo.end_of_epoch(step):
                 res.epoch_seconds.append(time.perf_counter() - epoch_t0)
                 epoch_t0 = time.perf_counter()
-            if (cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps) and (eval_fn or eval_set):
-                evaluate_now(step)
-            if step == total_steps and (eval_fn is not None or eval_set is not None):
-                evaluate_now(step)
-            every = cfg.checkpoint_every
-            if out_dir is not None and ((every and step % every == 0) or (not every and end_of_epoch)
-                                        or step == total_steps):
-                checkpoint_now(step)
+            if ckpts.due(step) or step == geo.total_steps:  # the updated weights, before anything keeps them
+                after = loss_after_update(task_module, mbs, amp_dtype, device, len(batch))
+                if why := guard.diverged(after):
+                    raise stopped(DivergenceError, log, step, f"after its update, {why}", ckpts.last_good, loss=after)
+            if evaluate.due(step, geo.total_steps):
+                evaluate(step, res, log)
+            if ckpts.due(step):
+                ckpts.save(step, model, res, optimizer, scheduler, scaler)
     finally:
-        bar.close()
-        log.close()
+        steplog.close()
         if cache is not None:
             cache.close()
-    if res.trunk_cache is not None and res.epoch_seconds:
-        res.epoch_seconds[0] += res.trunk_cache["seconds"] if res.resumed_from is None else 0.0
-    if best_weights is not None:
-        load_trainable(model, best_weights, "best weights")
-    res.steps = step
-    res.tokens_per_second = res.real_tokens / res.train_seconds if res.train_seconds else 0.0
-    res.padding_waste = 1 - res.real_tokens / res.padded_tokens if res.padded_tokens else 0.0
-    res.wall_seconds = time.perf_counter() - t_start
-    return res
+    if evaluate.best_weights is not None:
+        load_trainable(model, evaluate.best_weights, "best weights")
+    return finish(res, step, world, t_start)
 
 
 @torch.inference_mode()

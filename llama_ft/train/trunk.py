@@ -150,11 +150,6 @@ class TrunkCache:
             self.path.unlink(missing_ok=True)
 
 
-def cache_bytes(split: TrunkSplit, lengths: np.ndarray, hidden: int, dtype: torch.dtype) -> int:
-    rows = len(lengths) if split.kind == "pooled" else int(lengths.sum())
-    return rows * hidden * dtype.itemsize
-
-
 def flop_ratio(model: nn.Module, split: TrunkSplit) -> float:
     """Training-step FLOPs without the cache over FLOPs with it (forward of the bottom + 3x the top).
 
