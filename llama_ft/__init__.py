@@ -4,6 +4,7 @@ Layers, each importing only those below it: `metrics/`, `tokenizer`, `files`; `m
 policies); `hf/` (sources, GGUF, safetensors, loading, export, model cards, Hub); `train/` (the engine);
 `tasks/` (SST-2, SQuAD); `cli/` and the recipes on top.
 """
+from llama_ft.hf.adapters import load_adapter, save_adapter
 from llama_ft.hf.export import save_pretrained
 from llama_ft.hf.hub import push_to_hub
 from llama_ft.hf.loading import build_model, from_pretrained, load_tokenizer, random_model
@@ -26,5 +27,5 @@ __all__ = [
     "LlamaConfig", "ConfigError", "PRESETS", "WeightsError", "KVCache",
     "LlamaModel", "LlamaForCausalLM", "LlamaForSequenceClassification", "LlamaForQuestionAnswering",
     "from_pretrained", "build_model", "random_model", "save_pretrained", "push_to_hub", "count_parameters",
-    "load_tokenizer", "resolve", "generate", "__version__",
+    "load_tokenizer", "resolve", "generate", "save_adapter", "load_adapter", "__version__",
 ]
