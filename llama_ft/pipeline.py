@@ -78,7 +78,8 @@ def pipeline(task: str, model: str | Path | LlamaPreTrainedModel, tokenizer=None
              max_length: int | None = None, progress: bool = False, **task_options):
     """A callable like transformers' pipeline of `task`, over an export folder, a run folder or a loaded model.
 
-    `tokenizer`: a llama_ft Tokenizer or a source for `load_tokenizer` (default: the export's own). `amp`:
+    `tokenizer`: a llama_ft Tokenizer or a source for `load_tokenizer` (default: the export's own). `device`
+    and `dtype`: where and how a folder's weights are loaded (a loaded model is moved to `device`). `amp`:
     autocast (none, bf16, fp16; default none for fp32 weights, else the weights' dtype). `max_length`: tokens
     per text (classification: longer texts are cut; QA: per window), default the run's setting. QA takes
     `stride`, `n_best` and `max_answer_tokens` too (defaults: the run's, else the SQuAD recipe's).

@@ -49,6 +49,16 @@ def _lora_weight(mod: LoRALinear, which: str) -> torch.Tensor:
     return t.weight if isinstance(t, torch.nn.Module) else t
 
 
+def _unwrap(model: torch.nn.Module) -> LlamaPreTrainedModel:
+    # torch.compile and DDP wrap the model; PEFT's names are those of the inner one.
+    while not isinstance(model, LlamaPreTrainedModel):
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            raise AdapterError(f"save_adapter needs a llama_ft task model, got {type(model).__name__}.")
+        model = inner
+    return model
+
+
 def lora_layers(model: torch.nn.Module) -> dict[str, LoRALinear]:
     """{transformers module name: LoRA layer} of `model`."""
     return {name: mod for name, mod in model.named_modules() if isinstance(mod, LoRALinear)}
@@ -96,6 +106,7 @@ def save_adapter(model: LlamaPreTrainedModel, folder: str | Path, base_model_nam
     `base_model_name_or_path` (default: the Hub id or folder the model was loaded from) is what the adapter is
     applied to; its frozen weights must be those `model` was trained on (policy `lora:R`).
     """
+    model = _unwrap(model)
     layers = lora_layers(model)
     if not layers:
         raise AdapterError("save_adapter: the model has no LoRA layers; train it with policy lora:R (or load one "
@@ -117,6 +128,7 @@ def save_adapter(model: LlamaPreTrainedModel, folder: str | Path, base_model_nam
         raise AdapterError(f"save_adapter: the LoRA layers have ranks {sorted(ranks)} and alphas {sorted(alphas)}; "
                            "PEFT's adapter_config.json holds one rank and one alpha.")
     (rank,), (alpha,) = ranks, alphas
+    alpha = int(alpha) if float(alpha).is_integer() else alpha  # as PEFT writes it
     tensors = {}
     for name, mod in layers.items():
         for which in ("A", "B"):

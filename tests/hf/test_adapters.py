@@ -214,3 +214,13 @@ def test_smollm2_adapter_loads_in_peft_with_equal_logits_on_sst2(tmp_path, share
         ids = torch.tensor([tok.encode(r.sentence)])
         mask = torch.ones_like(ids)
         torch.testing.assert_close(theirs(theirs_model, ids, mask), ours(model, ids, mask), atol=1e-4, rtol=1e-4)
+
+
+def test_a_wrapped_model_saves_the_inner_models_adapter(tmp_path):
+    """DDP and torch.compile wrap the model (`.module`, `._orig_mod`): the file holds the inner names."""
+    model = tiny_model("classification")
+    apply_policy(model, "lora:2")
+    wrapper = torch.nn.Module()
+    wrapper.module = model
+    with safe_open(save_adapter(wrapper, tmp_path / "a") / "adapter_model.safetensors", "pt") as f:
+        assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in set(f.keys())
