@@ -2,8 +2,9 @@
 
 Layers, each importing only those below it: `metrics/`, `tokenizer`, `files`; `model/` (config, decoder, LoRA,
 policies); `hf/` (sources, GGUF, safetensors, loading, export, model cards, Hub); `train/` (the engine);
-`tasks/` (SST-2, SQuAD); `cli/` and the recipes on top.
+`tasks/` (SST-2, SQuAD); `cli/`, `pipeline` (text in, predictions out) and the recipes on top.
 """
+from llama_ft.hf.adapters import AdapterError, load_adapter, save_adapter
 from llama_ft.hf.export import save_pretrained
 from llama_ft.hf.hub import push_to_hub
 from llama_ft.hf.loading import build_model, from_pretrained, load_tokenizer, random_model
@@ -18,6 +19,7 @@ from llama_ft.model.llama import (
     LlamaModel,
 )
 from llama_ft.model.params import count_parameters
+from llama_ft.pipeline import PipelineError, pipeline
 from llama_ft.sources.resolve import resolve
 
 __version__ = "0.1.0"
@@ -26,5 +28,6 @@ __all__ = [
     "LlamaConfig", "ConfigError", "PRESETS", "WeightsError", "KVCache",
     "LlamaModel", "LlamaForCausalLM", "LlamaForSequenceClassification", "LlamaForQuestionAnswering",
     "from_pretrained", "build_model", "random_model", "save_pretrained", "push_to_hub", "count_parameters",
-    "load_tokenizer", "resolve", "generate", "__version__",
+    "load_tokenizer", "resolve", "generate", "save_adapter", "load_adapter", "AdapterError",
+    "pipeline", "PipelineError", "__version__",
 ]

@@ -1,0 +1,194 @@
+"""Text-in pipelines: what transformers' pipelines return, computed as the recipes compute it (SST-2 encoding,
+the SQuAD recipe's windows and decoding), from an export or a run folder."""
+import json
+
+import pytest
+import torch
+
+import llama_ft
+from llama_ft.pipeline import PipelineError, QuestionAnsweringPipeline
+from llama_ft.tasks.squad.data import SquadExample
+from llama_ft.tasks.squad.decode import decode_predictions
+from llama_ft.tasks.squad.windows import build_windows
+from llama_ft.tasks.sst2 import data as sst2
+from llama_ft.train import predict
+
+CONTEXT = ("The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region "
+           "in France. They were descended from Norse raiders and pirates from Denmark, Iceland and Norway who, "
+           "under their leader Rollo, agreed to swear fealty to King Charles III of West Francia. Through "
+           "generations of assimilation the descendants would gradually merge with the Carolingian-based "
+           "cultures of West Francia. The identity of the Normans emerged in the first half of the 10th century; "
+           "Caf\u00e9 d\u00e9j\u00e0 vu \U0001F600 is not part of it.")
+QUESTIONS = ["In what country is Normandy located?", "Who was the Norse leader?",
+             "When did the Normans give their name to Normandy?"]
+TEXTS = ["a gem of a film", "contains no wit , only labored gags ", "it 's a charming and often affecting journey",
+         "unflinchingly bleak and desperate"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def export(base_dir, folder, task):
+    """A tiny export with the real SmolLM2 tokenizer and a head big enough to make predictions differ (and,
+    for QA, small enough that no single position takes all the probability)."""
+    model = llama_ft.from_pretrained(base_dir, task=task, seed=0)
+    with torch.no_grad():
+        for head in model.head_modules():
+            head.weight.normal_(0, 2.0 if task == "classification" else 0.5)
+    if task == "classification":
+        model.id2label = ["negative", "positive"]
+    return llama_ft.save_pretrained(model, folder, dtype="float32", tokenizer=base_dir)
+
+
+@pytest.fixture(scope="module")
+def clf_dir(tiny_model_dir, tmp_path_factory):
+    return export(tiny_model_dir, tmp_path_factory.mktemp("clf") / "model", "classification")
+
+
+@pytest.fixture(scope="module")
+def qa_dir(tiny_model_dir, tmp_path_factory):
+    return export(tiny_model_dir, tmp_path_factory.mktemp("qa") / "model", "qa")
+
+
+def one_by_one(folder, texts, max_length=None):
+    """Softmax of each text alone (no padding), encoded as the SST-2 recipe encodes its sentences."""
+    model = llama_ft.from_pretrained(folder)
+    tok = llama_ft.load_tokenizer(folder)
+    rows = sst2.encode([sst2.Example(t, 0) for t in texts], tok, max_length or 10**6)
+    with torch.no_grad():
+        return [model(torch.tensor([r["input_ids"]])).softmax(-1)[0] for r in rows]
+
+
+def test_classification_matches_each_text_alone_with_label_names(clf_dir):
+    pipe = llama_ft.pipeline("text-classification", model=clf_dir, batch_size=3)
+    out = pipe(TEXTS)
+    ref = one_by_one(clf_dir, TEXTS)
+    assert [o["label"] for o in out] == [["negative", "positive"][int(p.argmax())] for p in ref]
+    assert [o["score"] for o in out] == pytest.approx([float(p.max()) for p in ref], abs=1e-5)
+    assert len({o["label"] for o in out}) == 2  # the head is strong enough for both labels to occur
+    assert pipe(TEXTS[1]) == [out[1]]
+    everything = pipe(TEXTS[1], top_k=None)
+    assert [d["label"] for d in everything] == sorted(["negative", "positive"], key=lambda k: -float(
+        ref[1][["negative", "positive"].index(k)]))
+    assert sum(d["score"] for d in everything) == pytest.approx(1.0)
+
+
+def test_run_folder_applies_the_runs_sentence_length(clf_dir, tmp_path):
+    run = tmp_path / "runs" / "x"
+    run.mkdir(parents=True)
+    (run / "model").symlink_to(clf_dir, target_is_directory=True)
+    (run / "run_config.json").write_text(json.dumps({"max_length": 3}))
+    out = llama_ft.pipeline("text-classification", model=run)(TEXTS)
+    ref = one_by_one(clf_dir, TEXTS, max_length=3)
+    assert [o["score"] for o in out] == pytest.approx([float(p.max()) for p in ref], abs=1e-5)
+    full = one_by_one(clf_dir, TEXTS)
+    assert any(abs(float(a.max()) - float(b.max())) > 1e-3 for a, b in zip(ref, full))
+
+
+def recipe_answers(folder, questions, context, max_length, stride, **decoding):
+    """The SQuAD recipe's path: build_windows, predict, decode_predictions."""
+    model = llama_ft.from_pretrained(folder)
+    tok = llama_ft.load_tokenizer(folder)
+    examples = [SquadExample(str(i), "", context, q, [], []) for i, q in enumerate(questions)]
+    windows, _ = build_windows(tok, examples, max_length, stride)
+    logits = predict(model, [w.as_example() for w in windows], batch_size=4, amp="none")
+    return decode_predictions(examples, windows, logits, **decoding), windows, logits
+
+
+def test_qa_answers_as_the_squad_recipe_decodes_with_offsets_into_the_context(qa_dir):
+    qa = llama_ft.pipeline("question-answering", model=qa_dir, max_length=48, stride=16, batch_size=2)
+    out = qa(question=QUESTIONS, context=[CONTEXT] * len(QUESTIONS))
+    preds, windows, logits = recipe_answers(qa_dir, QUESTIONS, CONTEXT, 48, 16)
+    assert len(windows) > 3 * len(QUESTIONS)  # several windows per question
+    for i, o in enumerate(out):
+        best = preds[str(i)].best
+        assert (o["answer"], o["start"], o["end"]) == (best.text, best.start_char, best.end_char)
+        assert o["answer"] == CONTEXT[o["start"]:o["end"]] and o["answer"]
+    assert qa(question=QUESTIONS[0], context=CONTEXT) == out[0]
+    assert qa({"question": QUESTIONS[1], "context": CONTEXT}) == out[1]
+
+
+def test_qa_score_is_the_spans_probability_in_its_window(qa_dir):
+    """Brute force over the winning window: softmax over its verified context tokens and no-answer position,
+    the best p(start) * p(end) over allowed spans."""
+    qa = llama_ft.pipeline("question-answering", model=qa_dir, max_length=48, stride=16)
+    out = qa(question=QUESTIONS, context=[CONTEXT] * len(QUESTIONS))
+    preds, windows, logits = recipe_answers(qa_dir, QUESTIONS, CONTEXT, 48, 16)
+    for i, o in enumerate(out):
+        k = next(j for j, w in enumerate(windows) if w.qid == str(i) and w.window == preds[str(i)].best.window)
+        w, (s, e) = windows[k], logits[k]
+        keep = [w.context_start + j for j, sp in enumerate(w.offsets) if sp is not None] + [w.null_index]
+        ps, pe = s[keep].softmax(0), e[keep].softmax(0)
+        n = len(keep) - 1
+        best = max(float(ps[a] * pe[b]) for a in range(n) for b in range(a, min(n, a + 30)))
+        assert o["score"] == pytest.approx(best, rel=1e-5)
+        # The no-answer position holds far more of the probability than the tolerance: leaving it out shows.
+        assert 0 < o["score"] < 1 and float(ps[-1] + pe[-1]) > 1e-4
+
+
+def test_qa_run_folder_uses_the_runs_window_geometry(qa_dir, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model").symlink_to(qa_dir, target_is_directory=True)
+    (run / "run_config.json").write_text(json.dumps({"max_length": 40, "stride": 8, "n_best": 5,
+                                                     "max_answer_tokens": 3}))
+    qa = llama_ft.pipeline("question-answering", model=run)
+    assert isinstance(qa, QuestionAnsweringPipeline)
+    assert (qa.max_length, qa.stride, qa.n_best, qa.max_answer_tokens) == (40, 8, 5, 3)
+    out = qa(question=QUESTIONS, context=[CONTEXT] * 3)
+    preds, _, _ = recipe_answers(qa_dir, QUESTIONS, CONTEXT, 40, 8, n_best=5, max_answer_tokens=3)
+    assert [(o["start"], o["end"]) for o in out] == [(p.best.start_char, p.best.end_char) for p in preds.values()]
+
+
+def test_errors_name_the_argument_and_the_fix(clf_dir, qa_dir, tmp_path):
+    with pytest.raises(PipelineError, match=r"task='summarization': use one of text-classification"):
+        llama_ft.pipeline("summarization", model=clf_dir)
+    with pytest.raises(PipelineError, match=r"LlamaForQuestionAnswering, not LlamaForSequenceClassification.*"
+                                            r"use task='question-answering'"):
+        llama_ft.pipeline("text-classification", model=qa_dir)
+    with pytest.raises(PipelineError, match=r"model=.*no such folder"):
+        llama_ft.pipeline("text-classification", model=tmp_path / "nowhere")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint").mkdir()
+    with pytest.raises(PipelineError, match=r"the run has not finished"):
+        llama_ft.pipeline("text-classification", model=tmp_path / "run")
+    with pytest.raises(PipelineError, match=r"stride=8: is a question-answering setting"):
+        llama_ft.pipeline("text-classification", model=clf_dir, stride=8)
+    with pytest.raises(PipelineError, match=r"amp='none': the weights are torch.bfloat16"):
+        llama_ft.pipeline("text-classification", model=clf_dir, dtype="bf16", amp="none")
+    with pytest.raises(PipelineError, match=r"inputs\[1\]='  ': give a non-empty string"):
+        llama_ft.pipeline("text-classification", model=clf_dir)(["fine", "  "])
+    with pytest.raises(PipelineError, match=r"context='3 contexts': give one per question \(2\)"):
+        llama_ft.pipeline("question-answering", model=qa_dir)(question=QUESTIONS[:2], context=[CONTEXT] * 3)
+
+
+def test_a_loaded_model_runs_with_its_tokenizer(clf_dir):
+    model = llama_ft.from_pretrained(clf_dir)
+    with pytest.raises(PipelineError, match="pass tokenizer="):
+        llama_ft.pipeline("text-classification", model=model)
+    out = llama_ft.pipeline("text-classification", model=model, tokenizer=clf_dir)(TEXTS)
+    assert out == llama_ft.pipeline("text-classification", model=clf_dir)(TEXTS)
+
+
+@pytest.mark.slow
+def test_smollm2_agrees_with_transformers_text_classification_pipeline(shared, tmp_path):
+    """The embedded SmolLM2-135M with a random head, exported: llama_ft's pipeline against transformers' on
+    200 real SST-2 sentences."""
+    transformers = pytest.importorskip("transformers")
+    model = llama_ft.from_pretrained("smollm2-135m", task="classification", seed=0)
+    model.id2label = ["negative", "positive"]
+    folder = llama_ft.save_pretrained(model, tmp_path / "export", dtype="float32", tokenizer="smollm2-135m")
+    # Sorted by length, so that transformers' batches (in input order) carry as little padding as ours.
+    texts = sorted((r.sentence for r in sst2.read_tsv(shared / "data/sst2/train.tsv")[:200]), key=len)
+    ours = llama_ft.pipeline("text-classification", model=folder, batch_size=32)(texts)
+    ref = transformers.pipeline("text-classification", model=str(folder), dtype=torch.float32, device="cpu")
+    theirs = ref(texts, batch_size=32)
+    same = sum(a["label"] == b["label"] for a, b in zip(ours, theirs)) / len(texts)
+    gap = max(abs(a["score"] - b["score"]) for a, b in zip(ours, theirs))
+    print(f"\nSST-2, 200 sentences: labels agree on {same:.1%}; largest score difference {gap:.2e}")
+    assert same >= 0.99 and gap < 1e-3
