@@ -16,7 +16,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from safetensors import SafetensorError
 
 from llama_ft.metrics import SetupError
-from llama_ft.train import NonFiniteError
+from llama_ft.train import TrainingError
 
 # API argument -> the flag that sets it, for messages raised below the recipes.
 FLAGS = {
@@ -56,7 +56,7 @@ def _checkpoint_hint(output_dir: str | Path | None, resume: bool) -> str:
 
 def describe(err: BaseException, output_dir: str | Path | None = None, resume: bool = False) -> tuple[str, int]:
     """(one line for the user, exit status) for an expected failure."""
-    if isinstance(err, NonFiniteError):
+    if isinstance(err, TrainingError):
         return f"training diverged: {as_flags(str(err))}", FAILED
     if isinstance(err, SetupError):
         return str(err), FAILED
@@ -76,9 +76,9 @@ def describe(err: BaseException, output_dir: str | Path | None = None, resume: b
 
 def expected(err: BaseException) -> bool:
     """True for the failures a recipe reports in one line; anything else is a bug and keeps its traceback."""
-    if isinstance(err, RuntimeError) and not isinstance(err, (NonFiniteError, SetupError)):
+    if isinstance(err, RuntimeError) and not isinstance(err, (TrainingError, SetupError)):
         return "PytorchStreamReader" in str(err)  # torch.load of a truncated state.pt
-    return isinstance(err, (NonFiniteError, SetupError, ValueError, OSError, *CORRUPT)) or _from_http_client(err)
+    return isinstance(err, (TrainingError, SetupError, ValueError, OSError, *CORRUPT)) or _from_http_client(err)
 
 
 def run_guarded(body: Callable[[], int], *, debug: bool = False, output_dir: str | Path | None = None,

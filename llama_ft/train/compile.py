@@ -8,9 +8,8 @@ length (`CompileStats` counts them into the run's result).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 # `auto` compiles once the first eager steps project at least this much more training: the warm-up (about a
@@ -21,15 +20,17 @@ AUTO_PROBE_STEPS = 2
 
 @dataclass
 class CompileStats:
-    """What compilation cost a run: when it started, its warm-up step's extra seconds, and graphs compiled."""
-    at_step: int | None = None
-    warmup_seconds: float = 0.0
+    """What compilation cost a run: the step it started after, the extra seconds of the step that compiled, and
+    the frames dynamo compiled (recompilations for new shapes included)."""
+    at_step: int
+    frames_before: int
+    eager_step_seconds: float | None = None
+    warmup_seconds: float | None = None
     frames_compiled: int = 0
-    recompiles: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"at_step": self.at_step, "warmup_seconds": round(self.warmup_seconds, 2),
-                "frames_compiled": self.frames_compiled}
+        return {"at_step": self.at_step, "eager_step_seconds": self.eager_step_seconds,
+                "warmup_seconds": self.warmup_seconds, "frames_compiled": self.frames_compiled}
 
 
 def trainable_blocks(model: nn.Module) -> list[nn.Module]:
@@ -45,6 +46,12 @@ def compile_blocks(model: nn.Module) -> int:
     return len(blocks)
 
 
+def uncompile_blocks(model: nn.Module) -> None:
+    """Back to eager: the decision to compile was made for training, not for what the caller runs next."""
+    for layer in model.backbone.layers:
+        layer._compiled_call_impl = None
+
+
 def is_compiled(model: nn.Module) -> bool:
     return any(getattr(layer, "_compiled_call_impl", None) is not None for layer in model.backbone.layers)
 
@@ -56,9 +63,44 @@ def compile_pays(step_seconds: float, steps_left: int, min_seconds: float = AUTO
 
 def frames_compiled() -> int:
     """Frames dynamo has compiled in this process so far (graph compilations, recompiles included)."""
-    from torch._dynamo.utils import counters  # dynamo's own bookkeeping, imported only when compiling
+    from torch._dynamo.utils import counters  # dynamo's own bookkeeping: imported only once compiling
     return int(counters["stats"]["unique_graphs"])
 
 
-def reset_compile_counters() -> None:
-    torch._dynamo.utils.counters.clear()
+class Compiler:
+    """TrainConfig.compile during a run: now (True), never (False), or `auto`, after AUTO_PROBE_STEPS eager
+    steps, when compile_pays on their mean time (averaged over processes, so all of them decide alike)."""
+
+    def __init__(self, model: nn.Module, mode: bool | str, min_seconds: float, reduce_mean):
+        self.model, self.mode, self.min_seconds, self.reduce_mean = model, mode, min_seconds, reduce_mean
+        self.probe: list[float] = []
+        self.stats: CompileStats | None = None
+        if mode is True:
+            self._start(0)
+
+    def _start(self, step: int) -> None:
+        self.stats = CompileStats(at_step=step, frames_before=frames_compiled())
+        compile_blocks(self.model)
+
+    def after_step(self, step: int, seconds: float, total_steps: int) -> None:
+        s = self.stats
+        if s is not None:
+            if step == s.at_step + 1:  # the step that compiled forward and backward
+                s.warmup_seconds = seconds - (s.eager_step_seconds or 0.0)
+            return
+        if self.mode != "auto" or len(self.probe) == AUTO_PROBE_STEPS:
+            return
+        self.probe.append(seconds)
+        if len(self.probe) == AUTO_PROBE_STEPS:
+            per_step = self.reduce_mean(sum(self.probe) / len(self.probe))
+            if compile_pays(per_step, total_steps - step, self.min_seconds):
+                self._start(step)
+                self.stats.eager_step_seconds = per_step
+
+    def finish(self) -> dict | None:
+        """The run's compile report (None when it stayed eager); the blocks go back to eager."""
+        if self.stats is None:
+            return None
+        self.stats.frames_compiled = frames_compiled() - self.stats.frames_before
+        uncompile_blocks(self.model)
+        return self.stats.to_dict()

@@ -28,10 +28,13 @@ class TrainConfig:
     amp: `bf16` (CPU and CUDA), `fp16` (CUDA only, with a GradScaler), `none` (fp32), `auto` (bf16 on a
         device that runs it, else none).
     grad_checkpointing: recompute each trainable decoder block in backward (non-reentrant).
-    compile: `torch.compile` each decoder block (one graph serves every block; a new batch shape recompiles
-        once, then shapes are dynamic). Fuses the norms, rotary and SiLU around the matmuls; aimed at CUDA. On
-        this project's CPU it measured 1.02x on a frozen forward (BENCHMARKS.md), and the first steps pay the
-        compilation (seconds to a minute). The model's names, state dict and exports are unchanged.
+    compile: `torch.compile` the trainable decoder blocks in place (llama_ft.train.compile): fuses the norms,
+        rotary, SwiGLU and residual adds around the matmuls and keeps fewer activations for backward. True: from
+        the first step; `auto`: after two eager steps, when the steps left would take at least
+        compile_min_seconds (the warm-up, about a minute on a CPU, is then repaid); False: eager. One graph serves
+        every block; a new batch length recompiles once, then lengths are dynamic. The blocks are eager again
+        when train() returns; names, state dict and exports are unchanged.
+    compile_min_seconds: `auto`'s threshold, in projected eager seconds.
     trunk_cache: store the frozen trunk's output once and train every epoch from it; `auto` does so when the
         policy leaves a frozen deterministic bottom and the run has more than one epoch; True insists.
     trunk_cache_ram_gib: above this size the cache is a memory-mapped file in output_dir/tmp.
@@ -71,7 +74,8 @@ class TrainConfig:
     amp: str = "auto"
     seed: int = 1
     grad_checkpointing: bool = False
-    compile: bool = False
+    compile: bool | str = "auto"
+    compile_min_seconds: float = 300.0
     trunk_cache: str | bool = "auto"
     trunk_cache_ram_gib: float = 4.0
     frozen_dtype: str = "auto"
@@ -94,6 +98,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.amp={self.amp!r}; use bf16, fp16 (CUDA), none or auto.")
         if self.frozen_dtype not in ("bf16", "fp32", "auto"):
             raise ValueError(f"TrainConfig.frozen_dtype={self.frozen_dtype!r}; use bf16, fp32 or auto.")
+        if self.compile not in ("auto", True, False):
+            raise ValueError(f"TrainConfig.compile={self.compile!r}; use auto, True or False.")
         if self.trunk_cache not in ("auto", True, False):
             raise ValueError(f"TrainConfig.trunk_cache={self.trunk_cache!r}; use auto, True or False.")
         if not 0.0 <= self.warmup_ratio < 1.0:

@@ -30,6 +30,7 @@ from llama_ft.train.checkpoint import (
     trainable_state,
     write_weights,
 )
+from llama_ft.train.compile import Compiler
 from llama_ft.train.config import TrainConfig, resolve_amp, resolve_device, resolve_frozen_dtype
 from llama_ft.train.distributed import all_reduce_sum, barrier, init_distributed, no_sync, wrap
 from llama_ft.train.divergence import DivergenceError, DivergenceGuard, NonFiniteError, TrainingError, chance_loss
@@ -69,6 +70,7 @@ class TrainResult:
     best_metric: float | None = None
     best_step: int | None = None
     trunk_cache: dict | None = None     # {"kind", "start_layer", "bytes", "file", "seconds", "flop_ratio"}
+    compile: dict | None = None         # {"at_step", "eager_step_seconds", "warmup_seconds", "frames_compiled"}
     resumed_from: int | None = None
     paths: dict[str, str] = field(default_factory=dict)
 
@@ -145,9 +147,6 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, frozen_dtype: torch.dtype,
     for p in model.parameters():
         p.data = p.data.to(torch.float32 if p.requires_grad else frozen_dtype)
     model.backbone.gradient_checkpointing = cfg.grad_checkpointing
-    if cfg.compile:
-        for layer in model.backbone.layers:
-            layer.compile()  # in place: parameter names and the state dict stay as they are
     model.train()
 
 
@@ -460,6 +459,8 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
                       res.peak_flops * world if res.peak_flops else None)
     guard = DivergenceGuard(cfg.divergence_factor, chance_loss(model.task, lengths, getattr(model, "num_labels", 2)),
                             res.losses, res.grad_norms)
+    compiler = Compiler(model, cfg.compile, cfg.compile_min_seconds, lambda s: all_reduce_sum(
+        torch.tensor(s, device=device)).item() / world)
     epoch_t0, batches = time.perf_counter(), {}
     try:
         while step < geo.total_steps:
@@ -481,6 +482,7 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
             if why := guard.diverged(loss, gnorm):
                 raise stopped(DivergenceError, log, step, why, ckpts.last_good, loss=loss, grad_norm=gnorm, lr=lr)
             guard.record(loss, gnorm)
+            compiler.after_step(step, dt, geo.total_steps)
             steplog(res, step=step, epoch=epoch, loss=loss, lr=lr, grad_norm=gnorm, real=real, padded=padded,
                     seconds=dt, flops=flops.of_lengths(lengths[np.concatenate(all_pieces)]))
             if geo.end_of_epoch(step):
@@ -496,6 +498,7 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
                 ckpts.save(step, model, res, optimizer, scheduler, scaler)
     finally:
         steplog.close()
+        res.compile = compiler.finish()
         if cache is not None:
             cache.close()
     if evaluate.best_weights is not None:

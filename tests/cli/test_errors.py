@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from llama_ft.cli.errors import FAILED, INTERRUPTED, USAGE, as_flags, run_guarded
 from llama_ft.model.policies import parse_policy
-from llama_ft.train import NonFiniteError
+from llama_ft.train import DivergenceError, NonFiniteError
 
 
 def raise_(err):
@@ -63,6 +63,8 @@ def truncated_torch_state(tmp_path):
 
 @pytest.mark.parametrize("make,status,words", [
     (lambda p: NonFiniteError("step 3: loss nan; lower lr"), FAILED, ["training diverged", "step 3"]),
+    (lambda p: DivergenceError("step 2: loss 1.1e+17 > 10 x 0.69; last good checkpoint: none"), FAILED,
+     ["training diverged", "step 2", "last good checkpoint"]),
     (lambda p: ValueError("policy='x' is not a policy"), USAGE, ["--policy 'x'"]),
     (lambda p: OSError(errno.EROFS, "Read-only file system", str(p / "out")), FAILED,
      ["Read-only file system", "out", "writable --output-dir"]),

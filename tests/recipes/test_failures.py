@@ -72,3 +72,14 @@ def test_no_usable_answer_span_is_said_plainly(squad_recipe, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "nospan.json: none of the 2 training questions has a usable answer span" in err
     assert "processes" not in err
+
+
+def test_a_diverged_run_is_reported_and_never_exported(sst2_recipe, tmp_path, capsys, tiny_model_dir):
+    data = tmp_path / "sst2.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"film number {i}\t{i % 2}\n" for i in range(64)))
+    out = tmp_path / "run"
+    rc = sst2_recipe.main(["--model", str(tiny_model_dir), "--data", str(data), "--policy", "head", "--lr", "1e9",
+                           "--epochs", "2", "--batch-size", "8", "--no-zero-shot", "--output-dir", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "training diverged" in err and "Traceback" not in err
+    assert not (out / "model").exists() and not (out / "metrics.json").exists()
