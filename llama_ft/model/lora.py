@@ -13,11 +13,12 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 class LoRALinear(nn.Linear):
     """y = x W^T + b + (alpha / r) * x A^T B^T, with W frozen and A, B trained; B starts at zero."""
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
         nn.Module.__init__(self)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight, self.bias = base.weight, base.bias
         self.rank, self.scaling = rank, alpha / rank
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()  # PEFT adapters may carry lora_dropout
         # Adapters are trained, so they keep fp32 master weights even when the frozen base is bf16.
         dev, dt = base.weight.device, torch.float32
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, device=dev, dtype=dt))
@@ -30,7 +31,7 @@ class LoRALinear(nn.Linear):
         # The detour stays r wide until its last GEMM: the scale multiplies the [.., r] tensor, and addmm adds
         # the up-projection into y inside the GEMM, so no full-width elementwise pass is spent (forward or
         # backward) on the adapter.
-        z = F.linear(x, self.lora_A) * self.scaling
+        z = F.linear(self.dropout(x), self.lora_A) * self.scaling
         return torch.addmm(y.flatten(0, -2), z.flatten(0, -2), self.lora_B.t()).view(y.shape)
 
     @torch.no_grad()
@@ -47,8 +48,8 @@ class LoRALinear(nn.Linear):
         return out
 
 
-def add_lora(module: nn.Module, rank: int, alpha: float | None = None, targets: tuple[str, ...] = TARGETS,
-             layers: list[int] | None = None) -> list[str]:
+def add_lora(module: nn.Module, rank: int, alpha: float | None = None, dropout: float = 0.0,
+             targets: tuple[str, ...] = TARGETS, layers: list[int] | None = None) -> list[str]:
     """Wrap the target projections of the chosen decoder layers in LoRA; returns the wrapped names."""
     alpha = float(2 * rank if alpha is None else alpha)
     wrapped = []
@@ -61,6 +62,6 @@ def add_lora(module: nn.Module, rank: int, alpha: float | None = None, targets: 
             continue
         for child_name, child in list(mod.named_children()):
             if child_name in targets and type(child) is nn.Linear:
-                setattr(mod, child_name, LoRALinear(child, rank, alpha))
+                setattr(mod, child_name, LoRALinear(child, rank, alpha, dropout))
                 wrapped.append(f"{name}.{child_name}")
     return wrapped

@@ -61,6 +61,8 @@ def measure(policy: str, grad_checkpointing: bool) -> tuple[dict, dict]:
         saved.clear()
 
     def after_forward(module, args, out):
+        if not torch.is_grad_enabled():  # the engine's no-grad check of the updated weights saves nothing
+            return
         forwards.append({"activations": sum(n for n, w in saved.values() if not w),
                          "working": sum(n for n, w in saved.values() if w)})
 
