@@ -113,8 +113,8 @@ class LlamaAttention(nn.Module):
         if gqa and x.device.type != "cpu" and (mask is not None or q.dtype == torch.float32):
             # On CUDA only the flash kernel takes enable_gqa, and it takes no mask and no fp32: otherwise SDPA
             # would fall back to the math kernel (O(T^2) memory), so K/V are expanded. Elsewhere enable_gqa reads
-            # the shared heads in place: on CPU 5-11% faster than expanding (bf16, 8 x 256, 9/3 heads, forward
-            # and backward) and the copies stay out of training memory.
+            # the shared heads in place: faster than expanding on CPU (BENCHMARKS.md, attention) and the copies
+            # stay out of training memory.
             rep = self.n_head // self.n_kv
             k, v, gqa = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), False
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
@@ -358,7 +358,11 @@ class LlamaForQuestionAnswering(LlamaPreTrainedModel):
         """Start and end logits, each [B, T]."""
         h = self.transformer(input_ids, attention_mask, position_ids, inputs_embeds=hidden_states,
                              start_layer=start_layer)
-        logits = self.qa_outputs(h)
+        return self.span_logits(h)
+
+    def span_logits(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """(start, end) logits, fp32, from final hidden states [B, T, hidden]."""
+        logits = self.qa_outputs(hidden)
         return logits[..., 0].float(), logits[..., 1].float()
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-# `auto` compiles once the first eager steps project at least this much more training: the warm-up (about a
-# minute on a CPU, BENCHMARKS.md) is then repaid at the speed-ups compile gives on the step.
+# `auto` compiles once the first eager steps project at least this much more training: the warm-up (BENCHMARKS.md)
+# is then repaid at the speed-ups compile gives on the step.
 AUTO_MIN_SECONDS = 300.0
 AUTO_PROBE_STEPS = 2
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from llama_ft.dtypes import DTYPES
+from llama_ft.train.compile import AUTO_MIN_SECONDS
 
 AMP_DTYPES = {"bf16": DTYPES["bf16"], "fp16": DTYPES["fp16"], "none": None}
 
@@ -31,7 +32,7 @@ class TrainConfig:
     compile: `torch.compile` the trainable decoder blocks in place (llama_ft.train.compile): fuses the norms,
         rotary, SwiGLU and residual adds around the matmuls and keeps fewer activations for backward. True: from
         the first step; `auto`: after two eager steps, when the steps left would take at least
-        compile_min_seconds (the warm-up, about a minute on a CPU, is then repaid); False: eager. One graph serves
+        compile_min_seconds (the warm-up, BENCHMARKS.md, is then repaid); False: eager. One graph serves
         every block; a new batch length recompiles once, then lengths are dynamic. The blocks are eager again
         when train() returns; names, state dict and exports are unchanged.
     compile_min_seconds: `auto`'s threshold, in projected eager seconds.
@@ -75,7 +76,7 @@ class TrainConfig:
     seed: int = 1
     grad_checkpointing: bool = False
     compile: bool | str = "auto"
-    compile_min_seconds: float = 300.0
+    compile_min_seconds: float = AUTO_MIN_SECONDS
     trunk_cache: str | bool = "auto"
     trunk_cache_ram_gib: float = 4.0
     frozen_dtype: str = "auto"

@@ -84,8 +84,7 @@ def top_forward(model: nn.Module, split: TrunkSplit, input_ids: Tensor | None, a
         return model(None, attention_mask, hidden_states=features, start_layer=split.start)
     if split.kind == "pooled":
         return model.score(features)
-    logits = model.qa_outputs(features)
-    return logits[..., 0].float(), logits[..., 1].float()
+    return model.span_logits(features)
 
 
 class TrunkCache:
