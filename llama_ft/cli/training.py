@@ -3,6 +3,7 @@ flags make, and the summary of a training run they write to metrics.json."""
 from __future__ import annotations
 
 import argparse
+import resource
 from pathlib import Path
 
 from llama_ft.train import TrainConfig
@@ -35,10 +36,17 @@ def wants_evaluation(args: argparse.Namespace) -> bool:
     return bool(args.eval_every or args.save_best)
 
 
+def peak_memory_bytes() -> int:
+    """This process's peak resident set so far (the whole run: loading, zero-shot rows, training, scoring)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
 def train_summary(result: TrainResult) -> dict:
     """The `train` section of metrics.json: throughput, steps, sizes, cache, evaluations."""
     return {"tokens_per_second": result.tokens_per_second, "steps": result.steps,
             "padding_waste": result.padding_waste, "trainable_params": result.trainable_params,
             "total_params": result.total_params, "trunk_cache": result.trunk_cache,
             "epoch_seconds": result.epoch_seconds, "final_loss": result.losses[-1] if result.losses else None,
-            "evaluations": result.metrics, "best_metric": result.best_metric, "best_step": result.best_step}
+            "evaluations": result.metrics, "best_metric": result.best_metric, "best_step": result.best_step,
+            "train_seconds": result.train_seconds, "mfu": result.mfu, "peak_flops": result.peak_flops,
+            "compile": result.compile, "peak_memory_bytes": peak_memory_bytes()}
