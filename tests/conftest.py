@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -39,3 +40,13 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir) -> Path:
     llama_ft.save_pretrained(model, folder, dtype="float32", tokenizer=llama_ft.load_tokenizer(smollm2_dir),
                              overwrite=True)
     return folder
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests of tiny matrices: on a shared 2-core machine two spinning OpenMP threads run
+    several times slower (use with pytest.mark.usefixtures or from a folder's autouse fixture)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -13,6 +13,8 @@ from llama_ft.tasks.squad.windows import build_windows
 from llama_ft.tasks.sst2 import data as sst2
 from llama_ft.train import predict
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CONTEXT = ("The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region "
            "in France. They were descended from Norse raiders and pirates from Denmark, Iceland and Norway who, "
            "under their leader Rollo, agreed to swear fealty to King Charles III of West Francia. Through "
@@ -25,12 +27,6 @@ TEXTS = ["a gem of a film", "contains no wit , only labored gags ", "it 's a cha
          "unflinchingly bleak and desperate"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def export(base_dir, folder, task):

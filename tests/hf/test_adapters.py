@@ -14,17 +14,13 @@ from llama_ft.model.lora import LoRALinear, add_lora
 from llama_ft.model.policies import apply_policy
 from llama_ft.tasks.sst2 import data as sst2
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 AUTO = {"classification": "AutoModelForSequenceClassification", "qa": "AutoModelForQuestionAnswering"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def trained_looking(model, seed=1):

@@ -18,6 +18,8 @@ from llama_ft.hf.model_card import ModelCardError, render_model_card
 from llama_ft.model.lora import LoRALinear, add_lora
 from llama_ft.sources.resolve import SourceError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 transformers = pytest.importorskip("transformers")
 
 SMALL = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -33,13 +35,6 @@ CARD = {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "datasets": ["stanf
         "command": "python train_sst2.py --policy lora --rank 8 --lr 2e-4 --push-to-hub me/sst2"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine two spinning OpenMP threads run 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def small_model(task, tie=False, seed=0, **kw):

@@ -2,19 +2,12 @@
 repay the warm-up."""
 import numpy as np
 import pytest
-import torch
 from tiny import dataset, tiny_model
 
 from llama_ft.train import TrainConfig, train
 from llama_ft.train.compile import compile_pays, is_compiled
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def run(compile, task="qa", **kw):
