@@ -93,11 +93,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def own_data(args) -> bool:
-    """True when --data is read as the user's own data (any labels) rather than as SST-2 (0 / 1)."""
-    named = (args.text_column, args.text_pair_column, args.label_column, args.dataset_config)
-    return any(v is not None for v in named) or (args.data is not None and (
-        str(args.data).lower().endswith(".csv") or not Path(args.data).exists()
-        and Path(args.data).suffix.lower() not in text.READERS))
+    """True when --data is read as the user's own data (any labels) rather than as SST-2 (0 / 1): a column flag
+    or --dataset-config is given, or --data is a .csv file, a folder with train.csv, or a Hub dataset id."""
+    if any(v is not None for v in (args.text_column, args.text_pair_column, args.label_column, args.dataset_config)):
+        return True
+    if args.data is None:
+        return False
+    p = Path(args.data)
+    if not p.exists():
+        return p.suffix.lower() not in text.READERS  # a missing file is reported as one, not fetched from the Hub
+    return p.suffix.lower() == ".csv" or (p / "train.csv").is_file()
 
 
 def columns(args) -> text.Columns:

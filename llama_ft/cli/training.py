@@ -90,7 +90,7 @@ def write_tensorboard(log_path: str | Path, folder: str | Path) -> Path:
 
 
 def report_to(args: argparse.Namespace, out: Path, result: TrainResult) -> None:
-    """Write the run's scalars where --report-to asks (nothing for `none`)."""
-    log = Path(result.paths.get("log") or out / "train_log.jsonl")
-    if args.report_to == "tensorboard" and log.is_file():
+    """Write the run's scalars where --report-to asks (nothing for `none`), from the process that wrote the log."""
+    log = result.paths.get("log")
+    if args.report_to == "tensorboard" and log and Path(log).is_file():
         print("tensorboard:", write_tensorboard(log, out / "tensorboard"))
