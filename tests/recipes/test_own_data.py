@@ -129,3 +129,17 @@ def test_report_to_tensorboard_in_a_run(sst2_recipe, tmp_path, tiny_model_dir):
     acc = EventAccumulator(str(out / "tensorboard")).Reload()
     steps = json.loads((out / "metrics.json").read_text())["train"]["steps"]
     assert len(acc.Scalars("train/loss")) == steps and acc.Scalars("eval/accuracy")
+
+
+def test_which_data_is_read_as_sst2(sst2_recipe, tmp_path, shared):
+    """SST-2's own files stay on the SST-2 reader (0 / 1 labels, the study's results); a column flag, a CSV, a
+    folder with train.csv or a Hub id read your own data."""
+    (tmp_path / "csvs").mkdir()
+    (tmp_path / "csvs/train.csv").write_text("sentence,label\nx,a\n")
+    reviews_csv(tmp_path / "d.csv")
+    sst2_dir = str(shared / "data/sst2")
+    cases = {(): False, ("--data", sst2_dir): False, ("--data", f"{sst2_dir}/train.tsv"): False,
+             ("--data", "missing.tsv"): False, ("--data", sst2_dir, "--label-column", "label"): True,
+             ("--data", str(tmp_path / "d.csv")): True, ("--data", str(tmp_path / "csvs")): True,
+             ("--data", "nyu-mll/glue", "--dataset-config", "sst2"): True}
+    assert {k: sst2_recipe.own_data(sst2_recipe.parse_args(list(k))) for k in cases} == cases

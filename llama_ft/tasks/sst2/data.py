@@ -77,7 +77,7 @@ def read_tsv(path: str | Path) -> list[Example]:
                         f"with `sentence` and `label` columns, got {header[:4]!r}.")
     if "label" not in header:
         raise DataError(f"{path}: has no `label` column (GLUE's test.tsv is unlabelled): its rows can be predicted "
-                        "(predict_file=) but not trained on; use train.tsv / dev.tsv or a labelled file.")
+                        "(predict_file=FILE) but not trained on; use train.tsv / dev.tsv or a labelled file.")
     si, li = header.index("sentence"), header.index("label")
     rows = []
     for line, text in lines:

@@ -227,11 +227,11 @@ def _check_columns(rec: dict, columns: Columns, where: str, labelled: bool) -> N
     for name, arg in ((columns.text, "text_column"), (columns.text_pair, "text_pair_column")):
         if name and name not in rec:
             raise TextDataError(f"{where}: no column `{name}` (its columns: {have[:8]}); name the text column "
-                                f"({arg}=).")
+                                f"({arg}=NAME).")
     if labelled and columns.label not in rec:
         raise TextDataError(f"{where}: no `{columns.label}` column (its columns: {have[:8]}), so its rows can be "
                             "predicted but not trained or scored on (GLUE's test.tsv is unlabelled): name the label "
-                            "column (label_column=) or pass the file for prediction (predict_file=).")
+                            "column (label_column=NAME) or pass the file for prediction (predict_file=FILE).")
 
 
 def read_rows(path: str | Path, columns: Columns, labelled: bool = True) -> list[RawRow]:
@@ -276,7 +276,7 @@ def hub_rows(dataset: str, config: str | None, columns: Columns) -> tuple[dict[s
         loaded = datasets.load_dataset(dataset, config)
     except (ValueError, FileNotFoundError, ConnectionError, OSError) as e:
         raise TextDataError(f"cannot load the Hub dataset {dataset}" + (f" ({config})" if config else "")
-                            + f": {type(e).__name__}: {e}. Check the id and its config (dataset_config=), the "
+                            + f": {type(e).__name__}: {e}. Check the id and its config (dataset_config=NAME), the "
                             "network and HF_TOKEN, or pass a local file.") from None
     names = None
     out = {}
