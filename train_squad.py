@@ -5,7 +5,10 @@
     python train_squad.py --n 4000 --model smollm2-135m --data ../shared/data/squad_v1.1/train-v1.1-rebuilt.json.zip \\
         --eval-file ../shared/data/squad_v1.1/dev-v1.1-open.json.zip --eval-limit 1000
 
-Data: the first N + 1,000 training questions, split N train / 1,000 test with seed 1 (the study's protocol).
+Data: the first N + 1,000 training questions, split N train / 1,000 test with seed 1 (the study's protocol);
+--split file trains on the first N questions of --data (--n all: every one) and tests on --eval-file, as
+transformers' run_qa does. Its spellings (--max_seq_length, --doc_stride, --learning_rate, --num_train_epochs,
+--per_device_train_batch_size, --output_dir, --overwrite_output_dir, --resume_from_checkpoint) are accepted.
 Rows: the model with an untrained span head (the study's "before"), the causal LM prompted zero-shot, and the
 fine-tuned model. --eval-every / --save-best evaluate on a validation slice held out of the training questions
 (the last tenth, at most 1,000; for SQuAD v2 the slice that calibrates the no-answer threshold): exact_match and
@@ -25,7 +28,7 @@ import llama_ft
 from llama_ft.cli.errors import run_guarded
 from llama_ft.cli.flags import add_shared_flags, apply_preset, at_least, check_shared_flags
 from llama_ft.cli.run_folder import RunFolder, command_line, finish_run
-from llama_ft.cli.training import device_and_amp, train_config, train_summary, wants_evaluation
+from llama_ft.cli.training import device_and_amp, report_to, train_config, train_summary, wants_evaluation
 from llama_ft.files import write_json
 from llama_ft.metrics import format_squad_table
 from llama_ft.plots import loss_curve
@@ -49,18 +52,24 @@ def parse_args(argv=None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     add_shared_flags(ap, presets=PRESETS, output_dir="runs/squad", eval_metrics=EVAL_METRICS, unit="windows",
                      eval_help="exact_match, f1 and eval_loss on a tenth of the training questions held out")
-    ap.add_argument("--n", type=int, default=4000, help="training questions (the study: 4000 and 24000)")
+    ap.add_argument("--n", type=questions, default=4000,
+                    help="training questions (the study: 4000 and 24000); `all` with --split file: every one")
+    ap.add_argument("--split", choices=("study", "file"), default="study",
+                    help="study: the first N + --test-size questions, --test-size of them drawn for test (seed 1); "
+                         "file: train on the first N questions of --data, test on --eval-file (no hold-out)")
     ap.add_argument("--data", help="official SQuAD JSON (zipped or not) or a Hub dataset id; "
                                    "default: the Hub (rajpurkar/squad, or rajpurkar/squad_v2 with --version 2.0)")
     ap.add_argument("--version", choices=("1.1", "2.0"), default="1.1", help="SQuAD version when --data is the Hub")
     ap.add_argument("--test-size", type=int, default=1000, help="test questions drawn from the first N + this many")
-    ap.add_argument("--eval-file", help="also evaluate on this official-format SQuAD file after training")
+    ap.add_argument("--eval-file", help="also evaluate on this official-format SQuAD file after training (the "
+                                        "test set under --split file)")
     ap.add_argument("--eval-limit", type=int, help="only the first K questions of --eval-file")
     ap.add_argument("--prompt-limit", type=int,
                     help="score the prompted zero-shot row on the first K test questions only (generation is the "
                          "slowest step on a CPU); default: all")
-    ap.add_argument("--max-length", type=int, help="tokens per window (default 384)")
-    ap.add_argument("--stride", type=int, help="tokens shared by consecutive windows of a context (default 128)")
+    ap.add_argument("--max-length", "--max_seq_length", type=int, help="tokens per window (default 384)")
+    ap.add_argument("--stride", "--doc_stride", type=int,
+                    help="tokens shared by consecutive windows of a context (default 128)")
     ap.add_argument("--study-windows", action="store_true", help="the study's windows: --max-length 128 --stride 64")
     ap.add_argument("--per-window-scoring", action="store_true",
                     help="also score as the study did: every window alone, two independent argmaxes, text "
@@ -76,26 +85,49 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_shared_flags(ap, args)
     at_least(ap, args, 1, "--n", "--test-size", "--eval-limit", "--prompt-limit", "--n-best", "--max-answer-tokens")
     at_least(ap, args, 0, "--stride")
+    if args.split == "file" and not args.eval_file:
+        ap.error("--split file tests on --eval-file; give the file (SQuAD's dev-v1.1.json)")
+    if args.n is None and args.split != "file":
+        ap.error("--n all trains on every question, which leaves none for the study split's test; "
+                 "use --split file --eval-file FILE")
     if args.stride >= args.max_length:
         ap.error(f"--stride {args.stride} must be less than --max-length {args.max_length} (it is the overlap "
                  "of two windows)")
     return args
 
 
-def load_splits(args):
-    """(data, train, held out, test): the study split; held out of train: the v2 threshold's calibration
-    questions, and the validation slice of --eval-every / --save-best."""
+def questions(value: str) -> int | None:
+    """--n: a count of questions, or `all` (None)."""
+    if value == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a number of questions nor `all`") from None
+
+
+def load_splits(args, extra):
+    """(data, train, held out, test): the study split, or under --split file the first --n questions against
+    --eval-file (`extra`); held out of train: the v2 threshold's calibration questions, and the validation
+    slice of --eval-every / --save-best."""
     data = load_squad(args.data, "train", args.version)
     print(f"SQuAD {data.version} from {data.source}: {data.counts.summary()}")
-    train_q, test_q = study_split(data.examples, args.n, args.test_size, seed=1, where=data.source)
+    if args.split == "file":
+        if args.n is not None and args.n > len(data.examples):
+            raise SquadDataError(f"{data.source} has {len(data.examples):,} questions, fewer than --n {args.n:,}; "
+                                 "lower --n or pass --n all.")
+        train_q, test_q = data.examples[:args.n], extra.examples[:args.eval_limit]
+    else:
+        train_q, test_q = study_split(data.examples, args.n, args.test_size, seed=1, where=data.source)
     held = []
     if data.version == "2.0" or wants_evaluation(args):
         train_q, held = hold_out(train_q)
     check_trainable(train_q, data.source)
     n_trainable = sum(ex.trainable for ex in train_q)
-    print(f"study split: first {args.n + args.test_size:,} questions -> {len(train_q):,} train / "
-          f"{len(test_q):,} test" + (f" / {len(held):,} held out for the no-answer threshold"
-                                     if held and data.version == "2.0" else "")
+    head = (f"study split: first {args.n + args.test_size:,} questions ->" if args.split == "study"
+            else f"file split: {data.source} -> first")
+    print(f"{head} {len(train_q):,} train / {len(test_q):,} test"
+          + (f" / {len(held):,} held out for the no-answer threshold" if held and data.version == "2.0" else "")
           + (f" / {len(held):,} held out for validation" if held and data.version != "2.0" else "")
           + f"; {len(train_q) - n_trainable} train questions have no usable answer span (skipped)")
     return data, train_q, held, test_q
@@ -105,8 +137,8 @@ def run(args) -> int:
     t_start = time.perf_counter()
     device, amp = device_and_amp(args.device, args.amp, study=args.preset == "study")
     with RunFolder(args.output_dir, args.overwrite, args.resume) as out:
-        data, train_q, held_q, test_q = load_splits(args)
         extra = load_squad(args.eval_file) if args.eval_file else None  # a bad file fails now, not after training
+        data, train_q, held_q, test_q = load_splits(args, extra)
         tokenizer = llama_ft.load_tokenizer(args.model)
         windows = partial(QuestionSet, tokenizer=tokenizer, max_length=args.max_length, stride=args.stride, amp=amp,
                           n_best=args.n_best, max_answer_tokens=args.max_answer_tokens)
@@ -118,7 +150,9 @@ def run(args) -> int:
                                  "use more questions (--n) or another file.")
         sets = {"test": windows("test", test_q)}
         print(f"test windows: {sets['test'].counts.summary()}")
-        if extra is not None:
+        if extra is not None and args.split == "file":
+            print(f"test file {extra.source}: {extra.counts.summary()}")
+        elif extra is not None:
             print(f"eval file {extra.source}: {extra.counts.summary()}")
             sets["eval"] = windows("eval", extra.examples[:args.eval_limit])
             print(f"eval: {len(sets['eval'].examples):,} questions; windows: {sets['eval'].counts.summary()}")
@@ -164,7 +198,7 @@ def run(args) -> int:
         metrics = {
             "task": "squad", "version": data.version, "model": args.model, "policy": args.policy,
             "preset": args.preset, "device": device, "amp": amp,
-            "split": {"n": args.n, "train": len(train_q), "test": len(test_q),
+            "split": {"kind": args.split, "n": args.n, "train": len(train_q), "test": len(test_q),
                       "calibration": len(held_q) if calib else 0, "validation": len(held_q) if evaluate else 0,
                       "eval_file": args.eval_file, "eval": len(sets["eval"].examples) if "eval" in sets else 0},
             "data": data.counts.as_dict(),
@@ -174,6 +208,7 @@ def run(args) -> int:
         }
         write_outputs(out, args, data, model, tokenizer, rows[finetuned], outputs, finetuned, table, metrics,
                       result, amp, (len(train_q), len(test_q)))
+        report_to(args, out, result)
     return 0
 
 
@@ -184,10 +219,11 @@ def results_markdown(args, data, train_set, sets, rows, finetuned, prompted, dev
              f"({train_set.counts.windows:,} / {sets['test'].counts.windows:,} windows of {args.max_length} tokens, "
              f"stride {args.stride}); wall time {timings['total_seconds']:.0f} s; training "
              f"{result.tokens_per_second:,.0f} tokens/s on {device}")
-    parts = [f"# SQuAD {data.version}: {args.model}, {finetuned}, --n {args.n}", "", split, "",
+    parts = [f"# SQuAD {data.version}: {args.model}, {finetuned}, --n {args.n or 'all'}", "", split, "",
              "Exact match and F1 (0-100), scored per question:", "", summary_table(rows)]
     for key, s in sets.items():
-        label = "test" if key == "test" else f"{args.eval_file} ({len(s.examples):,} questions)"
+        label = ("test" if key == "test" and args.split == "study"
+                 else f"{args.eval_file} ({len(s.examples):,} questions)")
         parts += ["", f"## {label}: before / after (per question)", "",
                   format_squad_table(before[key] if before else None, rows[finetuned][key])]
         if args.per_window_scoring and key == "test":
@@ -211,9 +247,11 @@ def write_outputs(out, args, data, model, tokenizer, report, outputs, finetuned,
         write_json(out / "predictions_zero_shot.json", outputs["zero_shot"])
     card = {"datasets": [f"rajpurkar/squad{'_v2' if data.version == '2.0' else ''}"], "policy": args.policy,
             "command": command_line(),
-            "description": (f"Extractive QA head trained on {sizes[0]:,} SQuAD {data.version} questions (the "
-                            f"study's split, seed 1), windows of {args.max_length} tokens with stride {args.stride}; "
-                            f"evaluated per question on {sizes[1]:,} held-out questions."),
+            "description": (f"Extractive QA head trained on {sizes[0]:,} SQuAD {data.version} questions ("
+                            + ("the study's split, seed 1" if args.split == "study" else f"the first of {data.source}")
+                            + f"), windows of {args.max_length} tokens with stride {args.stride}; evaluated per "
+                            f"question on {sizes[1]:,} "
+                            + ("held-out questions." if args.split == "study" else f"questions of {args.eval_file}.")),
             "hyperparameters": {k: getattr(args, k) for k in PRESETS["study"]} | {"amp": amp, "seed": args.seed}}
     scores = {k: report["test"][k] for k in ("exact_match", "f1")}
     finish_run(out, model, tokenizer, source=args.model, scores=scores, card=card, results_md=table, metrics=metrics,

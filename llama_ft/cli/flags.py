@@ -1,10 +1,12 @@
 """The flags both recipes share (model, training, evaluation, run folder, Hub), their preset merge, and the
-checks that refuse a bad value at parse time, naming the flag and the allowed range."""
+checks that refuse a bad value at parse time, naming the flag and the allowed range. transformers' example
+scripts' spellings (--learning_rate, --output_dir, ...) are aliases, so their command lines carry over."""
 from __future__ import annotations
 
 import argparse
 
 from llama_ft.cli.errors import as_flags
+from llama_ft.cli.training import TENSORBOARD_MISSING, tensorboard_available
 from llama_ft.hf.hub import HubError, check_repo_id, resolve_token
 from llama_ft.model.policies import POLICY_HELP, parse_policy
 
@@ -22,14 +24,14 @@ def add_shared_flags(ap: argparse.ArgumentParser, *, presets: dict[str, dict], o
                     help="hyper-parameters: " + "; ".join(f"{k}: {_preset_text(v)}" for k, v in presets.items()))
     hp = ap.add_argument_group("training (default: the preset's value)")
     hp.add_argument("--policy", "--train", dest="policy", help=f"freezing policy: {POLICY_HELP}")
-    hp.add_argument("--lr", type=float, help="peak learning rate (> 0)")
+    hp.add_argument("--lr", "--learning_rate", type=float, help="peak learning rate (> 0)")
     hp.add_argument("--weight-decay", type=float, help="AdamW decay of the weight matrices (>= 0)")
     hp.add_argument("--schedule", choices=("linear", "cosine"))
     hp.add_argument("--warmup-ratio", type=float, help="fraction of the steps spent warming up, in [0, 1)")
-    hp.add_argument("--batch-size", type=int, help=f"{unit} per forward pass")
+    hp.add_argument("--batch-size", "--per_device_train_batch_size", type=int, help=f"{unit} per forward pass")
     hp.add_argument("--global-batch", type=int,
                     help=f"{unit} per optimizer step, a multiple of --batch-size (gradient accumulation)")
-    hp.add_argument("--epochs", type=int)
+    hp.add_argument("--epochs", "--num_train_epochs", type=whole_number, help="passes over the training data")
     hp.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (the schedule's length)")
     hp.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the gradient norm (0: no clipping)")
     hp.add_argument("--grad-checkpointing", action="store_true",
@@ -50,13 +52,29 @@ def add_shared_flags(ap: argparse.ArgumentParser, *, presets: dict[str, dict], o
                           "(fp16 on a GPU without bf16)")
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot rows")
-    run.add_argument("--output-dir", default=output_dir)
-    run.add_argument("--overwrite", action="store_true",
+    run.add_argument("--output-dir", "--output_dir", default=output_dir)
+    run.add_argument("--overwrite", "--overwrite_output_dir", action="store_true",
                      help="replace a previous run in --output-dir (kept until the new run has finished)")
-    run.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint")
+    run.add_argument("--resume", "--resume_from_checkpoint", action="store_true",
+                     help="continue the run in --output-dir from its checkpoint")
+    run.add_argument("--report-to", "--report_to", choices=("none", "tensorboard"), default="none",
+                     help="tensorboard: write the run's scalars (loss, lr, tokens/s, evaluations) to "
+                          "--output-dir/tensorboard (needs `pip install tensorboard`)")
     run.add_argument("--push-to-hub", metavar="OWNER/NAME", help="upload the fine-tuned model to the Hub")
     run.add_argument("--private", action="store_true", help="with --push-to-hub: a private repo")
     run.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
+def whole_number(value: str) -> int:
+    """An int from `3` or `3.0` (run_glue writes epochs as floats); a fraction is refused."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not number.is_integer():
+        raise argparse.ArgumentTypeError(f"{value}: only whole epochs are supported; use --max-steps to stop "
+                                         "part-way through an epoch")
+    return int(number)
 
 
 def _preset_text(preset: dict) -> str:
@@ -94,6 +112,8 @@ def check_shared_flags(ap: argparse.ArgumentParser, args: argparse.Namespace) ->
         parse_policy(args.policy)
     except ValueError as e:
         ap.error(as_flags(str(e)))
+    if args.report_to == "tensorboard" and not tensorboard_available():
+        ap.error(TENSORBOARD_MISSING)
     if args.private and not args.push_to_hub:
         ap.error("--private applies to --push-to-hub; give both or neither")
     if args.push_to_hub:

@@ -25,7 +25,7 @@ RUN_MARKERS = ("metrics.json", "run_config.json", "results.md", "checkpoint")
 # run (predictions of a row the new run skips, a plot) sits beside the new results as if it were theirs.
 RUN_OUTPUTS = (*RUN_MARKERS, "checkpoint.tmp", "checkpoint.old", "best", "model", "tmp", "train_log.jsonl",
                "loss.png", "confusion.png", "predictions.json", "predictions_eval.json",
-               "predictions_zero_shot.json")
+               "predictions_zero_shot.json", "predictions.tsv", "tensorboard")
 ASIDE = ".previous-"
 DONE = "metrics.json"  # written last: a run is finished exactly when it exists
 

@@ -1,11 +1,14 @@
 """What both recipes do around the engine: the device and autocast dtype they run with, the TrainConfig their
-flags make, and the summary of a training run they write to metrics.json."""
+flags make, the summary of a training run they write to metrics.json, and its TensorBoard scalars."""
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import shutil
 from pathlib import Path
 
+from llama_ft.metrics import SetupError
 from llama_ft.train import TrainConfig
 from llama_ft.train.config import AMP_DTYPES, resolve_amp, resolve_device
 from llama_ft.train.loop import TrainResult
@@ -50,3 +53,52 @@ def train_summary(result: TrainResult) -> dict:
             "evaluations": result.metrics, "best_metric": result.best_metric, "best_step": result.best_step,
             "train_seconds": result.train_seconds, "mfu": result.mfu, "peak_flops": result.peak_flops,
             "compile": result.compile, "peak_memory_bytes": peak_memory_bytes()}
+
+
+# The step-log fields written as TensorBoard scalars (train/<field>); evaluations become eval/<metric>.
+STEP_SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu")
+TENSORBOARD_MISSING = "--report-to tensorboard needs the tensorboard package: pip install tensorboard"
+
+
+def tensorboard_available() -> bool:
+    """True when torch's SummaryWriter can be imported (it needs the optional tensorboard package)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_tensorboard(log_path: str | Path, folder: str | Path) -> Path:
+    """TensorBoard event files in `folder` (replacing any there) with the scalars of a train_log.jsonl:
+    train/loss, train/lr, train/grad_norm, train/tokens_per_s, train/mfu per step, eval/<metric> per evaluation."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise SetupError(TENSORBOARD_MISSING) from None
+    folder = Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder)  # a resumed run rewrites the whole log, so its events start afresh too
+    writer = SummaryWriter(str(folder))
+    try:
+        for line in Path(log_path).read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill
+            step = entry.get("step")
+            scalars = {f"train/{k}": entry.get(k) for k in STEP_SCALARS}
+            scalars |= {f"eval/{k}": v for k, v in (entry.get("eval") or {}).items()}
+            for tag, value in scalars.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and step is not None:
+                    writer.add_scalar(tag, value, step)
+    finally:
+        writer.close()
+    return folder
+
+
+def report_to(args: argparse.Namespace, out: Path, result: TrainResult) -> None:
+    """Write the run's scalars where --report-to asks (nothing for `none`), from the process that wrote the log."""
+    log = result.paths.get("log")
+    if args.report_to == "tensorboard" and log and Path(log).is_file():
+        print("tensorboard:", write_tensorboard(log, out / "tensorboard"))

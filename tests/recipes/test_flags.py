@@ -89,3 +89,59 @@ def test_push_to_hub_is_checked_before_the_first_step(request, capsys, no_hub_to
     assert "is not `owner/name`" in refused(recipe, capsys, "--push-to-hub", "not a repo id")
     err = refused(recipe, capsys, "--push-to-hub", "me/my-model")
     assert "--push-to-hub me/my-model: no Hugging Face token" in err
+
+
+# transformers' run_glue / run_qa spellings: the same settings as the recipe's own flags.
+ALIASES = [
+    (["--max_seq_length", "256"], ["--max-length", "256"]),
+    (["--learning_rate", "3e-4"], ["--lr", "3e-4"]),
+    (["--num_train_epochs", "5"], ["--epochs", "5"]),
+    (["--num_train_epochs", "5.0"], ["--epochs", "5"]),
+    (["--per_device_train_batch_size", "4"], ["--batch-size", "4"]),
+    (["--output_dir", "runs/x"], ["--output-dir", "runs/x"]),
+    (["--overwrite_output_dir"], ["--overwrite"]),
+    (["--resume_from_checkpoint"], ["--resume"]),
+]
+
+
+@pytest.mark.parametrize("which", BOTH)
+@pytest.mark.parametrize("alias,flag", ALIASES, ids=lambda v: v[0] if isinstance(v, list) else v)
+def test_run_glue_and_run_qa_spellings_are_aliases(request, which, alias, flag):
+    recipe = request.getfixturevalue(f"{which}_recipe")
+    given, canonical = vars(recipe.parse_args(alias)), vars(recipe.parse_args(flag))
+    assert given == canonical and given != vars(recipe.parse_args([]))
+
+
+def test_doc_stride_is_an_alias_of_stride(squad_recipe):
+    assert squad_recipe.parse_args(["--doc_stride", "96"]).stride == 96
+
+
+@pytest.mark.parametrize("which", BOTH)
+def test_a_fraction_of_an_epoch_is_refused(request, capsys, which):
+    recipe = request.getfixturevalue(f"{which}_recipe")
+    assert "only whole epochs are supported" in refused(recipe, capsys, "--num_train_epochs", "2.5")
+
+
+@pytest.mark.parametrize("which", BOTH)
+def test_report_to_tensorboard_without_tensorboard_names_the_pip_command(request, capsys, monkeypatch, which):
+    import sys
+    recipe = request.getfixturevalue(f"{which}_recipe")
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    assert "pip install tensorboard" in refused(recipe, capsys, "--report-to", "tensorboard")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--split", "file"], "--split file tests on --eval-file"),
+    (["--n", "all"], "--n all trains on every question"),
+    (["--n", "some"], "neither a number of questions nor `all`"),
+])
+def test_squad_file_split_flags(squad_recipe, capsys, flags, message):
+    assert message in refused(squad_recipe, capsys, *flags)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--validation-file", "dev.csv", "--split", "glue"], "--validation-file replaces the test side of --split"),
+    (["--dataset-config", "sst2"], "--dataset-config names the configuration of a Hub dataset id"),
+])
+def test_sst2_own_data_flags(sst2_recipe, capsys, flags, message):
+    assert message in refused(sst2_recipe, capsys, *flags)

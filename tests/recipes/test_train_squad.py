@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from llama_ft.tasks.squad.data import load_squad
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -99,3 +101,20 @@ def test_squad_v2_calibrates_a_null_threshold(tmp_path, tiny_model_dir, shared):
     after = m["rows"]["fine-tuned (head)"]["test"]
     assert "null_threshold" in after and after["squad_v2"]["total"] == 20
     assert after["squad_v2"].get("NoAns_total", 0) > 0
+
+
+def test_file_split_trains_on_the_first_n_and_tests_on_the_eval_file(tmp_path, tiny_model_dir, shared, squad_recipe):
+    """--split file, as run_qa: the first --n questions of --data against --eval-file, nothing held out."""
+    data = shared / "data/squad_v1.1"
+    out = tmp_path / "run"
+    assert squad_recipe.main([
+        "--model", str(tiny_model_dir), "--data", str(data / "train-v1.1-rebuilt.json.zip"), "--split", "file",
+        "--n", "30", "--eval-file", str(data / "dev-v1.1-open.json.zip"), "--eval-limit", "8", "--no-zero-shot",
+        "--train", "last:1", "--epochs", "1", "--batch-size", "8", "--global-batch", "8", "--study-windows",
+        "--output-dir", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["split"]["kind"] == "file" and (m["split"]["train"], m["split"]["test"]) == (30, 8)
+    assert set(m["rows"]["fine-tuned (last:1)"]) == {"test"} and not (out / "predictions_eval.json").exists()
+    dev_ids = [ex.qid for ex in load_squad(data / "dev-v1.1-open.json.zip").examples[:8]]
+    assert list(json.loads((out / "predictions.json").read_text())) == dev_ids
+    assert squad_recipe.parse_args(["--split", "file", "--n", "all", "--eval-file", "dev.json"]).n is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,12 +44,13 @@ def _lines(path: Path):
                                 "UTF-8; save the file as UTF-8.") from None
 
 
-def check_classes(rows: list[Example], where: str) -> None:
-    """Warn when the training rows hold a single label: a classifier trained on them learns no boundary."""
+def check_classes(rows: list[Example], where: str, names: Sequence[str] = LABELS) -> None:
+    """Warn when the training rows hold a single label (`names[label]` names it): a classifier trained on them
+    learns no boundary."""
     labels = {r.label for r in rows}
     if len(labels) == 1:
-        warnings.warn(f"{where}: every training row is labelled {LABELS[labels.pop()]}; the model cannot learn "
-                      "to tell the two apart. Check the file, or --max-train when it is small.", stacklevel=2)
+        warnings.warn(f"{where}: every training row is labelled {names[labels.pop()]}; the model cannot learn "
+                      "to tell the classes apart. Check the file, or --max-train when it is small.", stacklevel=2)
 
 
 def _row(sentence, label, where: str, line: int) -> Example:
@@ -74,8 +76,8 @@ def read_tsv(path: str | Path) -> list[Example]:
         raise DataError(f"{path}: not a GLUE SST-2 TSV; the first line must be a tab-separated header "
                         f"with `sentence` and `label` columns, got {header[:4]!r}.")
     if "label" not in header:
-        raise DataError(f"{path}: has no `label` column (GLUE's test.tsv is unlabelled); "
-                        "use train.tsv / dev.tsv or a labelled file.")
+        raise DataError(f"{path}: has no `label` column (GLUE's test.tsv is unlabelled): its rows can be predicted "
+                        "(predict_file=FILE) but not trained on; use train.tsv / dev.tsv or a labelled file.")
     si, li = header.index("sentence"), header.index("label")
     rows = []
     for line, text in lines:

@@ -1,0 +1,33 @@
+"""Scoring a classifier on labelled rows, and its predictions for unlabelled ones (GLUE's submission format)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from llama_ft.files import write_atomic
+from llama_ft.metrics import classification_report
+from llama_ft.tasks.text.data import LabelSet, TextExample, encode
+from llama_ft.train import predict
+
+
+def probabilities(model, rows: list[TextExample], tokenizer, max_length: int = 128, amp: str = "bf16"
+                  ) -> torch.Tensor:
+    """Class probabilities [len(rows), num_labels] of `model` on `rows`."""
+    logits = predict(model, encode(rows, tokenizer, max_length), batch_size=64, amp=amp)
+    return logits.float().softmax(-1)
+
+
+def score_rows(model, rows: list[TextExample], tokenizer, max_length: int = 128, amp: str = "bf16") -> dict:
+    """classification_report (accuracy, weighted P/R/F1, confusion matrix) of `model` on labelled `rows`."""
+    logits = predict(model, encode(rows, tokenizer, max_length), batch_size=64, amp=amp)
+    return classification_report([r.label for r in rows], logits.argmax(-1).tolist())
+
+
+def write_predictions(path: str | Path, rows: list[TextExample], probs: torch.Tensor, labels: LabelSet) -> Path:
+    """`index<TAB>prediction<TAB>probability` a row, under that header: GLUE's submission format (the label as
+    the data writes it: SST-2's 0/1) plus the predicted class's probability."""
+    best, ids = probs.max(-1)
+    lines = ["index\tprediction\tprobability"]
+    lines += [f"{r.index}\t{labels.values[i]}\t{p:.6f}" for r, i, p in zip(rows, ids.tolist(), best.tolist())]
+    return write_atomic(Path(path), "\n".join(lines) + "\n")
