@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from llama_ft.files import fsync_dir
+from llama_ft.files import fsync_dir, write_atomic
 
 FILES = ("model.safetensors", "state.safetensors", "state.json")
 PICKLED = "state.pt"  # the format before this one
@@ -102,12 +102,10 @@ def from_json_and_tensors(data, tensors: dict[str, torch.Tensor], where: str):
 
 
 def write_weights(directory: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
-    """model.safetensors in `directory`, atomically (temp file + os.replace)."""
+    """model.safetensors in `directory`, atomically (llama_ft.files.write_atomic)."""
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
-    os.replace(tmp, directory / "model.safetensors")
-    return directory / "model.safetensors"
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    return write_atomic(directory / "model.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def save_checkpoint(output_dir: str | Path, model: nn.Module, state: dict) -> Path:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from llama_ft.files import write_atomic
+
 
 def memory_bytes(device: torch.device) -> dict[str, int]:
     """{"current", "peak"}: CUDA allocator bytes on a GPU, the process's resident set on CPU."""
@@ -43,9 +45,7 @@ class JsonlLog:
                     continue
                 if entry.get("step", 0) <= resume_step:
                     keep.append(ln)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(ln + "\n" for ln in keep))
-            os.replace(tmp, path)
+            write_atomic(path, "".join(ln + "\n" for ln in keep))
         elif resume_step is None and path.exists():
             path.unlink()
         self.f = open(path, "a")  # noqa: SIM115 (open for the whole run, closed by close())
