@@ -85,7 +85,7 @@ def test_compiled_blocks_train_like_eager_and_keep_their_names():
     r1 = train(compiled, data, train_config(compile=True, **cfg))
     # The trainable blocks were compiled for the run (the cached frozen bottom never runs in it), then put back
     # to eager for whatever the caller runs next.
-    assert r1.compile is not None and r1.compile["frames_compiled"] >= 1
+    assert r1.compile is not None and r1.compile["at_step"] == 0  # (graphs may come from an earlier test)
     assert all(layer._compiled_call_impl is None for layer in compiled.backbone.layers)
     assert r1.trunk_cache is not None
     np.testing.assert_allclose(r1.losses, r0.losses, rtol=1e-4, atol=1e-5)

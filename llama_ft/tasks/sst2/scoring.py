@@ -1,20 +1,13 @@
-"""Scoring SST-2: a classifier's report on labelled rows, and the prompted zero-shot rows (as the model answers,
-and batch-calibrated)."""
+"""Scoring SST-2's prompted zero-shot rows (as the model answers, and batch-calibrated); a classifier's rows are
+scored by llama_ft.tasks.text.scoring."""
 from __future__ import annotations
 
 from llama_ft.metrics import classification_report
-from llama_ft.tasks.sst2.data import Example, encode
+from llama_ft.tasks.sst2.data import Example
 from llama_ft.tasks.sst2.zero_shot import batch_calibrate, classify_by_prompt
-from llama_ft.train import predict
 
 PROMPTED = "zero-shot (prompt)"
 CALIBRATED = "zero-shot (prompt, batch-calibrated)"
-
-
-def score_rows(model, rows: list[Example], tokenizer, max_length: int = 128, amp: str = "bf16") -> dict:
-    """classification_report (accuracy, weighted P/R/F1, confusion matrix) of `model` on `rows`."""
-    logits = predict(model, encode(rows, tokenizer, max_length), batch_size=64, amp=amp)
-    return classification_report([r.label for r in rows], logits.argmax(-1).tolist())
 
 
 def prompted_rows(lm, tokenizer, rows: list[Example], amp: str = "bf16") -> dict[str, dict]:
