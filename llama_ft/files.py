@@ -7,7 +7,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +164,17 @@ def publish_folder(build: Callable[[Path], object], final: str | Path,
     if old is not None:
         _remove(old)
     return final
+
+
+def utf8_lines(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file, a leading byte-order mark skipped; a byte that is not UTF-8 raises
+    `error` naming the file, the line and the column."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise error(f"{path}, line {n}: byte {raw[e.start]:#04x} at column {e.start + 1} is not UTF-8; "
+                            "save the file as UTF-8.") from None

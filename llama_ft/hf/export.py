@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llama_ft.files import publish_folder, sweep_dead_publishes, write_atomic, write_json
 from llama_ft.dtypes import as_dtype
+from llama_ft.files import publish_folder, sweep_dead_publishes, write_atomic, write_json
 from llama_ft.hf.loading import load_tokenizer
 from llama_ft.hf.model_card import PIPELINES, guess_base_model, render_model_card
 from llama_ft.hf.weights import save_weights, state_dict_for_saving

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from llama_ft.dtypes import as_dtype as as_dtype  # re-exported: the recipes name it here
-from llama_ft.hf.weights import load_weights, materialise
 from llama_ft.files import restore_moved_aside
+from llama_ft.hf.weights import load_weights, materialise
 from llama_ft.model.config import ConfigError, LlamaConfig
 from llama_ft.model.llama import TASKS, LlamaPreTrainedModel
 from llama_ft.sources.resolve import CONFIG_FILES, resolve, resolve_tokenizer
@@ -21,6 +21,7 @@ from llama_ft.tokenizer import (
     tokenizer_from_file,
     tokenizer_from_folder,
 )
+
 
 def build_model(cfg: LlamaConfig, task: str = "causal-lm", num_labels: int = 2,
                 device: str | torch.device = "meta") -> LlamaPreTrainedModel:

@@ -16,7 +16,6 @@ from llama_ft.model.llama import RotaryEmbedding
 from llama_ft.sources.resolve import INDEX, SINGLE, SourceError, weight_files
 
 
-
 class WeightsError(ValueError):
     """A checkpoint that does not fit the model; the message names the tensor, the shapes and the file."""
 

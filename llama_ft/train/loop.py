@@ -47,6 +47,7 @@ from llama_ft.train.trunk import (
     top_forward,
 )
 
+
 @dataclass
 class TrainResult:
     """What a run did. losses/lrs/grad_norms: one entry per optimizer step (mean loss over the step's examples)."""

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llama_ft.files import utf8_lines
+
 LABELS = ["negative", "positive"]
 HUB_REPO = "nyu-mll/glue"
 
@@ -28,20 +30,6 @@ def _check(rows: list[Example], where: str) -> list[Example]:
     if not rows:
         raise DataError(f"{where}: no labelled rows.")
     return rows
-
-
-def _lines(path: Path):
-    """(line number, text) of a UTF-8 file (a leading byte-order mark is skipped); a byte that is not UTF-8
-    is a DataError naming the file and the line."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                yield n, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}, line {n}: byte {raw[e.start]:#04x} at column {e.start + 1} is not "
-                                "UTF-8; save the file as UTF-8.") from None
 
 
 def check_classes(rows: list[Example], where: str, names: Sequence[str] = LABELS) -> None:
@@ -69,7 +57,7 @@ def _row(sentence, label, where: str, line: int) -> Example:
 def read_tsv(path: str | Path) -> list[Example]:
     """A GLUE-format TSV with a header naming `sentence` and `label` columns."""
     path = Path(path)
-    lines = _lines(path)
+    lines = utf8_lines(path, DataError)
     first = next(lines, (1, ""))[1]
     header = first.rstrip("\r\n").split("\t")
     if len(header) < 2 or "sentence" not in header:
@@ -96,7 +84,7 @@ def read_jsonl(path: str | Path) -> list[Example]:
     """One JSON object a line with `sentence` and `label`."""
     path = Path(path)
     rows = []
-    for line, text in _lines(path):
+    for line, text in utf8_lines(path, DataError):
         if not text.strip():
             continue
         try:

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from llama_ft.files import utf8_lines
+
 READERS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
@@ -114,22 +116,9 @@ def to_examples(rows: list[RawRow], labels: LabelSet | None, where: str) -> list
 
 
 # ------------------------------------------------------------------ files
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a UTF-8 file, a leading byte-order mark skipped."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                yield n, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise TextDataError(f"{path}, line {n}: byte {raw[e.start]:#04x} at column {e.start + 1} is not "
-                                    "UTF-8; save the file as UTF-8.") from None
-
-
 def _tsv(path: Path) -> Iterator[tuple[int, dict]]:
     # GLUE's TSVs are unquoted (a quote is part of the sentence) and their sentences keep a trailing space.
-    lines = _lines(path)
+    lines = utf8_lines(path, TextDataError)
     header = next(lines, (1, ""))[1].rstrip("\r\n").split("\t")
     for line, text in lines:
         text = text.rstrip("\r\n")
@@ -143,7 +132,7 @@ def _tsv(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def _csv(path: Path) -> Iterator[tuple[int, dict]]:
-    text = "".join(t for _, t in _lines(path))
+    text = "".join(t for _, t in utf8_lines(path, TextDataError))
     reader = csv.reader(text.splitlines(keepends=True))
     try:
         header = next(reader, [])
@@ -159,7 +148,7 @@ def _csv(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    for line, text in _lines(path):
+    for line, text in utf8_lines(path, TextDataError):
         if not text.strip():
             continue
         try:
