@@ -178,3 +178,18 @@ def utf8_lines(path: str | Path, error: type[Exception] = ValueError) -> Iterato
             except UnicodeDecodeError as e:
                 raise error(f"{path}, line {n}: byte {raw[e.start]:#04x} at column {e.start + 1} is not UTF-8; "
                             "save the file as UTF-8.") from None
+
+
+def jsonl_objects(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of a JSON Lines file (blank lines skipped); a line that is not a JSON object raises
+    `error` naming the file and the line."""
+    for line, text in utf8_lines(path, error):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise error(f"{path}, line {line}: not JSON ({e}); write one JSON object a line.") from None
+        if not isinstance(obj, dict):
+            raise error(f"{path}, line {line}: not a JSON object; write one object a line.")
+        yield line, obj

@@ -1,7 +1,6 @@
 """GLUE SST-2: loading (TSV, JSONL, parquet, the Hub), the study's stratified 80:20 split, and tokenisation."""
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llama_ft.files import utf8_lines
+from llama_ft.files import jsonl_objects, utf8_lines
 
 LABELS = ["negative", "positive"]
 HUB_REPO = "nyu-mll/glue"
@@ -84,14 +83,8 @@ def read_jsonl(path: str | Path) -> list[Example]:
     """One JSON object a line with `sentence` and `label`."""
     path = Path(path)
     rows = []
-    for line, text in utf8_lines(path, DataError):
-        if not text.strip():
-            continue
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}, line {line}: not JSON ({e}).") from None
-        if not isinstance(d, dict) or "sentence" not in d or "label" not in d:
+    for line, d in jsonl_objects(path, DataError):
+        if "sentence" not in d or "label" not in d:
             raise DataError(f"{path}, line {line}: needs `sentence` and `label` fields.")
         rows.append(_row(d["sentence"], d["label"], str(path), line))
     return _check(rows, str(path))

@@ -7,14 +7,13 @@ strings in sorted order; a Hub dataset's `ClassLabel` column keeps its own ids a
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from llama_ft.files import utf8_lines
+from llama_ft.files import jsonl_objects, utf8_lines
 
 READERS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -148,16 +147,7 @@ def _csv(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    for line, text in utf8_lines(path, TextDataError):
-        if not text.strip():
-            continue
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise TextDataError(f"{path}, line {line}: not JSON ({e}); write one JSON object a line.") from None
-        if not isinstance(d, dict):
-            raise TextDataError(f"{path}, line {line}: not a JSON object; write one object a line.")
-        yield line, d
+    return jsonl_objects(path, TextDataError)
 
 
 def _parquet(path: Path) -> Iterator[tuple[int, dict]]:
