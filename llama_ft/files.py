@@ -180,16 +180,17 @@ def utf8_lines(path: str | Path, error: type[Exception] = ValueError) -> Iterato
                             "save the file as UTF-8.") from None
 
 
-def jsonl_objects(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, dict]]:
+def jsonl_objects(path: str | Path, error: type[Exception] = ValueError,
+                  hint: str = "write one JSON object a line") -> Iterator[tuple[int, dict]]:
     """(line number, object) of a JSON Lines file (blank lines skipped); a line that is not a JSON object raises
-    `error` naming the file and the line."""
+    `error` as `FILE:LINE: what; hint`."""
     for line, text in utf8_lines(path, error):
         if not text.strip():
             continue
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
-            raise error(f"{path}, line {line}: not JSON ({e}); write one JSON object a line.") from None
+            raise error(f"{path}:{line}: not JSON ({e.msg}); {hint}.") from None
         if not isinstance(obj, dict):
-            raise error(f"{path}, line {line}: not a JSON object; write one object a line.")
+            raise error(f"{path}:{line}: a JSON {type(obj).__name__}, not an object; {hint}.")
         yield line, obj

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from llama_ft.files import write_atomic
+from llama_ft.files import jsonl_objects, write_atomic
 from llama_ft.pipeline import AMPS, PIPELINE_TASKS, PipelineError, pipeline
 
 FIELDS = {"text-classification": ("text",), "question-answering": ("question", "context")}
@@ -32,22 +32,10 @@ def read_inputs(path: Path, task: str) -> list[dict]:
     """The records of a JSONL input file, each checked for the fields `task` needs."""
     fields = FIELDS[task]
     example = ", ".join(f'"{f}": ...' for f in fields)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise InputError(f"--input {path}: no such file.") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"--input {path}: unreadable ({e}); give a UTF-8 JSONL file.") from None
+    if not path.is_file():
+        raise InputError(f"--input {path}: no such file.")
     records = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{n}: not JSON ({e.msg}); each line holds one object {{{example}}}.") from None
-        if not isinstance(rec, dict):
-            raise InputError(f"{path}:{n}: a JSON {type(rec).__name__}, not an object {{{example}}}.")
+    for n, rec in jsonl_objects(path, InputError, hint=f"each line holds one object {{{example}}}"):
         for f in fields:
             if not isinstance(rec.get(f), str) or not rec[f].strip():
                 got = "missing" if f not in rec else f"{rec[f]!r}"
