@@ -21,7 +21,8 @@ from llama_ft.train import TrainingError
 # API argument -> the flag that sets it, for messages raised below the recipes.
 FLAGS = {
     "policy": "--policy", "max_length": "--max-length", "stride": "--stride", "batch_size": "--batch-size",
-    "global_batch": "--global-batch", "epochs": "--epochs", "max_steps": "--max-steps", "lr": "--lr",
+    "global_batch": "--global-batch",
+    "micro_batch_tokens": "--micro-batch-tokens", "epochs": "--epochs", "max_steps": "--max-steps", "lr": "--lr",
     "weight_decay": "--weight-decay", "warmup_ratio": "--warmup-ratio", "schedule": "--schedule",
     "max_grad_norm": "--max-grad-norm", "amp": "--amp", "device": "--device", "seed": "--seed",
     "eval_every": "--eval-every", "select_metric": "--save-best", "log_every": "--log-every",

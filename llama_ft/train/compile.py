@@ -8,14 +8,18 @@ length (`CompileStats` counts them into the run's result).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 # `auto` compiles once the first eager steps project at least this much more training: the warm-up (BENCHMARKS.md)
 # is then repaid at the speed-ups compile gives on the step.
 AUTO_MIN_SECONDS = 300.0
 AUTO_PROBE_STEPS = 2
+# torch.compile's `dynamic` for the blocks (benchmarks/compile_shapes.py measures both settings).
+DYNAMIC: bool | None = None
 
 
 @dataclass
@@ -38,11 +42,12 @@ def trainable_blocks(model: nn.Module) -> list[nn.Module]:
     return [layer for layer in model.backbone.layers if any(p.requires_grad for p in layer.parameters())]
 
 
-def compile_blocks(model: nn.Module) -> int:
-    """Compile every trainable decoder block in place; returns how many."""
+def compile_blocks(model: nn.Module, dynamic: bool | None = None) -> int:
+    """Compile every trainable decoder block in place; returns how many. `dynamic`: torch.compile's (None:
+    static shapes until a second one is seen)."""
     blocks = trainable_blocks(model)
     for layer in blocks:
-        layer.compile()
+        layer.compile(dynamic=dynamic)
     return len(blocks)
 
 
@@ -80,7 +85,7 @@ class Compiler:
 
     def _start(self, step: int) -> None:
         self.stats = CompileStats(at_step=step, frames_before=frames_compiled())
-        compile_blocks(self.model)
+        compile_blocks(self.model, dynamic=DYNAMIC)
 
     def after_step(self, step: int, seconds: float, total_steps: int) -> None:
         s = self.stats
@@ -96,6 +101,11 @@ class Compiler:
             if compile_pays(per_step, total_steps - step, self.min_seconds):
                 self._start(step)
                 self.stats.eager_step_seconds = per_step
+
+    def eager(self):
+        """A context in which the compiled blocks run eagerly: the no-grad forwards between steps (the loss after
+        an update, evaluation) would each compile graphs of their own, and use up dynamo's recompile limit."""
+        return torch.compiler.set_stance("force_eager") if self.stats is not None else nullcontext()
 
     def finish(self) -> dict | None:
         """The run's compile report (None when it stayed eager); the blocks go back to eager."""

@@ -22,6 +22,9 @@ class TrainConfig:
         rank already regularises them and whose B starts at zero).
     schedule: `linear` or `cosine` decay to zero after `warmup_ratio` of the steps of linear warm-up.
     batch_size: examples per forward pass (micro-batch) on one process.
+    micro_batch_tokens: a cap on a micro-batch's padded tokens (longest example x examples): a micro-batch of
+        long examples is halved until it fits, so activation memory follows this budget rather than the longest
+        batch of the run, with the same gradient. None: no cap.
     global_batch: examples per optimizer step over all processes; gradient accumulation makes up the
         difference (must be a multiple of batch_size * world size). None: batch_size * world size.
     epochs / max_steps: max_steps, when set, caps the optimizer steps (and the schedule length).
@@ -68,6 +71,7 @@ class TrainConfig:
     schedule: str = "linear"
     warmup_ratio: float = 0.0
     batch_size: int = 16
+    micro_batch_tokens: int | None = None
     global_batch: int | None = None
     epochs: int = 3
     max_steps: int | None = None
@@ -113,6 +117,9 @@ class TrainConfig:
                              "or None (no MFU).")
         if self.batch_size < 1:
             raise ValueError(f"TrainConfig.batch_size={self.batch_size}; it must be at least 1.")
+        if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
+            raise ValueError(f"TrainConfig.micro_batch_tokens={self.micro_batch_tokens}; use a token count of at "
+                             "least 1 (e.g. 4 x max_length) or None (no cap).")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -468,11 +468,12 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
             epoch, k = divmod(step, geo.steps_per_epoch)
             batches = batches if epoch in batches else {epoch: geo.epoch(lengths, epoch, cfg, world)}
             batch = batches[epoch][k]
-            all_pieces = [p for r in range(world) for p in split_batch(batch, geo.n_micro, r, world)]
+            all_pieces = [p for r in range(world)
+                          for p in split_batch(batch, geo.n_micro, r, world, lengths, cfg.micro_batch_tokens)]
             real, padded = padding_waste(lengths, all_pieces)
             lr, t0 = optimizer.param_groups[0]["lr"], time.perf_counter()
             mbs = [micro_batch(train_set, p, model.config.pad_token_id, device, cache)
-                   for p in split_batch(batch, geo.n_micro, rank, world)]
+                   for p in split_batch(batch, geo.n_micro, rank, world, lengths, cfg.micro_batch_tokens)]
             try:
                 loss, gnorm = train_step(loss_model, mbs, optimizer, scheduler, scaler, params,
                                          step_examples=len(batch), world=world, amp_dtype=amp_dtype,
@@ -490,11 +491,13 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
                 res.epoch_seconds.append(time.perf_counter() - epoch_t0)
                 epoch_t0 = time.perf_counter()
             if ckpts.due(step) or step == geo.total_steps:  # the updated weights, before anything keeps them
-                after = loss_after_update(task_module, mbs, amp_dtype, device, len(batch))
+                with compiler.eager():
+                    after = loss_after_update(task_module, mbs, amp_dtype, device, len(batch))
                 if why := guard.diverged(after):
                     raise stopped(DivergenceError, log, step, f"after its update, {why}", ckpts.last_good, loss=after)
             if evaluate.due(step, geo.total_steps):
-                evaluate(step, res, log)
+                with compiler.eager():
+                    evaluate(step, res, log)
             if ckpts.due(step):
                 ckpts.save(step, model, res, optimizer, scheduler, scaler)
     finally:
@@ -509,10 +512,10 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
 
 @torch.inference_mode()
 def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: str = "bf16",
-            device: str | torch.device | None = None):
+            device: str | torch.device | None = None, progress: str | None = None):
     """Model outputs in dataset order: classification -> [N, num_labels] fp32 tensor; QA -> list of
     (start_logits, end_logits) fp32 1-D tensors trimmed to each example's length. Length-sorted batches,
-    inference mode, autocast `amp` (bf16, fp16 on CUDA, none)."""
+    inference mode, autocast `amp` (bf16, fp16 on CUDA, none); `progress`: a progress bar with this title."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     amp_dtype = resolve_amp(amp, device)
     if amp_dtype is None and any(p.dtype != torch.float32 for p in model.parameters()):
@@ -523,8 +526,10 @@ def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: st
     lengths = example_lengths(dataset)
     pad = model.config.pad_token_id
     results: list = [None] * len(dataset)
+    bar = tqdm(total=len(dataset), desc=progress, unit="example", disable=progress is None, dynamic_ncols=True)
     for idx in sorted_batches(lengths, batch_size):
         b = collate([dataset[i] for i in idx], pad)
+        bar.update(len(idx))
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             out = model(b["input_ids"].to(device), b["attention_mask"].to(device))
         if model.task == "classification":
@@ -534,6 +539,7 @@ def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: st
             s, e = out[0].float().cpu(), out[1].float().cpu()
             for row, i in enumerate(idx):
                 results[i] = (s[row, :lengths[i]].clone(), e[row, :lengths[i]].clone())
+    bar.close()
     model.train(was_training)
     if model.task == "classification":
         return torch.stack(results) if results else torch.empty(0, model.num_labels)

@@ -196,6 +196,28 @@ def test_generate_batched_left_padding_matches_one_by_one():
         ids = torch.cat((ids, torch.tensor([[t]])), dim=1)
 
 
+def test_generate_runs_a_shared_prefix_once_with_the_same_replies():
+    from llama_ft import generate
+    from llama_ft.model.generate import shared_prefix_length
+    torch.manual_seed(9)
+    model = LlamaForCausalLM(LlamaConfig.from_dict(CONFIGS["gqa-untied"])).eval()
+    prefix = list(range(20, 32))
+    prompts = [prefix + [5, 6, 7, 8, 9], prefix + [12], prefix + [14, 15, 16]]
+    assert shared_prefix_length(prompts) == len(prefix)
+    assert shared_prefix_length([prefix, prefix]) == len(prefix) - 1   # each row keeps a token of its own
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 4]]) == 0            # too short to pay
+    calls = []
+    hook = model.model.register_forward_pre_hook(lambda m, args, kw: calls.append(kw.get("kv_cache").seq_len
+                                                                                  if kw.get("kv_cache") else 0),
+                                                 with_kwargs=True)
+    shared = generate(model, prompts, max_new_tokens=6, stop_ids=[])
+    hook.remove()
+    assert calls[:2] == [0, len(prefix)]   # the prefix ran alone, then the rows' own tokens after it
+    assert shared == generate(model, prompts, max_new_tokens=6, stop_ids=[], share_prefix=False)
+    assert shared == [generate(model, [p], max_new_tokens=6, stop_ids=[])[0] for p in prompts]
+    assert len({tuple(r) for r in shared}) == len(prompts)   # untied random weights: replies follow the prompt
+
+
 def test_causal_mask_for_a_cached_prefix_is_built_on_the_inputs_device():
     from llama_ft.model.llama import attention_mask_4d
     mask = attention_mask_4d(None, q_len=3, past_len=2, device=torch.device("meta"))

@@ -21,3 +21,14 @@ def test_split_batch_gives_every_rank_its_share_of_the_same_pieces():
     two = [split_batch(batch, 4, r, 2) for r in range(2)]
     assert [p.tolist() for p in one] == [p.tolist() for p in (two[0][0], two[1][0], two[0][1], two[1][1])]
     assert split_batch(np.arange(1), 4, 0, 2) == []
+
+
+def test_token_cap_halves_only_the_pieces_over_budget():
+    lengths = np.array([10] * 8 + [100] * 8)
+    batch = np.arange(16)
+    pieces = split_batch(batch, 2, 0, 1, lengths, max_tokens=400)
+    assert [p.tolist() for p in pieces] == [list(range(8)), [8, 9, 10, 11], [12, 13, 14, 15]]
+    assert all(int(lengths[p].max()) * len(p) <= 400 for p in pieces)
+    # One example over the budget stays whole (it cannot be split), and no cap leaves the pieces as they were.
+    assert [p.tolist() for p in split_batch(np.arange(2), 1, 0, 1, np.array([500, 500]), 100)] == [[0], [1]]
+    assert [p.tolist() for p in split_batch(batch, 2, 0, 1, lengths)] == [list(range(8)), list(range(8, 16))]

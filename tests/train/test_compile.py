@@ -47,3 +47,21 @@ def test_auto_compiles_after_the_probe_steps_when_the_run_is_long_enough():
     assert res.compile["at_step"] == 2 and res.compile["warmup_seconds"] is not None
     _, eager = run(False, task="classification", policy="full")
     np.testing.assert_allclose(res.losses, eager.losses, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.slow
+def test_evaluations_and_checks_between_compiled_steps_compile_no_graphs_of_their_own(tmp_path):
+    """The no-grad forwards between steps (evaluation, the loss after an update) run the blocks eagerly: they
+    would otherwise compile graphs of their own and use up dynamo's recompile limit mid-run."""
+    import torch._dynamo
+    frames = []
+    for every in (None, 1):
+        torch._dynamo.reset()
+        model = tiny_model("qa")
+        cfg = TrainConfig(policy="lora:4", epochs=1, batch_size=8, lr=1e-3, amp="bf16", progress=False, seed=3,
+                          compile=True, eval_every=every, checkpoint_every=every,
+                          output_dir=str(tmp_path / str(every)))
+        res = train(model, dataset("qa", n=32), cfg, eval_set=dataset("qa", n=12, seed=7) if every else None)
+        assert not every or len(res.metrics) == 4
+        frames.append(res.compile["frames_compiled"])
+    assert frames[0] == frames[1] > 0

@@ -101,6 +101,16 @@ def test_gradient_accumulation_equals_the_big_batch():
     np.testing.assert_allclose(acc.losses, big.losses, rtol=1e-5)
 
 
+def test_micro_batch_token_cap_splits_long_batches_with_the_same_losses(tmp_path):
+    data = dataset(n=40, max_len=30)
+    big = train(tiny_model(), data, train_config(policy="last:2", batch_size=8, trunk_cache=False))
+    capped = train(tiny_model(), data, train_config(policy="last:2", batch_size=8, micro_batch_tokens=64,
+                                                    trunk_cache=False))
+    np.testing.assert_allclose(capped.losses, big.losses, rtol=1e-5)
+    with pytest.raises(ValueError, match="micro_batch_tokens"):
+        train_config(micro_batch_tokens=0)
+
+
 def test_fp16_on_cpu_is_an_error_naming_bf16():
     with pytest.raises(ValueError, match="bf16"):
         resolve_amp("fp16", torch.device("cpu"))

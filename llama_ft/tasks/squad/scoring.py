@@ -29,7 +29,7 @@ class QuestionSet:
                  stride: int = 128, *, amp: str = "bf16", n_best: int = N_BEST,
                  max_answer_tokens: int = MAX_ANSWER_TOKENS, progress: bool = True):
         self.name, self.examples, self.tokenizer, self.amp = name, examples, tokenizer, amp
-        self.n_best, self.max_answer_tokens = n_best, max_answer_tokens
+        self.n_best, self.max_answer_tokens, self.progress = n_best, max_answer_tokens, progress
         self.windows, self.counts = build_windows(tokenizer, examples, max_length, stride, progress=progress,
                                                   desc=f"windows {name}")
         self.refs = references(examples)
@@ -40,7 +40,8 @@ class QuestionSet:
 
     def decode(self, model, batch_size: int = 32) -> tuple[dict[str, QuestionPrediction], list]:
         """({qid: prediction}, the windows' span logits) of `model` on this set."""
-        logits = predict(model, [w.as_example() for w in self.windows], batch_size=batch_size, amp=self.amp)
+        logits = predict(model, [w.as_example() for w in self.windows], batch_size=batch_size, amp=self.amp,
+                         progress=f"score {self.name}" if self.progress else None)
         return decode_predictions(self.examples, self.windows, logits, self.n_best, self.max_answer_tokens), logits
 
     def threshold(self, model) -> float:

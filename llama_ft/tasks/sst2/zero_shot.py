@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from llama_ft.model.generate import prefill
 from llama_ft.train.config import resolve_amp
 
 INSTRUCTION = "Is the sentiment of this movie review positive or negative? Answer with one word."
@@ -64,14 +65,8 @@ def classify_by_prompt(lm, tokenizer, sentences: list[str], batch_size: int = 32
     for start in tqdm(range(0, len(order), batch_size), desc="zero-shot prompt", disable=not progress,
                       unit="batch"):
         idx = order[start:start + batch_size]
-        width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(idx):
-            ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            mask[row, width - len(prompts[i]):] = 1
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = lm(ids.to(device), mask.to(device), last_only=True)[:, -1].float()
+        logits, _, _ = prefill(lm, [prompts[i] for i in idx], pad, amp_dtype)
+        logits = logits.float()
         probs = logits.softmax(-1)
         neg = probs[:, label_ids[0]].sum(-1)
         pos = probs[:, label_ids[1]].sum(-1)

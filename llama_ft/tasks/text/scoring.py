@@ -20,7 +20,7 @@ def probabilities(model, rows: list[TextExample], tokenizer, max_length: int = 1
 
 def score_rows(model, rows: list[TextExample], tokenizer, max_length: int = 128, amp: str = "bf16") -> dict:
     """classification_report (accuracy, weighted P/R/F1, confusion matrix) of `model` on labelled `rows`."""
-    logits = predict(model, encode(rows, tokenizer, max_length), batch_size=64, amp=amp)
+    logits = predict(model, encode(rows, tokenizer, max_length), batch_size=64, amp=amp, progress="score")
     return classification_report([r.label for r in rows], logits.argmax(-1).tolist())
 
 

@@ -1,0 +1,103 @@
+"""The prompted zero-shot QA row's generation: llama_ft (shared prefix run once, and without it) against
+transformers' `generate`, same weights, prompts, batches and stop tokens, in the same run.
+
+    python benchmarks/generation.py [--questions 96] [--batch 16] [--threads 1] [--json out.json]
+
+Prompts are SQuAD dev questions in the recipe's zero-shot prompt (`qa_prompt`), longest first in batches as
+`answer_by_prompt` does; greedy, at most 24 new tokens, stopping at EOS or a newline. Prints a table and JSON:
+seconds per question, ratios (> 1: llama_ft faster) and the share of identical replies.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import llama_ft
+from benchmarks.forward import hf_twin
+from llama_ft.model.generate import generate, shared_prefix_length
+from llama_ft.tasks.squad.data import load_squad
+from llama_ft.tasks.squad.zero_shot import qa_prompt
+
+DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad_v1.1" / "dev-v1.1-open.json.zip"
+
+
+def batches(prompts: list[list[int]], size: int) -> list[list[list[int]]]:
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    return [[prompts[i] for i in order[k:k + size]] for k in range(0, len(order), size)]
+
+
+def run_ours(lm, groups, stop, pad, share: bool) -> tuple[float, list]:
+    t = time.perf_counter()
+    out = [r for g in groups for r in generate(lm, g, max_new_tokens=24, stop_ids=stop, pad_id=pad,
+                                              amp=torch.bfloat16, share_prefix=share)]
+    return time.perf_counter() - t, out
+
+
+@torch.inference_mode()
+def run_hf(ref, groups, stop, pad) -> tuple[float, list]:
+    t = time.perf_counter()
+    out = []
+    for g in groups:
+        width = max(len(p) for p in g)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in g])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in g])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            gen = ref.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
+                               eos_token_id=stop, pad_token_id=pad)[:, width:].tolist()
+        for row in gen:  # the reply up to (not including) the first stop token, as llama_ft returns it
+            cut = next((i for i, t in enumerate(row) if t in stop), len(row))
+            out.append(row[:cut])
+    return time.perf_counter() - t, out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--questions", type=int, default=96)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--data", default=str(DEV))
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tok = llama_ft.load_tokenizer("smollm2-135m")
+    lm = llama_ft.from_pretrained("smollm2-135m", task="causal-lm", dtype="bf16").eval()
+    ref = hf_twin(lm, torch.bfloat16)
+    examples = load_squad(args.data).examples[:args.questions]
+    prompts = [qa_prompt(tok, ex.context, ex.question) for ex in examples]
+    stop = list(tok.eos_token_ids) + tok.encode("\n", add_special_tokens=False)[:1]
+    groups = batches(prompts, args.batch)
+    run_ours(lm, groups[-1:], stop, tok.pad_token_id, True)   # warm-up: first-call allocations
+    times = {}
+    for name, fn in (("llama_ft (shared prefix)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, True)),
+                     ("llama_ft (no sharing)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, False)),
+                     ("transformers generate", lambda: run_hf(ref, groups, stop, tok.pad_token_id))):
+        times[name] = fn()
+    base = times["transformers generate"]
+    res = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+           "questions": len(prompts), "batch": args.batch,
+           "prompt_tokens_mean": sum(map(len, prompts)) / len(prompts),
+           "shared_prefix_tokens": [shared_prefix_length(g) for g in groups][0], "rows": []}
+    for name, (sec, out) in times.items():
+        same = sum(a == b for a, b in zip(out, base[1])) / len(out)
+        res["rows"].append({"run": name, "seconds": sec, "s_per_question": sec / len(prompts),
+                            "ratio_vs_transformers": base[0] / sec, "same_replies_as_transformers": same})
+    print(json.dumps(res, indent=1))
+    print(f"\n{len(prompts)} questions, batch {args.batch}, {res['threads']} thread(s), prompt "
+          f"{res['prompt_tokens_mean']:.0f} tokens on average, {res['shared_prefix_tokens']} shared\n")
+    print("| run | s / question | ratio vs transformers | same replies as transformers |\n|---|---:|---:|---:|")
+    for r in res["rows"]:
+        print(f"| {r['run']} | {r['s_per_question']:.3f} | {r['ratio_vs_transformers']:.2f} | "
+              f"{r['same_replies_as_transformers']:.1%} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
