@@ -9,6 +9,8 @@ Data: the first N + 1,000 training questions, split N train / 1,000 test with se
 --split file trains on the first N questions of --data (--n all: every one) and tests on --eval-file, as
 transformers' run_qa does. Its spellings (--max_seq_length, --doc_stride, --learning_rate, --num_train_epochs,
 --per_device_train_batch_size, --output_dir, --overwrite_output_dir, --resume_from_checkpoint) are accepted.
+Under torchrun (README "Several processes, several nodes") spell --n as --train-questions: torchrun's own parser
+takes --n for its --nnodes.
 Rows: the model with an untrained span head (the study's "before"), the causal LM prompted zero-shot, and the
 fine-tuned model. --eval-every / --save-best evaluate on a validation slice held out of the training questions
 (the last tenth, at most 1,000; for SQuAD v2 the slice that calibrates the no-answer threshold): exact_match and
