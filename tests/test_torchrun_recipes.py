@@ -1,5 +1,6 @@
 """The recipes under torchrun (two gloo processes on the CPU): the same metrics as one process with the same
 global batch, rank 0's files only, exit status 0; a failure on rank 1 stops both, reported once, never a hang."""
+import argparse
 import importlib.util
 import json
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from torch.distributed.run import get_args_parser
 
 from llama_ft.tasks.squad.data import read_json
 from llama_ft.train.distributed import map_sharded, shard
@@ -141,6 +143,31 @@ def test_squad_on_two_processes_scores_as_one_process(tmp_path, tiny_model_dir, 
     for name in ("predictions.json", "predictions_eval.json", "predictions_zero_shot.json"):
         assert json.loads((two / name).read_text()) == json.loads((one / name).read_text()), name
     assert [e["f1"] for e in b["train"]["evaluations"]] == [e["f1"] for e in a["train"]["evaluations"]]
+
+
+@pytest.mark.parametrize("name", ["train_sst2", "train_squad"])
+def test_torchrun_passes_a_spelling_of_every_recipe_flag_through(name, monkeypatch, capsys):
+    """torchrun's own parser takes abbreviations: a recipe flag that begins one of torchrun's (--n: --nnodes) makes
+    it refuse the whole command line, so every flag needs a spelling that is no such prefix."""
+    parsers = []
+
+    def capture(self, args=None, namespace=None):
+        parsers.append(self)
+        raise SystemExit(0)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(SystemExit):
+        recipe(name).parse_args([])
+    monkeypatch.undo()
+    launcher = get_args_parser()
+
+    def passed(flag: str) -> bool:
+        try:
+            return launcher.parse_args(["recipe.py", flag, "1"]).training_script_args == [flag, "1"]
+        except SystemExit:
+            return False
+    actions = [a for a in parsers[0]._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
+    assert len(actions) > 30
+    assert [a.option_strings for a in actions if not any(passed(f) for f in a.option_strings)] == []
 
 
 @pytest.mark.parametrize("where", ["setup", "train"])
