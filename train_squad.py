@@ -9,6 +9,8 @@ Data: the first N + 1,000 training questions, split N train / 1,000 test with se
 --split file trains on the first N questions of --data (--n all: every one) and tests on --eval-file, as
 transformers' run_qa does. Its spellings (--max_seq_length, --doc_stride, --learning_rate, --num_train_epochs,
 --per_device_train_batch_size, --output_dir, --overwrite_output_dir, --resume_from_checkpoint) are accepted.
+Under torchrun (README "Several processes, several nodes") spell --n as --train-questions: torchrun's own parser
+takes --n for its --nnodes.
 Rows: the model with an untrained span head (the study's "before"), the causal LM prompted zero-shot, and the
 fine-tuned model. --eval-every / --save-best evaluate on a validation slice held out of the training questions
 (the last tenth, at most 1,000; for SQuAD v2 the slice that calibrates the no-answer threshold): exact_match and
@@ -22,12 +24,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import ExitStack
 from functools import partial
 
 import llama_ft
 from llama_ft.cli.errors import run_guarded
 from llama_ft.cli.flags import add_shared_flags, apply_preset, at_least, check_shared_flags
-from llama_ft.cli.run_folder import RunFolder, command_line, finish_run
+from llama_ft.cli.ranks import join_processes, output_folder, quiet_unless_main, together
+from llama_ft.cli.run_folder import command_line, finish_run
 from llama_ft.cli.training import device_and_amp, report_to, train_config, train_summary, wants_evaluation
 from llama_ft.files import write_json
 from llama_ft.metrics import format_squad_table
@@ -35,6 +39,7 @@ from llama_ft.plots import loss_curve
 from llama_ft.tasks.squad.data import SquadDataError, check_trainable, hold_out, load_squad, study_split
 from llama_ft.tasks.squad.scoring import QuestionSet, prompted_answers, score_sets, summary_table
 from llama_ft.train import train
+from llama_ft.train.distributed import close_distributed
 
 RANDOM_HEAD = "pre-trained (random head)"
 EVAL_METRICS = ("f1", "exact_match", "eval_loss")
@@ -52,7 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     add_shared_flags(ap, presets=PRESETS, output_dir="runs/squad", eval_metrics=EVAL_METRICS, unit="windows",
                      eval_help="exact_match, f1 and eval_loss on a tenth of the training questions held out")
-    ap.add_argument("--n", type=questions, default=4000,
+    # --train-questions: under torchrun, whose own parser takes --n for an abbreviation of its --nnodes.
+    ap.add_argument("--n", "--train-questions", dest="n", type=questions, default=4000,
                     help="training questions (the study: 4000 and 24000); `all` with --split file: every one")
     ap.add_argument("--split", choices=("study", "file"), default="study",
                     help="study: the first N + --test-size questions, --test-size of them drawn for test (seed 1); "
@@ -134,29 +140,33 @@ def load_splits(args, extra):
 
 
 def run(args) -> int:
+    """The whole run; under torchrun every process trains and scores its shard, rank 0 alone prints and writes."""
     t_start = time.perf_counter()
     device, amp = device_and_amp(args.device, args.amp, study=args.preset == "study")
-    with RunFolder(args.output_dir, args.overwrite, args.resume) as out:
-        extra = load_squad(args.eval_file) if args.eval_file else None  # a bad file fails now, not after training
-        data, train_q, held_q, test_q = load_splits(args, extra)
-        tokenizer = llama_ft.load_tokenizer(args.model)
-        windows = partial(QuestionSet, tokenizer=tokenizer, max_length=args.max_length, stride=args.stride, amp=amp,
-                          n_best=args.n_best, max_answer_tokens=args.max_answer_tokens)
-        train_set = windows("train", train_q)
-        examples = train_set.training_examples()
-        print(f"train windows ({args.max_length}/{args.stride}): {train_set.counts.summary()}")
-        if not examples:
-            raise SquadDataError(f"{data.source}: no training window has an answer on token boundaries; "
-                                 "use more questions (--n) or another file.")
-        sets = {"test": windows("test", test_q)}
-        print(f"test windows: {sets['test'].counts.summary()}")
-        if extra is not None and args.split == "file":
-            print(f"test file {extra.source}: {extra.counts.summary()}")
-        elif extra is not None:
-            print(f"eval file {extra.source}: {extra.counts.summary()}")
-            sets["eval"] = windows("eval", extra.examples[:args.eval_limit])
-            print(f"eval: {len(sets['eval'].examples):,} questions; windows: {sets['eval'].counts.summary()}")
-        held = windows("held-out", held_q) if held_q else None
+    rank, world, device = join_processes(device)
+    with quiet_unless_main(rank), ExitStack() as stack:
+        with together(rank, world, args):  # a bad folder or file on any process stops all of them here
+            out = output_folder(stack, rank, args)
+            extra = load_squad(args.eval_file) if args.eval_file else None  # a bad file fails now, not after training
+            data, train_q, held_q, test_q = load_splits(args, extra)
+            tokenizer = llama_ft.load_tokenizer(args.model)
+            windows = partial(QuestionSet, tokenizer=tokenizer, max_length=args.max_length, stride=args.stride,
+                              amp=amp, n_best=args.n_best, max_answer_tokens=args.max_answer_tokens)
+            train_set = windows("train", train_q)
+            examples = train_set.training_examples()
+            print(f"train windows ({args.max_length}/{args.stride}): {train_set.counts.summary()}")
+            if not examples:
+                raise SquadDataError(f"{data.source}: no training window has an answer on token boundaries; "
+                                     "use more questions (--n) or another file.")
+            sets = {"test": windows("test", test_q)}
+            print(f"test windows: {sets['test'].counts.summary()}")
+            if extra is not None and args.split == "file":
+                print(f"test file {extra.source}: {extra.counts.summary()}")
+            elif extra is not None:
+                print(f"eval file {extra.source}: {extra.counts.summary()}")
+                sets["eval"] = windows("eval", extra.examples[:args.eval_limit])
+                print(f"eval: {len(sets['eval'].examples):,} questions; windows: {sets['eval'].counts.summary()}")
+            held = windows("held-out", held_q) if held_q else None
         calib = held if data.version == "2.0" else None
         rows: dict[str, dict[str, dict]] = {}
         outputs: dict[str, dict] = {}
@@ -191,24 +201,30 @@ def run(args) -> int:
         timings["eval_seconds"] = time.perf_counter() - t0
         timings["total_seconds"] = time.perf_counter() - t_start
 
-        prompted = next((k for k in rows if k.startswith("zero-shot")), None)
-        rows = {k: rows[k] for k in (RANDOM_HEAD, prompted, finetuned) if k in rows}
-        table = results_markdown(args, data, train_set, sets, rows, finetuned, prompted, device, timings, result)
-        print("\n" + table)
-        metrics = {
-            "task": "squad", "version": data.version, "model": args.model, "policy": args.policy,
-            "preset": args.preset, "device": device, "amp": amp,
-            "split": {"kind": args.split, "n": args.n, "train": len(train_q), "test": len(test_q),
-                      "calibration": len(held_q) if calib else 0, "validation": len(held_q) if evaluate else 0,
-                      "eval_file": args.eval_file, "eval": len(sets["eval"].examples) if "eval" in sets else 0},
-            "data": data.counts.as_dict(),
-            "windows": {"max_length": args.max_length, "stride": args.stride, "train": train_set.counts.as_dict(),
-                        **{k: s.counts.as_dict() for k, s in sets.items()}},
-            "rows": rows, "timings": timings, "train": {**train_summary(result), "examples": len(examples)},
-        }
-        write_outputs(out, args, data, model, tokenizer, rows[finetuned], outputs, finetuned, table, metrics,
-                      result, amp, (len(train_q), len(test_q)))
-        report_to(args, out, result)
+        with together(rank, world, args):  # the other ranks wait for rank 0's files, and stop if it fails
+            if rank == 0:
+                prompted = next((k for k in rows if k.startswith("zero-shot")), None)
+                rows = {k: rows[k] for k in (RANDOM_HEAD, prompted, finetuned) if k in rows}
+                table = results_markdown(args, data, train_set, sets, rows, finetuned, prompted, device, timings,
+                                         result)
+                print("\n" + table)
+                metrics = {
+                    "task": "squad", "version": data.version, "model": args.model, "policy": args.policy,
+                    "preset": args.preset, "device": device, "amp": amp, "processes": world,
+                    "split": {"kind": args.split, "n": args.n, "train": len(train_q), "test": len(test_q),
+                              "calibration": len(held_q) if calib else 0,
+                              "validation": len(held_q) if evaluate else 0, "eval_file": args.eval_file,
+                              "eval": len(sets["eval"].examples) if "eval" in sets else 0},
+                    "data": data.counts.as_dict(),
+                    "windows": {"max_length": args.max_length, "stride": args.stride,
+                                "train": train_set.counts.as_dict(),
+                                **{k: s.counts.as_dict() for k, s in sets.items()}},
+                    "rows": rows, "timings": timings, "train": {**train_summary(result), "examples": len(examples)},
+                }
+                write_outputs(out, args, data, model, tokenizer, rows[finetuned], outputs, finetuned, table, metrics,
+                              result, amp, (len(train_q), len(test_q)))
+                report_to(args, out, result)
+    close_distributed()
     return 0
 
 

@@ -29,12 +29,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import llama_ft
 from llama_ft.cli.errors import run_guarded
 from llama_ft.cli.flags import add_shared_flags, apply_preset, at_least, check_shared_flags
-from llama_ft.cli.run_folder import RunFolder, command_line, finish_run
+from llama_ft.cli.ranks import join_processes, output_folder, quiet_unless_main, together
+from llama_ft.cli.run_folder import command_line, finish_run
 from llama_ft.cli.training import device_and_amp, report_to, train_config, train_summary, wants_evaluation
 from llama_ft.files import write_json
 from llama_ft.metrics import format_classification_table
@@ -44,6 +46,7 @@ from llama_ft.tasks.sst2.scoring import CALIBRATED, PROMPTED, prompted_rows
 from llama_ft.tasks.text import data as text
 from llama_ft.tasks.text.scoring import probabilities, score_rows, write_predictions
 from llama_ft.train import train
+from llama_ft.train.distributed import close_distributed
 
 RANDOM_HEAD = "pre-trained (random head)"
 SST2_LABELS = text.LabelSet((0, 1), tuple(sst2.LABELS))
@@ -163,21 +166,26 @@ def side_files(args, labels: text.LabelSet) -> dict[str, list]:
 
 
 def run(args) -> int:
+    """The whole run; under torchrun every process trains and scores its shard, rank 0 alone prints and writes."""
     t_start = time.perf_counter()
     device, amp = device_and_amp(args.device, args.amp, study=args.preset == "study")
-    with RunFolder(args.output_dir, args.overwrite, args.resume) as out:
-        data, labels = load_data(args)
-        train_rows, test_rows = load_splits(args, data, labels)
-        files = side_files(args, labels)  # a bad file fails now, not after training
-        if test_rows is None:
-            test_rows = sst2.subsample(files["validation"], args.max_test, seed=args.seed,
-                                       where=f"--validation-file {args.validation_file} --max-test")
-            print(f"--validation-file: {len(train_rows):,} train / {len(test_rows):,} test")
-        held_rows = None
-        if wants_evaluation(args):
-            train_rows, held_rows = sst2.hold_out(train_rows, seed=args.seed, where=f"--data {args.data} validation")
-            print(f"validation: {len(held_rows):,} rows held out of training")
-        tokenizer = llama_ft.load_tokenizer(args.model)
+    rank, world, device = join_processes(device)
+    with quiet_unless_main(rank), ExitStack() as stack:
+        with together(rank, world, args):  # a bad folder or file on any process stops all of them here
+            out = output_folder(stack, rank, args)
+            data, labels = load_data(args)
+            train_rows, test_rows = load_splits(args, data, labels)
+            files = side_files(args, labels)  # a bad file fails now, not after training
+            if test_rows is None:
+                test_rows = sst2.subsample(files["validation"], args.max_test, seed=args.seed,
+                                           where=f"--validation-file {args.validation_file} --max-test")
+                print(f"--validation-file: {len(train_rows):,} train / {len(test_rows):,} test")
+            held_rows = None
+            if wants_evaluation(args):
+                train_rows, held_rows = sst2.hold_out(train_rows, seed=args.seed,
+                                                      where=f"--data {args.data} validation")
+                print(f"validation: {len(held_rows):,} rows held out of training")
+            tokenizer = llama_ft.load_tokenizer(args.model)
         rows: dict[str, dict] = {}
         timings: dict[str, float] = {}
 
@@ -214,28 +222,32 @@ def run(args) -> int:
         timings["test_seconds"] = time.perf_counter() - t0
         extra = ({args.eval_file: score_rows(model, files["eval"], tokenizer, args.max_length, amp)}
                  if "eval" in files else {})
-        if "predict" in files:
-            probs = probabilities(model, files["predict"], tokenizer, args.max_length, amp)
-            write_predictions(out / "predictions.tsv", files["predict"], probs, labels)
-            print(f"predictions: {len(files['predict']):,} rows of {args.predict_file} -> {out / 'predictions.tsv'}")
+        probs = probabilities(model, files["predict"], tokenizer, args.max_length, amp) if "predict" in files else None
         timings["total_seconds"] = time.perf_counter() - t_start
 
-        table = format_classification_table({k: rows[k] for k in (RANDOM_HEAD, PROMPTED, CALIBRATED, finetuned)
-                                             if k in rows})
-        print("\n" + table + "\n")
-        split = "validation-file" if args.validation_file else args.split
-        metrics = {"task": "text-classification" if own_data(args) else "sst2", "model": args.model,
-                   "policy": args.policy, "preset": args.preset,
-                   "split": {"kind": split, "train": len(train_rows), "test": len(test_rows)},
-                   "rows": rows, "eval_files": extra, "timings": timings, "train": train_summary(result),
-                   "device": device, "amp": amp}
-        if own_data(args):
-            metrics["labels"] = list(labels.names)
-        if held_rows:
-            metrics["split"]["validation"] = len(held_rows)
-        write_outputs(out, args, model, tokenizer, rows[finetuned], finetuned, table, metrics, result, amp,
-                      (len(train_rows), len(test_rows)), labels)
-        report_to(args, out, result)
+        with together(rank, world, args):  # the other ranks wait for rank 0's files, and stop if it fails
+            if rank == 0:
+                if probs is not None:
+                    write_predictions(out / "predictions.tsv", files["predict"], probs, labels)
+                    print(f"predictions: {len(files['predict']):,} rows of {args.predict_file} -> "
+                          f"{out / 'predictions.tsv'}")
+                table = format_classification_table({k: rows[k] for k in (RANDOM_HEAD, PROMPTED, CALIBRATED,
+                                                                            finetuned) if k in rows})
+                print("\n" + table + "\n")
+                split = "validation-file" if args.validation_file else args.split
+                metrics = {"task": "text-classification" if own_data(args) else "sst2", "model": args.model,
+                           "policy": args.policy, "preset": args.preset,
+                           "split": {"kind": split, "train": len(train_rows), "test": len(test_rows)},
+                           "rows": rows, "eval_files": extra, "timings": timings, "train": train_summary(result),
+                           "device": device, "amp": amp, "processes": world}
+                if own_data(args):
+                    metrics["labels"] = list(labels.names)
+                if held_rows:
+                    metrics["split"]["validation"] = len(held_rows)
+                write_outputs(out, args, model, tokenizer, rows[finetuned], finetuned, table, metrics, result, amp,
+                              (len(train_rows), len(test_rows)), labels)
+                report_to(args, out, result)
+    close_distributed()
     return 0
 
 

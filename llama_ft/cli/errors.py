@@ -12,11 +12,13 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import torch.distributed as dist
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors import SafetensorError
 
 from llama_ft.metrics import SetupError
 from llama_ft.train import TrainingError
+from llama_ft.train.distributed import barrier, rank_and_world
 
 # API argument -> the flag that sets it, for messages raised below the recipes.
 FLAGS = {
@@ -39,6 +41,24 @@ CORRUPT = (SafetensorError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile
 HTTP_CLIENTS = ("requests", "httpx", "httpx2", "urllib3")
 
 
+class PeerFailure(Exception):
+    """Process `rank` of a torchrun job failed (`message`, `status`), and every process stops with it: rank 0
+    reports the message, the others stop silently (llama_ft.cli.ranks.together raises it on all of them)."""
+
+    def __init__(self, message: str, status: int, rank: int):
+        super().__init__(message)
+        self.status, self.rank = status, rank
+
+
+def lost_peer(err: BaseException) -> bool:
+    """True for the error a collective raises when another process of a torchrun job has died (gloo: its
+    connection closed; NCCL: DistBackendError): the process that died reported its own failure."""
+    if rank_and_world()[1] == 1:
+        return False
+    return isinstance(err, dist.DistError) or (isinstance(err, RuntimeError) and any(
+        m in str(err) for m in ("Connection closed by peer", "Connection reset by peer")))
+
+
 def _from_http_client(err: BaseException) -> bool:
     return isinstance(err, HfHubHTTPError) or any(c.__module__.split(".")[0] in HTTP_CLIENTS
                                                   for c in type(err).__mro__)
@@ -58,6 +78,8 @@ def _checkpoint_hint(output_dir: str | Path | None, resume: bool) -> str:
 
 def describe(err: BaseException, output_dir: str | Path | None = None, resume: bool = False) -> tuple[str, int]:
     """(one line for the user, exit status) for an expected failure."""
+    if isinstance(err, PeerFailure):
+        return str(err), err.status
     if isinstance(err, TrainingError):
         return f"training diverged: {as_flags(str(err))}", FAILED
     if isinstance(err, SetupError):
@@ -80,22 +102,32 @@ def expected(err: BaseException) -> bool:
     """True for the failures a recipe reports in one line; anything else is a bug and keeps its traceback."""
     if isinstance(err, RuntimeError) and not isinstance(err, (TrainingError, SetupError)):
         return "PytorchStreamReader" in str(err)  # torch.load of a truncated state.pt
-    return isinstance(err, (TrainingError, SetupError, ValueError, OSError, *CORRUPT)) or _from_http_client(err)
+    return (isinstance(err, (TrainingError, SetupError, ValueError, OSError, PeerFailure, *CORRUPT))
+            or _from_http_client(err))
 
 
 def run_guarded(body: Callable[[], int], *, debug: bool = False, output_dir: str | Path | None = None,
                 resume: bool = False) -> int:
-    """body()'s exit status; an expected failure prints one line to stderr and returns its status instead."""
+    """body()'s exit status; an expected failure prints one line to stderr and returns its status instead
+    (under torchrun, ranks other than 0 name themselves: `error (rank 1): ...`)."""
     try:
         return body()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED
     except Exception as err:
-        if not expected(err):
+        if not (expected(err) or lost_peer(err)):
             raise
         if debug:
             traceback.print_exc()
+        if lost_peer(err):
+            return FAILED
         line, status = describe(err, output_dir, resume)
-        print(f"error: {line}", file=sys.stderr)
+        rank = rank_and_world()[0]
+        if isinstance(err, PeerFailure):
+            if rank == 0:
+                print(f"error{f' (rank {err.rank})' if err.rank else ''}: {line}", file=sys.stderr)
+            barrier()  # no process exits (and so torchrun kills none) before rank 0 has cleaned up and reported
+            return status
+        print(f"error{f' (rank {rank})' if rank else ''}: {line}", file=sys.stderr)
         return status

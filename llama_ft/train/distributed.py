@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -48,3 +51,52 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process in the joined process group; (0, 1) when none is joined."""
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard(items: Sequence, rank: int, world: int) -> Sequence:
+    """Rank `rank`'s contiguous share of `items` (shares differ in size by one at most); the shares of ranks
+    0 .. world - 1, joined in that order, are `items`."""
+    n = len(items)
+    return items[n * rank // world:n * (rank + 1) // world]
+
+
+def gather_objects(obj: Any) -> list:
+    """Every process's `obj` (picklable), in rank order; [obj] in a single process. A collective: every
+    process of the group must call it."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return [obj]
+    out: list = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def map_sharded(fn: Callable[[Sequence], Any], items: Sequence) -> Any:
+    """fn(items), computed by all processes together: each runs fn on its shard of `items` and receives the
+    others' results, joined in item order. fn returns one entry per item: a tensor, a numpy array, a list or a
+    dict (joined with torch.cat, np.concatenate, + or |). A collective under torchrun: every process must call
+    it with the same items; in a single process it is fn(items)."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return fn(items)
+    parts = gather_objects(fn(shard(items, rank, world)))
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    if isinstance(parts[0], dict):
+        return {k: v for p in parts for k, v in p.items()}
+    return [x for p in parts for x in p]
+
+
+def close_distributed() -> None:
+    """Leave the process group, if one was joined (after the last collective of a run that went well)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -18,6 +18,7 @@ from llama_ft.tasks.squad.decode import (
 from llama_ft.tasks.squad.windows import build_windows, training_examples
 from llama_ft.tasks.squad.zero_shot import answer_by_prompt, clean_answer
 from llama_ft.train import predict
+from llama_ft.train.distributed import map_sharded
 
 
 class QuestionSet:
@@ -39,9 +40,12 @@ class QuestionSet:
         return training_examples(self.windows)
 
     def decode(self, model, batch_size: int = 32) -> tuple[dict[str, QuestionPrediction], list]:
-        """({qid: prediction}, the windows' span logits) of `model` on this set."""
-        logits = predict(model, [w.as_example() for w in self.windows], batch_size=batch_size, amp=self.amp,
-                         progress=f"score {self.name}" if self.progress else None)
+        """({qid: prediction}, the windows' span logits) of `model` on this set. Under torchrun each process
+        predicts its shard of the windows and all decode the whole set (every process must call it, and so
+        `threshold`, `score`, `em_f1` and score_sets)."""
+        logits = map_sharded(lambda part: predict(model, [w.as_example() for w in part], batch_size=batch_size,
+                                                  amp=self.amp, progress=f"score {self.name}" if self.progress
+                                                  else None), self.windows)
         return decode_predictions(self.examples, self.windows, logits, self.n_best, self.max_answer_tokens), logits
 
     def threshold(self, model) -> float:
@@ -82,9 +86,12 @@ def score_sets(model, sets: dict[str, QuestionSet], calibration: QuestionSet | N
 def prompted_answers(lm, tokenizer, examples: list[SquadExample], amp: str = "bf16"
                      ) -> tuple[dict, dict[str, str], dict[str, str]]:
     """(report, cleaned answers, raw replies) of a causal LM prompted zero-shot on `examples`; the report's
-    `unsnapped` entry scores the cleaned replies before they are snapped to the context."""
+    `unsnapped` entry scores the cleaned replies before they are snapped to the context. Under torchrun each
+    process prompts its shard of the questions and all score the whole set (every process must call it)."""
     refs = references(examples)
-    raw = answer_by_prompt(lm, tokenizer, examples, amp=amp, unanswerable=any(not g for g in refs.values()))
+    unanswerable = any(not g for g in refs.values())
+    raw = map_sharded(lambda part: answer_by_prompt(lm, tokenizer, part, amp=amp, unanswerable=unanswerable),
+                      examples)
     ctx = {ex.qid: ex.context for ex in examples}
     texts = {q: clean_answer(r, ctx[q]) for q, r in raw.items()}
     report = squad_report(texts, refs)
