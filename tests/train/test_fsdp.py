@@ -11,6 +11,7 @@ import pytest
 import torch
 from tiny import dataset, run_worker, tiny_model, train_config
 
+from llama_ft.cli.errors import as_flags
 from llama_ft.train import TrainConfig, train
 from llama_ft.train.fsdp import check_fsdp
 
@@ -89,8 +90,9 @@ def test_fsdp_sigkill_then_resume_matches_uninterrupted(tmp_path):
 
 
 def test_fsdp_refuses_one_process_fp16_and_compile_naming_shard():
-    with pytest.raises(ValueError, match="shard='fsdp'.*one.*torchrun.*shard='none'"):
+    with pytest.raises(ValueError, match="shard='fsdp'.*one.*torchrun.*shard='none'") as e:
         train(tiny_model(), dataset(n=8), train_config(policy="head", shard="fsdp", device="cpu"))
+    assert "--shard 'none'" in as_flags(str(e.value))  # what the recipes print
     with pytest.raises(ValueError, match="shard='fsdp' with amp='fp16'.*amp='bf16'"):
         check_fsdp(2, torch.float16, "auto")
     with pytest.raises(ValueError, match="shard='fsdp' with compile=True.*compile=False"):
