@@ -18,14 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 
-OPTIONS = StateDictOptions(ignore_frozen_params=True, strict=False)
+# torch.distributed's fsdp, tensor and checkpoint packages are imported inside the functions that use them: they
+# cost seconds of import time to every process that imports llama_ft (tests, predict, runs that do not shard).
 
 
 class Root(nn.Module):
@@ -56,6 +52,7 @@ def check_fsdp(world: int, amp_dtype: torch.dtype | None, compile_mode: bool | s
 
 def shard(task_module: nn.Module, blocks: list[nn.Module], param_dtype: torch.dtype | None) -> Root:
     """fully_shard each block, then a Root around `task_module` (in place); returns the Root."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for block in blocks:
         fully_shard(block, mp_policy=mp)
@@ -66,13 +63,24 @@ def shard(task_module: nn.Module, blocks: list[nn.Module], param_dtype: torch.dt
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor of a DTensor (a collective: every process calls it), else `t`."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
+    return t.full_tensor() if _is_dtensor(t) else t
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    return hasattr(t, "device_mesh")
+
+
+def _options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(ignore_frozen_params=True, strict=False)
 
 
 def save_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Every process writes its shards of the trainable weights and optimizer state to `directory`; returns the
     optimizer state's structure as JSON-ready data (its tensors named by their key in the files)."""
-    msd, osd = get_state_dict(model, optimizer, options=OPTIONS)
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    msd, osd = get_state_dict(model, optimizer, options=_options())
     tensors = {f"model.{k}": v for k, v in msd.items()}
     state = {}
     for fqn, entries in osd["state"].items():
@@ -81,15 +89,17 @@ def save_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optim
             key = f"optimizer.{fqn}.{k}"
             tensors[key] = v
             state[fqn][k] = {"key": key, "dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape),
-                             "sharded_like": fqn if isinstance(v, DTensor) else None}
-    dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(directory), save_distributed=True))
+                             "sharded_like": fqn if _is_dtensor(v) else None}
+    dcp.save(tensors, storage_writer=dcp.HuggingFaceStorageWriter(str(directory), save_distributed=True))
     return {"state": state, "param_groups": osd["param_groups"]}
 
 
 def load_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, structure: dict,
                  device: torch.device) -> None:
     """The trainable weights and optimizer state that save_sharded wrote to `directory`, into model/optimizer."""
-    msd, _ = get_state_dict(model, optimizer, options=OPTIONS)
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    msd, _ = get_state_dict(model, optimizer, options=_options())
     tensors = {f"model.{k}": v for k, v in msd.items()}
     for entries in structure["state"].values():
         for e in entries.values():
@@ -97,9 +107,9 @@ def load_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optim
             like = e["sharded_like"]
             tensors[e["key"]] = (torch.zeros_like(msd[like], dtype=dtype) if like is not None
                                  else torch.zeros(e["shape"], dtype=dtype, device=device))
-    dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(directory)))
+    dcp.load(tensors, storage_reader=dcp.HuggingFaceStorageReader(str(directory)))
     osd = {"state": {fqn: {k: tensors[e["key"]] for k, e in entries.items()}
                      for fqn, entries in structure["state"].items()},
            "param_groups": structure["param_groups"]}
     set_state_dict(model, optimizer, model_state_dict={k: tensors[f"model.{k}"] for k in msd},
-                   optim_state_dict=osd, options=OPTIONS)
+                   optim_state_dict=osd, options=_options())
