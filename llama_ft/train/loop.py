@@ -491,7 +491,7 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
                       res.peak_flops * world if res.peak_flops else None)
     guard = DivergenceGuard(cfg.divergence_factor, chance_loss(model.task, lengths, getattr(model, "num_labels", 2)),
                             res.losses, res.grad_norms)
-    compiler = Compiler(work, cfg.compile and not sharded, cfg.compile_min_seconds, lambda s: all_reduce_sum(
+    compiler = Compiler(work, False if sharded else cfg.compile, cfg.compile_min_seconds, lambda s: all_reduce_sum(
         torch.tensor(s, device=device)).item() / world)
     epoch_t0, batches = time.perf_counter(), {}
     try:
