@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from llama_ft import LlamaConfig, LlamaForQuestionAnswering, LlamaForSequenceClassification
+from llama_ft import LlamaConfig, LlamaForQuestionAnswering, LlamaForSequenceClassification, save_pretrained
 from llama_ft.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,8 @@ def train_config(**kw) -> TrainConfig:
 
 
 def worker(args: dict) -> None:
-    """Train the tiny model as `args` says ({"task", "cfg", "out", "n", "slow"}) and write losses/weights to out."""
+    """Train the tiny model as `args` says ({"task", "cfg", "out", "n", "slow", "export"}) and write
+    losses/weights to out (and, with `export`, the model as a transformers folder there)."""
     torch.set_num_threads(1)
     if args.get("slow"):
         # Slow the run down so the test can kill it mid-epoch, after a checkpoint.
@@ -70,6 +71,8 @@ def worker(args: dict) -> None:
     cfg = train_config(**args["cfg"])
     r = train(model, dataset(args["task"], args.get("n", 48)), cfg)
     if int(os.environ.get("RANK", "0")) == 0:
+        if args.get("export"):
+            save_pretrained(model, args["export"], dtype=torch.float32)
         Path(args["out"]).write_text(json.dumps({"losses": r.losses, "resumed_from": r.resumed_from,
                                                  "score": model.score.weight.tolist()
                                                  if args["task"] == "classification" else None}))

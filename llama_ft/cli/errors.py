@@ -29,7 +29,7 @@ FLAGS = {
     "max_grad_norm": "--max-grad-norm", "amp": "--amp", "device": "--device", "seed": "--seed",
     "eval_every": "--eval-every", "select_metric": "--save-best", "log_every": "--log-every",
     "output_dir": "--output-dir", "compile": "--compile", "grad_checkpointing": "--grad-checkpointing",
-    "resume": "--resume", "text_column": "--text-column", "text_pair_column": "--text-pair-column",
+    "resume": "--resume", "shard": "--shard", "text_column": "--text-column", "text_pair_column": "--text-pair-column",
     "label_column": "--label-column", "predict_file": "--predict-file", "dataset_config": "--dataset-config",
 }
 _API_ARG = re.compile(r"\b(?:TrainConfig\.)?(" + "|".join(FLAGS) + r")=")

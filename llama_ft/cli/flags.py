@@ -53,6 +53,9 @@ def add_shared_flags(ap: argparse.ArgumentParser, *, presets: dict[str, dict], o
     run.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
                      help="autocast dtype; auto = fp16 on CUDA under --preset study (as the study), else bf16 "
                           "(fp16 on a GPU without bf16)")
+    run.add_argument("--shard", choices=("none", "fsdp"), default="none",
+                     help="under torchrun: none = a full model per process (DDP); fsdp = weights, gradients and "
+                          "optimizer state sharded over the processes (FSDP2)")
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot rows")
     run.add_argument("--output-dir", "--output_dir", default=output_dir)

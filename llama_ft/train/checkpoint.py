@@ -3,7 +3,9 @@
 output_dir/checkpoint/ holds model.safetensors (trainable weights, HF names), state.safetensors (every tensor of
 the training state: optimizer moments and steps, RNG states as uint8) and state.json (everything else and the
 structure the tensors fit into: param-group hyper-parameters, the scheduler's and scaler's state, the python
-`random` state, step, loss history, the run's fingerprint). Nothing on the load path unpickles: a checkpoint
+`random` state, step, loss history, the run's fingerprint). Under shard='fsdp' model.safetensors is replaced by
+sharded/, each process's shards of the trainable weights and optimizer moments (llama_ft.train.fsdp), also
+safetensors. Nothing on the load path unpickles: a checkpoint
 from someone else cannot run code on `resume`. An older checkpoint (state.pt, a pickle) is refused unread.
 
 It is written to checkpoint.tmp/, the previous one is renamed checkpoint.old/, the new one renamed into place,
@@ -23,8 +25,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from llama_ft.files import fsync_dir, write_atomic
+from llama_ft.train.fsdp import full_tensor
 
 FILES = ("model.safetensors", "state.safetensors", "state.json")
+SHARDED = "sharded"  # the folder of shard files that replaces model.safetensors under shard='fsdp'
 PICKLED = "state.pt"  # the format before this one
 
 
@@ -33,7 +37,9 @@ class CheckpointError(ValueError):
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """The trainable weights on CPU, whole (a sharded model's are gathered: every process must call it)."""
+    return {n: full_tensor(p.detach()).to("cpu", copy=True).contiguous() for n, p in model.named_parameters()
+            if p.requires_grad}
 
 
 def load_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
@@ -110,19 +116,33 @@ def write_weights(directory: Path, tensors: dict[str, torch.Tensor], metadata: d
 
 def save_checkpoint(output_dir: str | Path, model: nn.Module, state: dict) -> Path:
     """Write output_dir/checkpoint atomically; returns its path."""
-    out = Path(output_dir)
-    tmp, final, old = out / "checkpoint.tmp", out / "checkpoint", out / "checkpoint.old"
+    tmp = fresh_tmp(output_dir)
+    save_file(trainable_state(model), str(tmp / "model.safetensors"), metadata={"step": str(state["step"])})
+    return publish(output_dir, state)
+
+
+def fresh_tmp(output_dir: str | Path) -> Path:
+    """An empty output_dir/checkpoint.tmp for the next checkpoint's files."""
+    tmp = Path(output_dir) / "checkpoint.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "model.safetensors"), metadata={"step": str(state["step"])})
+    return tmp
+
+
+def publish(output_dir: str | Path, state: dict) -> Path:
+    """Add `state` to the weights in checkpoint.tmp, sync it to disk and swap it in as output_dir/checkpoint."""
+    out = Path(output_dir)
+    tmp, final, old = out / "checkpoint.tmp", out / "checkpoint", out / "checkpoint.old"
     tensors: dict[str, torch.Tensor] = {}
     structure = to_json_and_tensors(state, tensors)
     save_file(tensors, str(tmp / "state.safetensors"))
     (tmp / "state.json").write_text(json.dumps(structure))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    fsync_dir(tmp)  # its entries too, before the rename makes it the checkpoint
+    for d in (tmp, *(p for p in tmp.iterdir() if p.is_dir())):
+        for f in d.iterdir():
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        fsync_dir(d)  # its entries too, before the rename makes it the checkpoint
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
@@ -144,7 +164,7 @@ def find_checkpoint(output_dir: str | Path | None) -> Path | None:
                 f"{p / PICKLED} is a checkpoint of an earlier llama_ft version, a pickle that could run code when "
                 f"loaded, so it is not read. Start afresh: delete {p}, or train without TrainConfig.resume (the "
                 "recipes: --overwrite instead of --resume).")
-        if all((p / f).is_file() for f in FILES):
+        if all((p / f).is_file() for f in FILES[1:]) and ((p / FILES[0]).is_file() or (p / SHARDED).is_dir()):
             return p
     return None
 

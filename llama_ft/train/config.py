@@ -60,6 +60,12 @@ class TrainConfig:
         update before each checkpoint and at the end, so no checkpoint or returned model holds diverged weights.
         10 leaves room for the noise of small batches (a diverging run overshoots by orders of magnitude);
         None: no check (NaN/inf still stop the run).
+    shard: `none` (one full copy of the model per process; DDP under torchrun) or `fsdp` (FSDP2 under torchrun:
+        weights, gradients and AdamW moments sharded over the processes, weights gathered per decoder block in the
+        autocast dtype, gradients reduced in fp32; llama_ft.train.fsdp). `fsdp` needs 2+ processes, runs eager
+        (compile `auto` stays eager, True is refused) and refuses amp='fp16'. train() shards a copy of the model
+        and loads the trained weights back into the model it was given (which stays whole on the device meanwhile:
+        the saving is in gradients, AdamW moments and the copy's weights); checkpoints are sharded safetensors.
     peak_flops: the FLOP/s that MFU (model FLOPs per second, logged in every step line) divides by, per
         process. `auto`: the datasheet's dense peak for a known CUDA card (H100, H200, A100), else a short matmul
         probe in the run's compute dtype, once per process (1024^3 on CPU: well under a second). A number: that
@@ -95,6 +101,7 @@ class TrainConfig:
     resume: bool = False
     divergence_factor: float | None = 10.0
     peak_flops: float | str | None = "auto"
+    shard: str = "none"
 
     def __post_init__(self) -> None:
         if self.schedule not in ("linear", "cosine"):
@@ -115,6 +122,8 @@ class TrainConfig:
         if self.peak_flops not in ("auto", None) and (isinstance(self.peak_flops, str) or self.peak_flops <= 0):
             raise ValueError(f"TrainConfig.peak_flops={self.peak_flops!r}; use `auto`, a FLOP/s figure above 0 "
                              "or None (no MFU).")
+        if self.shard not in ("none", "fsdp"):
+            raise ValueError(f"TrainConfig.shard={self.shard!r}; use `none` or `fsdp`.")
         if self.batch_size < 1:
             raise ValueError(f"TrainConfig.batch_size={self.batch_size}; it must be at least 1.")
         if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:

@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from llama_ft.train.fsdp import shard as fully_shard_model
+
 
 def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     """(rank, world size, device): joins the process group torchrun describes (WORLD_SIZE > 1) if needed."""
@@ -29,8 +31,12 @@ def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     return 0, 1, device
 
 
-def wrap(module: nn.Module, world: int, device: torch.device) -> nn.Module:
-    """DDP around `module` when there is more than one process (it averages gradients in backward)."""
+def wrap(module: nn.Module, world: int, device: torch.device, shard_mode: str = "none",
+         blocks: list[nn.Module] | None = None, param_dtype: torch.dtype | None = None) -> nn.Module:
+    """DDP around `module` when there is more than one process (it averages gradients in backward); with
+    shard_mode='fsdp', FSDP2 over `blocks` and a root around `module` (llama_ft.train.fsdp)."""
+    if shard_mode == "fsdp":
+        return fully_shard_model(module, blocks or [], param_dtype)
     if world == 1:
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -38,7 +44,11 @@ def wrap(module: nn.Module, world: int, device: torch.device) -> nn.Module:
 
 
 def no_sync(module: nn.Module, skip: bool):
-    """DDP's no_sync for the accumulation micro-batches before the last one; a no-op otherwise."""
+    """DDP's no_sync for the accumulation micro-batches before the last one (FSDP2: no reduce-scatter for them);
+    a no-op otherwise."""
+    if hasattr(module, "set_requires_gradient_sync"):
+        module.set_requires_gradient_sync(not skip)
+        return nullcontext()
     return module.no_sync() if skip and hasattr(module, "no_sync") else nullcontext()
 
 

@@ -40,6 +40,8 @@ def run_fingerprint(cfg: TrainConfig, global_batch: int, amp_dtype: torch.dtype 
     settings = {k: v for k, v in cfg.to_dict().items() if k not in SAFE_TO_CHANGE}
     settings.update(global_batch=global_batch, amp=_DTYPE_NAMES[amp_dtype].replace("fp32", "none"),
                     frozen_dtype=_DTYPE_NAMES[frozen_dtype])
+    if settings["shard"] == "none":  # as checkpoints written before TrainConfig.shard existed say
+        del settings["shard"]
     return {"settings": settings, "data": data_fingerprint(train_set)}
 
 

@@ -1,10 +1,12 @@
 """The training loop: `train_step` (one optimizer step, written out), `train` around it, `predict`."""
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +22,12 @@ from llama_ft.model.params import count_parameters
 from llama_ft.model.policies import apply_policy, parse_policy
 from llama_ft.train.batching import collate, epoch_batches, example_lengths, padding_waste, sorted_batches, split_batch
 from llama_ft.train.checkpoint import (
+    SHARDED,
     find_checkpoint,
+    fresh_tmp,
     load_trainable,
     load_weights,
+    publish,
     read_state,
     rng_state,
     save_checkpoint,
@@ -34,6 +39,7 @@ from llama_ft.train.compile import Compiler
 from llama_ft.train.config import TrainConfig, resolve_amp, resolve_device, resolve_frozen_dtype
 from llama_ft.train.distributed import all_reduce_sum, barrier, init_distributed, no_sync, wrap
 from llama_ft.train.divergence import DivergenceError, DivergenceGuard, NonFiniteError, TrainingError, chance_loss
+from llama_ft.train.fsdp import check_fsdp, full_tensor, load_sharded, save_sharded
 from llama_ft.train.fingerprint import check_same_run, run_fingerprint
 from llama_ft.train.log import JsonlLog, memory_bytes
 from llama_ft.train.optim import build_optimizer, build_scheduler
@@ -124,7 +130,7 @@ def train_step(loss_model: nn.Module, micro_batches: list[dict], optimizer: torc
         loss_sum += loss.detach()
     loss_mean = all_reduce_sum(loss_sum).item() / step_examples
     scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or math.inf, foreach=True).item()
+    grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, max_grad_norm or math.inf, foreach=True)).item()
     if not math.isfinite(loss_mean) or (not math.isfinite(grad_norm) and not scaler.is_enabled()):
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteError(f"loss {loss_mean}, gradient norm {grad_norm}")
@@ -192,7 +198,7 @@ class Checkpoints:
     """When checkpoints are due, writing them (rank 0), and the last good one (named when a run stops)."""
 
     def __init__(self, cfg: TrainConfig, geo: Geometry, rank: int, fingerprint: dict):
-        self.cfg, self.geo, self.fingerprint = cfg, geo, fingerprint
+        self.cfg, self.geo, self.fingerprint, self.sharded = cfg, geo, fingerprint, cfg.shard == "fsdp"
         self.out_dir = Path(cfg.output_dir) if cfg.output_dir else None
         self.writer = self.out_dir if rank == 0 else None
         self.last_good: tuple[Path, int] | None = None
@@ -205,10 +211,18 @@ class Checkpoints:
     def save(self, step: int, model: nn.Module, res: TrainResult, optimizer, scheduler, scaler) -> None:
         """Everything a resumed run needs to continue exactly: the trainable weights, then as tensors, numbers
         and strings the optimizer, schedule, scaler, RNG, the result so far and the run's fingerprint."""
-        if self.writer:
-            state = {"step": step, "fingerprint": self.fingerprint, "config": self.cfg.to_dict(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "scaler": scaler.state_dict(), "rng": rng_state(), **{k: getattr(res, k) for k in RESUMED}}
+        state = {"step": step, "fingerprint": self.fingerprint, "config": self.cfg.to_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                 **{k: getattr(res, k) for k in RESUMED}}
+        if self.sharded:  # every process writes its shards, rank 0 the rest
+            if self.writer:
+                fresh_tmp(self.writer)
+            barrier()
+            state["optimizer"] = save_sharded(self.out_dir / "checkpoint.tmp" / SHARDED, model, optimizer)
+            if self.writer:
+                res.paths["checkpoint"] = str(publish(self.writer, state))
+        elif self.writer:
+            state["optimizer"] = optimizer.state_dict()
             res.paths["checkpoint"] = str(save_checkpoint(self.writer, model, state))
         barrier()
         self.last_good = (self.out_dir / "checkpoint", step)
@@ -220,8 +234,11 @@ def restore(ckpt: Path, model: nn.Module, optimizer, scheduler, scaler, res: Tra
     best weights (None when there are none to restore). Refuses a checkpoint of other settings or data."""
     state = read_state(ckpt)
     check_same_run(state["fingerprint"], fingerprint, ckpt)
-    load_weights(ckpt, model)
-    optimizer.load_state_dict(state["optimizer"])
+    if (ckpt / SHARDED).is_dir():  # the fingerprint's `shard` made sure this run is sharded too
+        load_sharded(ckpt / SHARDED, model, optimizer, state["optimizer"], next(model.parameters()).device)
+    else:
+        load_weights(ckpt, model)
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
@@ -320,8 +337,9 @@ class Evaluation:
     """Evaluation points and the best weights by cfg.select_metric (kept in memory, written to best/)."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, eval_fn, eval_set: list[dict] | None,
-                 amp_dtype: torch.dtype | None, device: torch.device, out_dir: Path | None):
+                 amp_dtype: torch.dtype | None, device: torch.device, out_dir: Path | None, through=None):
         self.model, self.cfg, self.eval_fn, self.eval_set = model, cfg, eval_fn, eval_set
+        self.through = through or (lambda fn: fn())
         self.amp_dtype, self.device, self.out_dir = amp_dtype, device, out_dir
         self.best_weights: dict[str, Tensor] | None = None
 
@@ -330,12 +348,16 @@ class Evaluation:
             return False
         return step == total_steps or bool(self.cfg.eval_every and step % self.cfg.eval_every == 0)
 
-    def __call__(self, at: int, res: TrainResult, log: JsonlLog) -> None:
-        self.model.eval()
+    def _metrics(self) -> dict:
         metrics = dict(self.eval_fn(self.model)) if self.eval_fn is not None else {}
         if self.eval_set is not None:
             metrics["eval_loss"] = eval_loss(self.model, self.eval_set, 2 * self.cfg.batch_size, self.amp_dtype,
                                              self.device)
+        return metrics
+
+    def __call__(self, at: int, res: TrainResult, log: JsonlLog) -> None:
+        self.model.eval()
+        metrics = self.through(self._metrics)
         self.model.train()
         res.metrics.append({"step": at, **metrics})
         log.write(step=at, eval=metrics)
@@ -438,29 +460,38 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
         torch.cuda.reset_peak_memory_stats(device)  # the step log's peak_memory is this run's
     split, lengths, geo = find_split(model), example_lengths(train_set), batch_geometry(len(train_set), cfg, world)
     ckpts = Checkpoints(cfg, geo, rank, run_fingerprint(cfg, geo.global_batch, amp_dtype, frozen_dtype, train_set))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, device)
+    sharded = cfg.shard == "fsdp"
+    if sharded:
+        check_fsdp(world, amp_dtype, cfg.compile)
+    # FSDP2 turns the modules it shards into its own classes: it gets a copy, and `model` the trained weights.
+    work = copy.deepcopy(model) if sharded else model
+    task_module = TaskLoss(work, split, feature_dtype)
+    loss_model = wrap(task_module, world, device, cfg.shard, list(work.backbone.layers), amp_dtype)
+    # Under FSDP every forward pass runs inside the root's, which gathers the weights outside the blocks.
+    def through(fn, *args):
+        return loss_model(call=partial(fn, *args)) if sharded else fn(*args)
+    params = [p for p in work.parameters() if p.requires_grad]
+    optimizer = build_optimizer(work, cfg.lr, cfg.weight_decay, device)
     scheduler = build_scheduler(optimizer, geo.total_steps, cfg.warmup_ratio, cfg.schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     counts = count_parameters(model)
     res = TrainResult(trainable_params=counts["trainable"], total_params=counts["total"])
-    evaluate = Evaluation(model, cfg, eval_fn, eval_set, amp_dtype, device, ckpts.writer)
+    evaluate = Evaluation(work, cfg, eval_fn, eval_set, amp_dtype, device, ckpts.writer, through)
     if cfg.resume and (ckpt := find_checkpoint(ckpts.out_dir)) is not None:
-        evaluate.best_weights = restore(ckpt, model, optimizer, scheduler, scaler, res, ckpts.fingerprint)
+        evaluate.best_weights = restore(ckpt, work, optimizer, scheduler, scaler, res, ckpts.fingerprint)
         ckpts.last_good = (ckpt, res.resumed_from)
     step = res.resumed_from or 0
     log = JsonlLog(ckpts.writer / "train_log.jsonl" if ckpts.writer else None, resume_step=res.resumed_from)
     res.paths.update({"log": str(ckpts.writer / "train_log.jsonl")} if ckpts.writer else {})
-    cache, res.trunk_cache = start_trunk_cache(model, split, train_set, lengths, cfg, geo.n_epochs, device,
-                                               amp_dtype, feature_dtype, ckpts.out_dir, cfg.progress and rank == 0)
-    loss_model = wrap(task_module := TaskLoss(model, split, feature_dtype), world, device)
+    cache, res.trunk_cache = through(start_trunk_cache, work, split, train_set, lengths, cfg, geo.n_epochs, device,
+                                     amp_dtype, feature_dtype, ckpts.out_dir, cfg.progress and rank == 0)
     flops = training_flops(model, cached_layers=split.start if cache is not None else 0)
     res.peak_flops = resolve_peak(cfg.peak_flops, device, amp_dtype)
     steplog = StepLog(log, cfg, geo.total_steps, step, cfg.progress and rank == 0, device,
                       res.peak_flops * world if res.peak_flops else None)
     guard = DivergenceGuard(cfg.divergence_factor, chance_loss(model.task, lengths, getattr(model, "num_labels", 2)),
                             res.losses, res.grad_norms)
-    compiler = Compiler(model, cfg.compile, cfg.compile_min_seconds, lambda s: all_reduce_sum(
+    compiler = Compiler(work, False if sharded else cfg.compile, cfg.compile_min_seconds, lambda s: all_reduce_sum(
         torch.tensor(s, device=device)).item() / world)
     epoch_t0, batches = time.perf_counter(), {}
     try:
@@ -492,14 +523,14 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
                 epoch_t0 = time.perf_counter()
             if ckpts.due(step) or step == geo.total_steps:  # the updated weights, before anything keeps them
                 with compiler.eager():
-                    after = loss_after_update(task_module, mbs, amp_dtype, device, len(batch))
+                    after = through(loss_after_update, task_module, mbs, amp_dtype, device, len(batch))
                 if why := guard.diverged(after):
                     raise stopped(DivergenceError, log, step, f"after its update, {why}", ckpts.last_good, loss=after)
             if evaluate.due(step, geo.total_steps):
                 with compiler.eager():
                     evaluate(step, res, log)
             if ckpts.due(step):
-                ckpts.save(step, model, res, optimizer, scheduler, scaler)
+                ckpts.save(step, work, res, optimizer, scheduler, scaler)
     finally:
         steplog.close()
         res.compile = compiler.finish()
@@ -507,6 +538,8 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
             cache.close()
     if evaluate.best_weights is not None:
         load_trainable(model, evaluate.best_weights, "best weights")
+    elif sharded:
+        load_trainable(model, trainable_state(work), "the trained weights")
     return finish(res, step, world, t_start)
 
 
