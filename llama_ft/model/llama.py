@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from llama_ft.model.config import LlamaConfig
-from llama_ft.model.fused import project
 
 
 class RMSNorm(nn.Module):
@@ -104,10 +103,9 @@ class LlamaAttention(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 kv_cache: KVCache | None = None) -> Tensor:
         B, T, _ = x.shape
-        q, k, v = project(x, (self.q_proj, self.k_proj, self.v_proj))
-        q = q.reshape(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.reshape(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        v = v.reshape(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
@@ -133,8 +131,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(i, h, bias=b)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = project(x, (self.gate_proj, self.up_proj))
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class LlamaDecoderLayer(nn.Module):
