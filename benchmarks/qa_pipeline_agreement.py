@@ -2,6 +2,10 @@
 
     python -m benchmarks.qa_pipeline_agreement runs/squad_pair \\
         --data ../shared/data/squad_v1.1/dev-v1.1-open.json.zip --limit 500 --json agreement.json
+    python -m benchmarks.qa_pipeline_agreement tiny --data ../shared/data/squad_v1.1/dev-v1.1-open.json.zip
+
+RUN `tiny`: a random 2-layer model (hidden 32) with the embedded SmolLM2 tokenizer, exported in the pair format
+to a temporary folder (seconds per pipeline, near-uniform logits: the decoding's ties and sums are all exercised).
 
 RUN is a train_squad.py run folder (or its model/ export). Both pipelines read the export in float32 on the CPU,
 with the run's window geometry (max_length, stride) and longest answer (max_answer_tokens, transformers'
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +32,7 @@ import llama_ft
 from llama_ft.metrics import squad_em_f1
 from llama_ft.pipeline import QA_DEFAULTS, locate
 from llama_ft.tasks.squad.data import load_squad, references
+from llama_ft.tasks.squad.windows import pair_tokenizer
 
 
 def compare(ours: list[dict], theirs: list[dict], refs: dict[str, list[str]], qids: list[str]) -> dict:
@@ -57,10 +63,25 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def tiny_export(folder: Path) -> Path:
+    """A random tiny QA model with the embedded SmolLM2 tokenizer, exported in the pair format."""
+    cfg = llama_ft.LlamaConfig.from_dict(dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=49152, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        max_position_embeddings=2048))
+    model = llama_ft.random_model(cfg, "qa", seed=0)
+    with torch.no_grad():
+        for head in model.head_modules():
+            head.weight.normal_(0, 0.5)   # spread the span logits, so that answers differ between questions
+    model.config.extra["qa_format"] = "pair"
+    tokenizer = pair_tokenizer(llama_ft.load_tokenizer("smollm2-135m"))
+    return llama_ft.save_pretrained(model, folder, dtype="float32", tokenizer=tokenizer)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", help="a train_squad.py run folder or its model/ export")
+    ap.add_argument("run", help="a train_squad.py run folder or its model/ export, or `tiny`")
     ap.add_argument("--data", required=True, help="official SQuAD JSON (zipped or not)")
     ap.add_argument("--limit", type=int, default=500, help="the first K questions of --data")
     ap.add_argument("--json", help="also write the result to this file")
@@ -71,7 +92,8 @@ def main(argv=None) -> int:
     except ImportError:
         sys.exit("this transformers has no question-answering pipeline (removed in version 5); run with "
                  "transformers < 5, e.g. in a virtual environment: pip install 'transformers<5'.")
-    folder, settings = locate(args.run)
+    tmp = tempfile.TemporaryDirectory() if args.run == "tiny" else None
+    folder, settings = locate(tiny_export(Path(tmp.name) / "model") if tmp else args.run)
     geometry = {k: settings.get(k) or QA_DEFAULTS[k] for k in ("max_length", "stride", "max_answer_tokens")}
     examples = load_squad(args.data).examples[:args.limit]
     qids, questions, contexts = ([ex.qid for ex in examples], [ex.question for ex in examples],
@@ -91,6 +113,8 @@ def main(argv=None) -> int:
     print("\n" + table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if tmp:
+        tmp.cleanup()
     return 0
 
 
