@@ -38,6 +38,7 @@ from llama_ft.metrics import format_squad_table
 from llama_ft.plots import loss_curve
 from llama_ft.tasks.squad.data import SquadDataError, check_trainable, hold_out, load_squad, study_split
 from llama_ft.tasks.squad.scoring import QuestionSet, prompted_answers, score_sets, summary_table
+from llama_ft.tasks.squad.windows import QA_FORMATS, pair_tokenizer
 from llama_ft.train import train
 from llama_ft.train.distributed import close_distributed
 
@@ -82,6 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "re-decoded from ids (only to reproduce its numbers)")
     ap.add_argument("--n-best", type=int, default=20, help="span candidates kept per window")
     ap.add_argument("--max-answer-tokens", type=int, default=30, help="longest answer span, in tokens")
+    ap.add_argument("--qa-format", choices=QA_FORMATS, default="template",
+                    help="template: llama_ft's 'Question: ...\\nContext:\\n...\\nAnswer:' windows; pair: the "
+                         "tokenizer's question/context pair ([BOS] question EOS context EOS), which transformers' "
+                         "question-answering pipeline builds from the export, decoded as that pipeline decodes")
     args = ap.parse_args(argv)
     if args.study_windows:
         if args.max_length is not None or args.stride is not None:
@@ -151,7 +156,8 @@ def run(args) -> int:
             data, train_q, held_q, test_q = load_splits(args, extra)
             tokenizer = llama_ft.load_tokenizer(args.model)
             windows = partial(QuestionSet, tokenizer=tokenizer, max_length=args.max_length, stride=args.stride,
-                              amp=amp, n_best=args.n_best, max_answer_tokens=args.max_answer_tokens)
+                              amp=amp, n_best=args.n_best, max_answer_tokens=args.max_answer_tokens,
+                              qa_format=args.qa_format)
             train_set = windows("train", train_q)
             examples = train_set.training_examples()
             print(f"train windows ({args.max_length}/{args.stride}): {train_set.counts.summary()}")
@@ -216,7 +222,7 @@ def run(args) -> int:
                               "validation": len(held_q) if evaluate else 0, "eval_file": args.eval_file,
                               "eval": len(sets["eval"].examples) if "eval" in sets else 0},
                     "data": data.counts.as_dict(),
-                    "windows": {"max_length": args.max_length, "stride": args.stride,
+                    "windows": {"max_length": args.max_length, "stride": args.stride, "qa_format": args.qa_format,
                                 "train": train_set.counts.as_dict(),
                                 **{k: s.counts.as_dict() for k, s in sets.items()}},
                     "rows": rows, "timings": timings, "train": {**train_summary(result), "examples": len(examples)},
@@ -270,6 +276,10 @@ def write_outputs(out, args, data, model, tokenizer, report, outputs, finetuned,
                             + ("held-out questions." if args.split == "study" else f"questions of {args.eval_file}.")),
             "hyperparameters": {k: getattr(args, k) for k in PRESETS["study"]} | {"amp": amp, "seed": args.seed}}
     scores = {k: report["test"][k] for k in ("exact_match", "f1")}
+    # The export carries its input format: config.json's qa_format, and for `pair` the tokenizer that builds it.
+    model.config.extra["qa_format"] = args.qa_format
+    if args.qa_format == "pair":
+        tokenizer = pair_tokenizer(tokenizer)
     finish_run(out, model, tokenizer, source=args.model, scores=scores, card=card, results_md=table, metrics=metrics,
                repo_id=args.push_to_hub, private=args.private)
 

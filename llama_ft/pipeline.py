@@ -3,9 +3,11 @@ returning what transformers' pipelines of the same names return.
 
 The model is an export (`save_pretrained`, a recipe's `runs/x/model`) or a run folder holding one; a run's
 run_config.json supplies the settings it was trained with (sentence length, QA window geometry and decoding).
-Questions are answered with the SQuAD recipe's own windows (`tasks/squad/windows.py`: the prompt template the
-model was trained on) and decoding (`tasks/squad/decode.py`: the best span over all windows of a question),
-the answer cut from the context by character offsets.
+Questions are answered with the SQuAD recipe's own windows in the input format the model was trained on
+(`tasks/squad/windows.py`; config.json's `qa_format`: `template`, llama_ft's prompt, or `pair`, the tokenizer's
+question/context pair that transformers' question-answering pipeline builds) and its decoding
+(`tasks/squad/decode.py`: the best span over all windows of a question; for `pair` the rule of transformers'
+pipeline), the answer cut from the context by character offsets.
 """
 from __future__ import annotations
 
@@ -20,13 +22,14 @@ from llama_ft.hf.export import labels_of
 from llama_ft.hf.loading import as_dtype, from_pretrained, load_tokenizer
 from llama_ft.model.llama import TASKS, LlamaPreTrainedModel
 from llama_ft.tasks.squad.data import SquadExample
-from llama_ft.tasks.squad.decode import MAX_ANSWER_TOKENS, N_BEST, decode_predictions
-from llama_ft.tasks.squad.windows import WindowBuilder
+from llama_ft.tasks.squad.decode import MAX_ANSWER_TOKENS, N_BEST, decode_predictions, decode_rule
+from llama_ft.tasks.squad.windows import QA_FORMATS, window_builder
 from llama_ft.tokenizer import TokenizerError
 from llama_ft.train import predict
 
 PIPELINE_TASKS = {"text-classification": "classification", "question-answering": "qa"}
-QA_DEFAULTS = {"max_length": 384, "stride": 128, "n_best": N_BEST, "max_answer_tokens": MAX_ANSWER_TOKENS}
+QA_DEFAULTS = {"max_length": 384, "stride": 128, "n_best": N_BEST, "max_answer_tokens": MAX_ANSWER_TOKENS,
+               "qa_format": "template"}
 AMPS = ("none", "bf16", "fp16")
 # Inputs handed to `predict` at a time: length-sorted across the whole call, and a progress bar that moves.
 CHUNK_BATCHES = 16
@@ -82,7 +85,8 @@ def pipeline(task: str, model: str | Path | LlamaPreTrainedModel, tokenizer=None
     and `dtype`: where and how a folder's weights are loaded (a loaded model is moved to `device`). `amp`:
     autocast (none, bf16, fp16; default none for fp32 weights, else the weights' dtype). `max_length`: tokens
     per text (classification: longer texts are cut; QA: per window), default the run's setting. QA takes
-    `stride`, `n_best` and `max_answer_tokens` too (defaults: the run's, else the SQuAD recipe's).
+    `stride`, `n_best`, `max_answer_tokens` and `qa_format` too (defaults: the run's, else the SQuAD recipe's;
+    `qa_format`: the export's config.json, else the run's, else `template`).
     """
     if task not in PIPELINE_TASKS:
         raise PipelineError("task", task, f"use one of {', '.join(PIPELINE_TASKS)}.")
@@ -127,7 +131,11 @@ def pipeline(task: str, model: str | Path | LlamaPreTrainedModel, tokenizer=None
     if unknown:
         raise PipelineError(sorted(unknown)[0], task_options[sorted(unknown)[0]],
                             f"not a question-answering setting; use {', '.join(QA_DEFAULTS)}.")
+    settings = {**settings, **({"qa_format": net.config.extra["qa_format"]} if "qa_format" in net.config.extra
+                               else {})}
     qa = {k: task_options.get(k) or settings.get(k) or v for k, v in QA_DEFAULTS.items()}
+    if qa["qa_format"] not in QA_FORMATS:
+        raise PipelineError("qa_format", qa["qa_format"], f"use one of {', '.join(QA_FORMATS)}.")
     if max_length:
         qa["max_length"] = max_length
     return QuestionAnsweringPipeline(net, tokenizer, **qa, **common)
@@ -192,30 +200,37 @@ class QuestionAnsweringPipeline(_Pipeline):
     """`qa(question=..., context=...)` -> {"answer", "score", "start", "end"}; lists of questions and contexts,
     or a list of {"question", "context"} dicts, give one such dict each. `start`/`end` are character offsets
     into the context (answer == context[start:end]); `score` is the span's probability in its window
-    (softmax of start and end logits over the window's context tokens and its no-answer position)."""
+    (softmax of start and end logits over the window's context tokens and its no-answer position; `pair`
+    format: as transformers' pipeline scores it, the summed probabilities of the spans with that text)."""
 
     def __init__(self, model, tokenizer, *, max_length: int, stride: int, n_best: int, max_answer_tokens: int,
-                 **common):
+                 qa_format: str, **common):
         super().__init__(model, tokenizer, **common)
-        self.max_length, self.stride = max_length, stride
+        self.max_length, self.stride, self.qa_format = max_length, stride, qa_format
         self.n_best, self.max_answer_tokens = n_best, max_answer_tokens
 
     def __call__(self, inputs: dict | list[dict] | None = None, *, question: str | list[str] | None = None,
                  context: str | list[str] | None = None) -> dict | list[dict]:
         single = isinstance(inputs, dict) or isinstance(question, str)
         pairs = self._pairs(inputs, question, context)
-        builder = WindowBuilder(self.tokenizer, self.max_length, self.stride)
-        examples = [SquadExample(qid=str(i), title="", context=c, question=q.strip(), answers=[], gold_texts=[])
-                    for i, (q, c) in enumerate(pairs)]
+        builder = window_builder(self.tokenizer, self.max_length, self.stride, self.qa_format)
+        pair = self.qa_format == "pair"   # transformers' pipeline encodes the question as given
+        examples = [SquadExample(qid=str(i), title="", context=c, question=q if pair else q.strip(), answers=[],
+                                 gold_texts=[]) for i, (q, c) in enumerate(pairs)]
         windows = [w for ex in examples for w in builder(ex)]
         logits = self._forward([{"input_ids": w.input_ids} for w in windows], "window")
-        preds = decode_predictions(examples, windows, logits, self.n_best, self.max_answer_tokens)
+        preds = decode_predictions(examples, windows, logits, self.n_best, self.max_answer_tokens,
+                                   decode_rule(self.qa_format))
         where = {(w.qid, w.window): i for i, w in enumerate(windows)}
         out = []
         for ex in examples:
             best = preds[ex.qid].best
             if best is None:  # no verified context token to answer with
                 out.append({"score": 0.0, "start": 0, "end": 0, "answer": ""})
+                continue
+            if pair:
+                out.append({"score": math.exp(best.score), "start": best.start_char, "end": best.end_char,
+                            "answer": best.text})
                 continue
             i = where[(ex.qid, best.window)]
             w, (s, e) = windows[i], logits[i]

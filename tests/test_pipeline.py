@@ -7,9 +7,9 @@ import torch
 
 import llama_ft
 from llama_ft.pipeline import PipelineError, QuestionAnsweringPipeline
-from llama_ft.tasks.squad.data import SquadExample
+from llama_ft.tasks.squad.data import SquadExample, load_squad
 from llama_ft.tasks.squad.decode import decode_predictions
-from llama_ft.tasks.squad.windows import build_windows
+from llama_ft.tasks.squad.windows import PairWindowBuilder, build_windows, pair_tokenizer, window_builder
 from llama_ft.tasks.sst2 import data as sst2
 from llama_ft.train import predict
 
@@ -49,6 +49,30 @@ def clf_dir(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def qa_dir(tiny_model_dir, tmp_path_factory):
     return export(tiny_model_dir, tmp_path_factory.mktemp("qa") / "model", "qa")
+
+
+def export_qa(base_dir, folder, qa_format):
+    """A tiny QA export in `qa_format`, as train_squad.py writes one (config.json's qa_format, and for `pair`
+    the tokenizer that builds the pair)."""
+    model = llama_ft.from_pretrained(base_dir, task="qa", seed=0)
+    with torch.no_grad():
+        for head in model.head_modules():
+            head.weight.normal_(0, 0.5)
+    model.config.extra["qa_format"] = qa_format
+    tok = llama_ft.load_tokenizer(base_dir)
+    return llama_ft.save_pretrained(model, folder, dtype="float32",
+                                    tokenizer=pair_tokenizer(tok) if qa_format == "pair" else tok)
+
+
+@pytest.fixture(scope="module")
+def qa_pair_dir(tiny_model_dir, tmp_path_factory):
+    return export_qa(tiny_model_dir, tmp_path_factory.mktemp("qa_pair") / "model", "pair")
+
+
+@pytest.fixture(scope="module")
+def dev_questions(shared):
+    """Real SQuAD dev questions: the first 24, which share a few long contexts."""
+    return load_squad(shared / "data/squad_v1.1/dev-v1.1-open.json.zip").examples[:24]
 
 
 def one_by_one(folder, texts, max_length=None):
@@ -188,3 +212,72 @@ def test_smollm2_agrees_with_transformers_text_classification_pipeline(shared, t
     gap = max(abs(a["score"] - b["score"]) for a, b in zip(ours, theirs))
     print(f"\nSST-2, 200 sentences: labels agree on {same:.1%}; largest score difference {gap:.2e}")
     assert same >= 0.99 and gap < 1e-3
+
+
+# Pair format: what transformers' question-answering pipeline builds. Its preprocessing, as transformers 4.x
+# calls the tokenizer (question first: the tokenizer pads on the right).
+HF_QA_CALL = dict(truncation="only_second", return_token_type_ids=True, return_overflowing_tokens=True,
+                  return_offsets_mapping=True, return_special_tokens_mask=True)
+
+
+def test_pair_format_windows_are_what_transformers_builds_from_the_export(qa_pair_dir, dev_questions):
+    """transformers' tokenizer, loaded from the export and called as its question-answering pipeline calls it,
+    gives the same windows (ids), the same answerable positions (its p_mask: context tokens only), the same
+    word-aligned character spans, and transformers' model the same span logits."""
+    transformers = pytest.importorskip("transformers")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(qa_pair_dir))
+    hf_model = transformers.AutoModelForQuestionAnswering.from_pretrained(str(qa_pair_dir), dtype=torch.float32)
+    assert hf_tok.padding_side == "right" and hf_tok.cls_token_id is None
+    ours = llama_ft.pipeline("question-answering", model=qa_pair_dir, max_length=96, stride=32)
+    builder = window_builder(ours.tokenizer, 96, 32, ours.qa_format)
+    model = llama_ft.from_pretrained(qa_pair_dir)
+    n_windows = 0
+    for ex in dev_questions:
+        windows = builder(ex)
+        enc = hf_tok(ex.question, ex.context, max_length=96, stride=32, **HF_QA_CALL)
+        assert [w.input_ids for w in windows] == enc["input_ids"]
+        for k, w in enumerate(windows):
+            e = enc[k]
+            context = [i for i, sid in enumerate(e.sequence_ids) if sid == 1]
+            assert context == list(range(w.context_start, w.context_end))
+            assert [(e.word_to_chars(e.token_to_word(i), sequence_index=1)) for i in context] == w.offsets
+        n_windows += len(windows)
+        if ex is dev_questions[0]:
+            ids = torch.tensor(enc["input_ids"][:1])
+            with torch.no_grad():
+                theirs = hf_model(input_ids=ids)
+                start, end = model(ids)
+            torch.testing.assert_close(start, theirs.start_logits, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(end, theirs.end_logits, atol=1e-4, rtol=1e-4)
+    assert n_windows > 2 * len(dev_questions)  # contexts of several windows
+    assert ours.qa_format == "pair" and isinstance(builder, PairWindowBuilder)
+
+
+def test_pair_format_answers_as_transformers_question_answering_pipeline(qa_pair_dir, dev_questions):
+    """Answer strings, character spans and scores of transformers' own question-answering pipeline."""
+    transformers = pytest.importorskip("transformers")
+    try:
+        from transformers.pipelines import question_answering  # noqa: F401
+    except ImportError:
+        pytest.skip(f"transformers {transformers.__version__} has no question-answering pipeline (removed in "
+                    "version 5); the windows and logits are checked against its tokenizer and model above")
+    questions, contexts = [ex.question for ex in dev_questions], [ex.context for ex in dev_questions]
+    ours = llama_ft.pipeline("question-answering", model=qa_pair_dir, max_length=96, stride=32,
+                             max_answer_tokens=30)(question=questions, context=contexts)
+    ref = transformers.pipeline("question-answering", model=str(qa_pair_dir), dtype=torch.float32, device="cpu")
+    for q, c, a in zip(questions, contexts, ours):
+        b = ref(question=q, context=c, max_seq_len=96, doc_stride=32, max_answer_len=30)
+        assert (a["answer"], a["start"], a["end"]) == (b["answer"], b["start"], b["end"])
+        assert a["score"] == pytest.approx(b["score"], rel=1e-3)
+
+
+def test_template_format_is_not_what_transformers_builds(qa_dir, dev_questions):
+    """The template export's windows are llama_ft's prompt, which transformers' pipeline never builds."""
+    transformers = pytest.importorskip("transformers")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(qa_dir))
+    qa = llama_ft.pipeline("question-answering", model=qa_dir, max_length=96, stride=32)
+    assert qa.qa_format == "template"
+    ex = dev_questions[0]
+    windows, _ = build_windows(qa.tokenizer, [ex], 96, 32)
+    assert [w.input_ids for w in windows] != hf_tok(ex.question, ex.context, max_length=96, stride=32,
+                                                    **HF_QA_CALL)["input_ids"]

@@ -182,6 +182,8 @@ def card_info(model: LlamaPreTrainedModel, config: dict, card: dict, metrics: di
     info.setdefault("dtype", config["dtype"])
     if model.task == "classification":
         info.setdefault("labels", labels_of(model))
+    if model.task == "qa":
+        info.setdefault("qa_format", config.get("qa_format", "template"))
     return info
 
 

@@ -94,9 +94,10 @@ def render_model_card(info: dict) -> str:
     "name", "config", "split"}; default: the first dataset); metrics (name -> number, the run's final
     evaluation; bookkeeping such as step or tokens/s is left out of model-index); policy (str or dict);
     hyperparameters (dict); command (str); model_name; repo_id; tags; language; labels (id -> name); dtype;
-    description. A value that is malformed is an error; one that is missing (no base model, license or
-    dataset known) is left out of the metadata with a warning, so an export at the end of a run never fails
-    for want of card details.
+    description; qa_format (QA: "template" or "pair", the input format the model was trained on; the card
+    states it and how to call the model). A value that is malformed is an error; one that is missing (no base
+    model, license or dataset known) is left out of the metadata with a warning, so an export at the end of a
+    run never fails for want of card details.
     """
     pipeline = info.get("pipeline_tag") or PIPELINES.get(info.get("task", ""))
     if pipeline not in TASK_NAMES:
@@ -170,6 +171,8 @@ def _body(info: dict, name: str, base: str | None, license_: str | None, pipelin
     parts += ["## Use", "```python\nfrom transformers import AutoTokenizer, " + auto + "\n\n"
               f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\")\n"
               f"model = {auto}.from_pretrained(\"{repo}\")\n```"]
+    if pipeline == "question-answering":
+        parts += _qa_input_format(info.get("qa_format", "template"), repo, info.get("hyperparameters") or {})
     if info.get("dtype"):
         parts.append(f"Weights are stored in {info['dtype']}.")
     if license_ and license_.startswith("llama"):
@@ -178,3 +181,41 @@ def _body(info: dict, name: str, base: str | None, license_: str | None, pipelin
     elif license_:
         parts += ["## License", f"{license_}, the license of the base model."]
     return "\n\n".join(parts) + "\n"
+
+
+def _qa_input_format(qa_format: str, repo: str, hp: dict) -> list[str]:
+    """The card's "Input format" section of a QA model: what it was trained on and how to call it."""
+    if qa_format == "pair":
+        geometry = f", max_seq_len={hp['max_length']}, doc_stride={hp['stride']}" if "max_length" in hp else ""
+        return ["## Input format",
+                "Trained on the tokenizer's own question/context pair, `[BOS] question EOS context EOS` (the "
+                "template in tokenizer.json's post-processor; BOS only where the tokenizer adds one), the context "
+                "cut into overlapping windows, answers only on context tokens, widened to whole words: what "
+                "transformers' question-answering pipeline builds and decodes (transformers < 5; version 5 "
+                "removed that pipeline). llama_ft's `pipeline(\"question-answering\")` answers the same.",
+                "```python\nfrom transformers import pipeline\n\n"
+                f"qa = pipeline(\"question-answering\", model=\"{repo}\")\n"
+                f"qa(question=\"Where is the Eiffel Tower?\", context=\"The Eiffel Tower is in Paris.\", "
+                f"max_answer_len=30{geometry})\n```"]
+    if qa_format != "template":
+        raise ModelCardError(f"model card: `qa_format` must be 'template' or 'pair', got {qa_format!r}.")
+    return ["## Input format",
+            "Trained on llama_ft's prompt windows, `[BOS]Question: {question}\\nContext:\\n{context}\\nAnswer:` "
+            "(question, `\\nContext:\\n` and `\\nAnswer:` tokenised apart; the no-answer position is the last "
+            "token). transformers' question-answering pipeline does NOT build this input, so its answers would "
+            "differ: use llama_ft's `pipeline(\"question-answering\", model=...)`, or build the input yourself:",
+            "```python\nimport torch\n\n"
+            "def ids(text):\n    return tokenizer(text, add_special_tokens=False)[\"input_ids\"]\n\n"
+            "question, context = \"Where is the Eiffel Tower?\", \"The Eiffel Tower is in Paris.\"\n"
+            "ctx = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)\n"
+            "head = tokenizer(\"\")[\"input_ids\"] + ids(\"Question: \" + question) + ids(\"\\nContext:\\n\")\n"
+            "with torch.no_grad():\n"
+            "    out = model(torch.tensor([head + ctx[\"input_ids\"] + ids(\"\\nAnswer:\")]))\n"
+            "n = len(ctx[\"input_ids\"])\n"
+            "start = out.start_logits[0, len(head):len(head) + n]\n"
+            "end = out.end_logits[0, len(head):len(head) + n]\n"
+            "scores, i = start[:, None] + end[None, :], torch.arange(n)\n"
+            "scores[(i[None, :] < i[:, None]) | (i[None, :] - i[:, None] >= 30)] = float(\"-inf\")\n"
+            "s, e = divmod(int(scores.argmax()), n)\n"
+            "print(context[ctx[\"offset_mapping\"][s][0]:ctx[\"offset_mapping\"][e][1]].strip())\n```",
+            "Contexts longer than one window need llama_ft's windows (`llama_ft.tasks.squad.windows`)."]

@@ -25,6 +25,7 @@ _PASSTHROUGH = {
     "_name_or_path", "architectures", "model_type", "torch_dtype", "dtype", "transformers_version",
     "use_cache", "pretraining_tp", "attention_dropout", "hidden_act", "initializer_range",
     "id2label", "label2id", "problem_type", "num_labels", "pad_token_id_source",
+    "qa_format",
 }
 
 _REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")

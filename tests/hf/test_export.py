@@ -17,6 +17,7 @@ from llama_ft.hf.export import ExportError
 from llama_ft.hf.model_card import ModelCardError, render_model_card
 from llama_ft.model.lora import LoRALinear, add_lora
 from llama_ft.sources.resolve import SourceError
+from llama_ft.tasks.squad.windows import pair_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -394,3 +395,33 @@ def test_a_folder_moved_aside_by_a_live_process_is_left_alone(tmp_path):
     with pytest.raises(SourceError, match="not an existing folder"):
         llama_ft.from_pretrained(target)
     assert aside.is_dir() and not target.exists()
+
+
+@pytest.mark.parametrize("qa_format", ["template", "pair"])
+def test_qa_card_states_the_input_format_and_its_code_answers_as_llama_ft(tiny_model_dir, tmp_path, capsys,
+                                                                         qa_format):
+    """The card of a QA export says which input the model was trained on; for the template format, which
+    transformers' question-answering pipeline does not build, the card's own code (run here with transformers'
+    tokenizer and model) gives llama_ft's answer."""
+    model = llama_ft.from_pretrained(tiny_model_dir, task="qa", seed=0)
+    with torch.no_grad():
+        for head in model.head_modules():
+            head.weight.normal_(0, 0.5)
+    model.config.extra["qa_format"] = qa_format
+    tok = llama_ft.load_tokenizer(tiny_model_dir)
+    out = llama_ft.save_pretrained(model, tmp_path / "qa", dtype="float32", card=CARD,
+                                   tokenizer=pair_tokenizer(tok) if qa_format == "pair" else tok)
+    assert json.loads((out / "config.json").read_text())["qa_format"] == qa_format
+    section = (out / "README.md").read_text().split("## Input format")[1]
+    if qa_format == "pair":
+        assert "what transformers' question-answering pipeline builds" in section
+        assert 'pipeline("question-answering", model=' in section and "max_answer_len=30" in section
+        return
+    assert "does NOT build this input" in section and "llama_ft's `pipeline(\"question-answering\"" in section
+    code = section.split("```python\n")[1].split("```")[0]
+    exec(code, {"tokenizer": transformers.AutoTokenizer.from_pretrained(str(out)),
+                "model": transformers.AutoModelForQuestionAnswering.from_pretrained(str(out), dtype=torch.float32)})
+    printed = capsys.readouterr().out.strip()
+    ours = llama_ft.pipeline("question-answering", model=out)(question="Where is the Eiffel Tower?",
+                                                              context="The Eiffel Tower is in Paris.")
+    assert printed == ours["answer"] and printed

@@ -2,6 +2,11 @@
 the best over all windows of a question, the text cut from the original context by character offsets;
 SQuAD v2's null score, its threshold, and no-answer probabilities.
 
+Two rules pick the answer (`RULES`): `logits`, llama_ft's (the span with the highest start + end logit over all
+windows), and `pipeline`, transformers' question-answering pipeline's, for the pair format: in each window a
+softmax over its context tokens, the top `2 * top_k + 10` spans by start x end probability, each widened to
+whole words, and the probabilities of spans with the same text (case-insensitively) summed over all windows.
+
 `study_window_predictions` reproduces the study's scoring instead (each window on its own, two independent
 argmaxes, text re-decoded from ids): only to reproduce its numbers.
 """
@@ -19,12 +24,19 @@ from llama_ft.tasks.squad.windows import QAWindow
 
 N_BEST = 20
 MAX_ANSWER_TOKENS = 30
+RULES = ("logits", "pipeline")
+PIPELINE_SPANS = 12   # transformers' pipeline keeps 2 * top_k + 10 spans of each window (top_k=1)
+
+
+def decode_rule(qa_format: str) -> str:
+    """The rule that decodes windows of `qa_format`: the pair format answers as transformers' pipeline does."""
+    return "pipeline" if qa_format == "pair" else "logits"
 
 
 @dataclass
 class Candidate:
     text: str
-    score: float          # start logit + end logit
+    score: float          # start logit + end logit; rule `pipeline`: the log of the summed span probabilities
     start_char: int
     end_char: int
     window: int
@@ -71,13 +83,53 @@ def window_candidates(window: QAWindow, start_logits: Tensor, end_logits: Tensor
     return out
 
 
+def pipeline_candidates(windows: list[QAWindow], logits: list[tuple[Tensor, Tensor]], context: str,
+                        max_answer_tokens: int = MAX_ANSWER_TOKENS) -> list[Candidate]:
+    """transformers' question-answering pipeline's answers of one question, best first: per window the
+    `PIPELINE_SPANS` best spans by probability (softmax over the window's context tokens), their texts cut at
+    word boundaries (`window.offsets`), probabilities of equal texts (ignoring case) summed over all windows."""
+    by_text: dict[str, list] = {}
+    for w, (s, e) in zip(windows, logits):
+        c0, n = w.context_start, len(w.offsets)
+        if n == 0:
+            continue
+        p = s[c0:c0 + n].float().softmax(0)[:, None] * e[c0:c0 + n].float().softmax(0)[None, :]
+        i = torch.arange(n)
+        length = i[None, :] - i[:, None]
+        p = p.masked_fill((length < 0) | (length >= max_answer_tokens), 0.0)
+        top, flat = p.flatten().topk(min(PIPELINE_SPANS, p.numel()))
+        for prob, f in zip(top.tolist(), flat.tolist()):
+            a, b = divmod(f, n)
+            start_char, end_char = w.offsets[a][0], w.offsets[b][1]
+            text = context[start_char:end_char]
+            seen = by_text.get(text.lower())
+            if seen is not None:
+                seen[1] += prob
+            else:
+                by_text[text.lower()] = [Candidate(text, 0.0, start_char, end_char, w.window), prob]
+    ranked = sorted(by_text.values(), key=lambda cp: -cp[1])
+    for cand, prob in ranked:
+        cand.score = math.log(prob) if prob > 0 else -math.inf
+    return [cand for cand, _ in ranked]
+
+
 def decode_question(qid: str, context: str, windows: list[QAWindow], logits: list[tuple[Tensor, Tensor]],
-                    n_best: int = N_BEST, max_answer_tokens: int = MAX_ANSWER_TOKENS) -> QuestionPrediction:
-    """The best span over all windows of one question, with its n-best list and null score."""
+                    n_best: int = N_BEST, max_answer_tokens: int = MAX_ANSWER_TOKENS,
+                    rule: str = "logits") -> QuestionPrediction:
+    """The best span over all windows of one question by `rule` (see RULES), with its n-best list and null
+    score (rule `pipeline`: the null position's log-probability against the window's context tokens)."""
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r}: use one of {', '.join(RULES)}.")
     cands, null = [], math.inf
     for w, (s, e) in zip(windows, logits):
-        cands += window_candidates(w, s, e, context, n_best, max_answer_tokens)
-        null = min(null, float(s[w.null_index] + e[w.null_index]))
+        if rule == "logits":
+            cands += window_candidates(w, s, e, context, n_best, max_answer_tokens)
+        keep = list(range(w.context_start, w.context_end)) + [w.null_index]
+        norm = float(torch.logsumexp(s[keep].float(), 0) + torch.logsumexp(e[keep].float(), 0)) \
+            if rule == "pipeline" else 0.0
+        null = min(null, float(s[w.null_index] + e[w.null_index]) - norm)
+    if rule == "pipeline":
+        cands = pipeline_candidates(windows, logits, context, max_answer_tokens)
     cands.sort(key=lambda c: -c.score)
     best = cands[0] if cands else None
     return QuestionPrediction(qid, best.text if best else "", best, null, cands[:n_best])
@@ -85,9 +137,10 @@ def decode_question(qid: str, context: str, windows: list[QAWindow], logits: lis
 
 def decode_predictions(examples: list[SquadExample], windows: list[QAWindow],
                        logits: list[tuple[Tensor, Tensor]], n_best: int = N_BEST,
-                       max_answer_tokens: int = MAX_ANSWER_TOKENS) -> dict[str, QuestionPrediction]:
-    """{qid: QuestionPrediction} for every example; `windows` and `logits` in the same order (as `predict`
-    returns them for the windows)."""
+                       max_answer_tokens: int = MAX_ANSWER_TOKENS, rule: str = "logits"
+                       ) -> dict[str, QuestionPrediction]:
+    """{qid: QuestionPrediction} for every example by `rule`; `windows` and `logits` in the same order (as
+    `predict` returns them for the windows)."""
     if len(windows) != len(logits):
         raise ValueError(f"{len(windows)} windows but {len(logits)} logit pairs; predict on exactly the windows.")
     by_q: dict[str, list[int]] = {}
@@ -97,7 +150,7 @@ def decode_predictions(examples: list[SquadExample], windows: list[QAWindow],
     for ex in examples:
         idx = by_q.get(ex.qid, [])
         out[ex.qid] = decode_question(ex.qid, ex.context, [windows[i] for i in idx], [logits[i] for i in idx],
-                                      n_best, max_answer_tokens)
+                                      n_best, max_answer_tokens, rule)
     return out
 
 

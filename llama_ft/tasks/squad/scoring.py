@@ -10,6 +10,7 @@ from llama_ft.tasks.squad.decode import (
     N_BEST,
     QuestionPrediction,
     answers,
+    decode_rule,
     best_null_threshold,
     decode_predictions,
     na_probs,
@@ -24,15 +25,17 @@ from llama_ft.train.distributed import map_sharded
 class QuestionSet:
     """One set of questions, windowed once for one tokenizer; `decode`/`score` work with any model state.
 
-    amp: the autocast dtype by name (bf16, fp16 on CUDA, none); n_best / max_answer_tokens: see decode."""
+    amp: the autocast dtype by name (bf16, fp16 on CUDA, none); n_best / max_answer_tokens: see decode;
+    qa_format: the windows' input format (windows.QA_FORMATS), `pair` decoded by transformers' pipeline rule."""
 
     def __init__(self, name: str, examples: list[SquadExample], tokenizer, max_length: int = 384,
                  stride: int = 128, *, amp: str = "bf16", n_best: int = N_BEST,
-                 max_answer_tokens: int = MAX_ANSWER_TOKENS, progress: bool = True):
+                 max_answer_tokens: int = MAX_ANSWER_TOKENS, progress: bool = True, qa_format: str = "template"):
         self.name, self.examples, self.tokenizer, self.amp = name, examples, tokenizer, amp
         self.n_best, self.max_answer_tokens, self.progress = n_best, max_answer_tokens, progress
+        self.rule = decode_rule(qa_format)
         self.windows, self.counts = build_windows(tokenizer, examples, max_length, stride, progress=progress,
-                                                  desc=f"windows {name}")
+                                                  desc=f"windows {name}", qa_format=qa_format)
         self.refs = references(examples)
 
     def training_examples(self) -> list[dict]:
@@ -46,7 +49,8 @@ class QuestionSet:
         logits = map_sharded(lambda part: predict(model, [w.as_example() for w in part], batch_size=batch_size,
                                                   amp=self.amp, progress=f"score {self.name}" if self.progress
                                                   else None), self.windows)
-        return decode_predictions(self.examples, self.windows, logits, self.n_best, self.max_answer_tokens), logits
+        return decode_predictions(self.examples, self.windows, logits, self.n_best, self.max_answer_tokens,
+                                  self.rule), logits
 
     def threshold(self, model) -> float:
         """The SQuAD v2 no-answer threshold that maximises F1 on this (held-out) set."""

@@ -1,7 +1,11 @@
 """Extractive-QA windows for a decoder: question, then a piece of the context, then an answer cue; labels on
 verified token offsets, a dedicated "no answer in this window" position, never a wrong span.
 
-Layout of one window (ids):  [BOS]  "Question: {question}\\nContext:\\n"  context[k : k + room]  "\\nAnswer:"
+Two input formats (`QA_FORMATS`): `template` (below, llama_ft's own prompt) and `pair` (`PairWindowBuilder`: the
+tokenizer's own question/context pair encoding, which transformers' question-answering pipeline builds).
+
+Layout of one window (ids) in the template format:
+    [BOS]  "Question: {question}\\nContext:\\n"  context[k : k + room]  "\\nAnswer:"
 
 - Question first: in a causal model a context token can only be question-aware if the question came before it.
 - The context is tokenised on its own, once per context, so every context token's offsets index the original
@@ -15,8 +19,11 @@ Layout of one window (ids):  [BOS]  "Question: {question}\\nContext:\\n"  contex
 """
 from __future__ import annotations
 
+import copy
+import json
 from dataclasses import dataclass, field
 
+from tokenizers import Tokenizer as _Backend
 from tqdm.auto import tqdm
 
 from llama_ft.tasks.squad.data import SquadExample
@@ -25,6 +32,7 @@ QUESTION_PREFIX = "Question: "
 CONTEXT_PREFIX = "\nContext:\n"
 ANSWER_CUE = "\nAnswer:"
 MAX_QUESTION_TOKENS = 64   # longer questions are cut (BERT's run_squad max_query_length), and counted
+QA_FORMATS = ("template", "pair")
 
 
 class FeatureError(ValueError):
@@ -156,6 +164,32 @@ def answer_tokens(spans: list[tuple[int, int] | None], start: int, end: int) -> 
     return first, last
 
 
+def label_span(ex: SquadExample, spans: list[tuple[int, int] | None], counts: FeatureCounts
+               ) -> tuple[tuple[int, int] | None, bool, bool]:
+    """(token span of the label or None, whether its characters are exactly the gold answer, whether the
+    question can be trained on) for one question over its context tokens' trimmed `spans`.
+
+    The label is the first gold answer whose characters are exactly a token span. An answer that starts or ends
+    inside a token ("six" in "sixth") has no such span: the windows holding it are not trained on (their covering
+    span would teach a text that is not the gold answer); the question's other windows still teach "no answer
+    here"."""
+    span, exact = None, False
+    if not ex.is_impossible:
+        for a in ex.answers:
+            found = answer_tokens(spans, a.start, a.end)
+            if found is not None:
+                exact = (spans[found[0]][0], spans[found[1]][1]) == (a.start, a.end)
+                if span is None or exact:
+                    span = found
+                if exact:
+                    break
+        counts.answers_mid_token += span is not None and not exact
+    trainable = ex.is_impossible or span is not None
+    if not trainable:
+        counts.questions_unlabelled += 1
+    return span, exact, trainable
+
+
 class WindowBuilder:
     """Builds QAWindows for one tokenizer and window geometry; contexts are tokenised once and reused."""
 
@@ -195,24 +229,7 @@ class WindowBuilder:
         room = self.max_length - len(head) - len(self.cue)
         # Overlap is capped at half the room, so a window always advances by at least half its context.
         step = room - min(self.stride, room // 2)
-        # The label is the first gold answer whose characters are exactly a token span. An answer that starts
-        # or ends inside a token ("six" in "sixth") has no such span: the windows holding it are not trained on
-        # (their covering span would teach a text that is not the gold answer); the question's other windows
-        # still teach "no answer here".
-        span, exact = None, False
-        if not ex.is_impossible:
-            for a in ex.answers:
-                found = answer_tokens(spans, a.start, a.end)
-                if found is not None:
-                    exact = (spans[found[0]][0], spans[found[1]][1]) == (a.start, a.end)
-                    if span is None or exact:
-                        span = found
-                    if exact:
-                        break
-            c.answers_mid_token += span is not None and not exact
-        trainable = ex.is_impossible or span is not None
-        if not trainable:
-            c.questions_unlabelled += 1
+        span, exact, trainable = label_span(ex, spans, c)
         out = []
         k = 0
         while True:
@@ -238,10 +255,126 @@ class WindowBuilder:
         return out
 
 
+def pair_tokenizer(tokenizer):
+    """A copy of `tokenizer` whose pair encoding is `[BOS] question EOS context EOS` (single texts unchanged).
+
+    The EOS between the texts marks where the question ends (SmolLM2's own template adds nothing, which would run
+    the two together); the final EOS is outside the context yet has attended to all of it: the window's
+    no-answer position, as the answer cue is in the template format. Exported with the model, so that
+    transformers' tokenizer builds exactly these ids."""
+    eos, bos = tokenizer.eos_token, tokenizer.bos_token if tokenizer.add_bos else None
+    if eos is None:
+        raise FeatureError(f"{tokenizer.source}: the pair format separates question and context with the EOS "
+                           "token and this tokenizer has none; set `eos_token` in tokenizer_config.json or use "
+                           "qa_format='template'.")
+    d = json.loads(tokenizer.backend.to_str())
+    pp = d.get("post_processor")
+    kept = [p for p in (pp["processors"] if pp and pp["type"] == "Sequence" else [pp] if pp else [])
+            if p["type"] != "TemplateProcessing"]
+    if any(p["type"] != "ByteLevel" for p in kept):
+        raise FeatureError(f"{tokenizer.source}: post-processor {[p['type'] for p in kept]} is not a Llama-family "
+                           "one (ByteLevel, TemplateProcessing); use qa_format='template'.")
+
+    def special(token: str, type_id: int) -> dict:
+        return {"SpecialToken": {"id": token, "type_id": type_id}}
+
+    start = [special(bos, 0)] if bos else []
+    template = {"type": "TemplateProcessing", "single": start + [{"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": start + [{"Sequence": {"id": "A", "type_id": 0}}, special(eos, 0),
+                                 {"Sequence": {"id": "B", "type_id": 1}}, special(eos, 1)],
+                "special_tokens": {t: {"id": t, "ids": [tokenizer.token_to_id(t)], "tokens": [t]}
+                                   for t in dict.fromkeys(filter(None, (bos, eos)))}}
+    d["post_processor"] = {"type": "Sequence", "processors": [*kept, template]}
+    out = copy.copy(tokenizer)
+    out.backend = _Backend.from_str(json.dumps(d))
+    return out
+
+
+class PairWindowBuilder:
+    """QAWindows in the pair format: `pair_tokenizer`'s encoding of (question, context) cut as transformers'
+    question-answering pipeline cuts it (the tokenizer's truncation "only_second", `stride` context tokens shared
+    by consecutive windows), every token kept as the tokenizer made it.
+
+    A context token's span is that of its whole word (the pipeline widens answers to words), never None; the
+    labels are placed on the context's own tokens as in the template format; the no-answer position is the
+    final EOS. A question too long to leave more than `stride` context tokens is an error, as in transformers.
+    """
+
+    def __init__(self, tokenizer, max_length: int = 384, stride: int = 128):
+        self.tok = pair_tokenizer(tokenizer)
+        self.max_length, self.stride = max_length, stride
+        self._contexts: dict[str, tuple[list[int], list]] = {}
+        self.counts = FeatureCounts()
+
+    def _context(self, context: str):
+        if context not in self._contexts:
+            ids, offsets = self.tok.encode_with_offsets(context, add_special_tokens=False)
+            self._contexts[context] = (ids, [_core(context, s, e) for s, e in offsets])
+        return self._contexts[context]
+
+    def encode(self, question: str, context: str) -> list:
+        """The tokenizer's encodings (`tokenizers.Encoding`) of the pair's windows, in order."""
+        backend = self.tok.backend
+        room = self.max_length - len(backend.encode(question, add_special_tokens=False).ids) \
+            - backend.num_special_tokens_to_add(True)
+        if room <= self.stride:
+            raise FeatureError(f"question {question[:60]!r} leaves {room} context tokens per window of max_length="
+                               f"{self.max_length}, not more than stride={self.stride}; raise max_length or "
+                               "lower stride.")
+        backend.enable_truncation(self.max_length, stride=self.stride, strategy="only_second")
+        try:
+            first = backend.encode(question, context)
+        finally:
+            backend.no_truncation()
+        return [first, *first.overflowing]
+
+    def __call__(self, ex: SquadExample) -> list[QAWindow]:
+        """The windows of one question, labelled with its first placeable gold answer."""
+        c = self.counts
+        ids, spans = self._context(ex.context)
+        span, exact, trainable = label_span(ex, spans, c)
+        out, k = [], 0
+        for enc in self.encode(ex.question, ex.context):
+            ctx = [i for i, sid in enumerate(enc.sequence_ids) if sid == 1]
+            c0, n = ctx[0], len(ctx)
+            if ctx != list(range(c0, c0 + n)) or enc.ids[c0:c0 + n] != ids[k:k + n]:
+                raise FeatureError(f"question {ex.qid}: the pair encoding's context tokens are not the context's "
+                                   "own tokens; use qa_format='template'.")
+            words: dict[int, tuple[int, int]] = {}
+            for i in ctx:
+                a, b = enc.offsets[i]
+                w = enc.word_ids[i]
+                words[w] = (min(a, words[w][0]), max(b, words[w][1])) if w in words else (a, b)
+            null = len(enc.ids) - 1
+            inside = span is not None and k <= span[0] and span[1] < k + n
+            s = e = null
+            if inside:
+                s, e = c0 + span[0] - k, c0 + span[1] - k
+            offsets = [words[enc.word_ids[i]] for i in ctx]
+            out.append(QAWindow(ex.qid, len(out), list(enc.ids), c0, offsets, s, e, inside,
+                                trainable and not (inside and not exact)))
+            c.windows_with_answer += inside
+            c.windows_no_answer += not inside
+            k += n - self.stride
+        c.questions += 1
+        c.windows += len(out)
+        c.multi_window_questions += len(out) > 1
+        c.max_windows = max(c.max_windows, len(out))
+        return out
+
+
+def window_builder(tokenizer, max_length: int = 384, stride: int = 128, qa_format: str = "template"):
+    """The window builder of `qa_format` (one of QA_FORMATS)."""
+    if qa_format not in QA_FORMATS:
+        raise FeatureError(f"qa_format={qa_format!r}: use one of {', '.join(QA_FORMATS)}.")
+    return (PairWindowBuilder if qa_format == "pair" else WindowBuilder)(tokenizer, max_length, stride)
+
+
 def build_windows(tokenizer, examples: list[SquadExample], max_length: int = 384, stride: int = 128,
-                  progress: bool = False, desc: str = "windows") -> tuple[list[QAWindow], FeatureCounts]:
-    """All windows of `examples`, in question order, and what building them counted."""
-    builder = WindowBuilder(tokenizer, max_length, stride)
+                  progress: bool = False, desc: str = "windows", qa_format: str = "template"
+                  ) -> tuple[list[QAWindow], FeatureCounts]:
+    """All windows of `examples` in `qa_format`, in question order, and what building them counted."""
+    builder = window_builder(tokenizer, max_length, stride, qa_format)
     windows: list[QAWindow] = []
     for ex in tqdm(examples, desc=desc, unit="q", disable=not progress, dynamic_ncols=True):
         windows.extend(builder(ex))

@@ -160,3 +160,25 @@ def test_labels_round_trip_through_decoding_on_real_windows(shared, smollm2_dir)
     exact = [ex for ex in examples if any(w.trainable and w.has_answer for w in windows if w.qid == ex.qid)]
     assert len(exact) > 290
     assert all(preds[ex.qid].text == ex.answers[0].text for ex in exact)
+
+
+def test_pipeline_rule_sums_the_probabilities_of_equal_texts_over_windows():
+    """transformers' rule: a per-window softmax over context tokens, then the probabilities of spans with the
+    same text (case ignored) added up; the logits rule picks the single highest start + end instead."""
+    w0, w1 = window(WORDS, k=0), window(WORDS, k=1)
+    # Window 0 prefers "mat" (p 0.62 each end) over "cat"; window 1 is sure of "cat".
+    l0 = logits(w0, {ctx(6): 5.0, ctx(1): 4.5}, {ctx(6): 5.0, ctx(1): 4.5})
+    l1 = logits(w1, {ctx(1): 3.0}, {ctx(1): 3.0})
+    assert decode_question("q", CONTEXT, [w0, w1], [l0, l1]).text == "mat"
+    p = decode_question("q", CONTEXT, [w0, w1], [l0, l1], rule="pipeline")
+    p_cat0 = (math.exp(4.5) / (math.exp(5.0) + math.exp(4.5) + 7 * math.exp(-10.0))) ** 2
+    p_cat1 = (math.exp(3.0) / (math.exp(3.0) + 8 * math.exp(-10.0))) ** 2
+    assert p.text == "cat" and p.best.score == pytest.approx(math.log(p_cat0 + p_cat1), rel=1e-5)
+    # Case is ignored when texts are merged, and the text first met is the one returned: "the" (window 1) is
+    # added to "The" (window 0), not kept apart.
+    l0 = logits(w0, {ctx(0): 4.0, ctx(6): 4.2}, {ctx(0): 4.0, ctx(6): 4.2})
+    l1 = logits(w1, {ctx(4): 3.0}, {ctx(4): 3.0})
+    p = decode_question("q", CONTEXT, [w0, w1], [l0, l1], rule="pipeline")
+    assert p.text == "The" and math.exp(p.best.score) > 1.0
+    with pytest.raises(ValueError, match="rule='max': use one of logits, pipeline"):
+        decode_question("q", CONTEXT, [w0], [l0], rule="max")

@@ -10,9 +10,12 @@ import llama_ft
 from llama_ft.tasks.squad.data import Answer, SquadExample, load_squad
 from llama_ft.tasks.squad.windows import (
     ANSWER_CUE,
+    FeatureError,
+    PairWindowBuilder,
     WindowBuilder,
     answer_tokens,
     build_windows,
+    pair_tokenizer,
     training_examples,
     verified_spans,
 )
@@ -142,3 +145,46 @@ def test_answer_tokens_covers_characters():
     assert answer_tokens(spans, 6, 26) == (2, 3)
     assert answer_tokens(spans, 7, 16) == (2, 2)        # starts inside token 2: covering span
     assert answer_tokens(spans, 5, 6) is None           # whitespace only
+
+
+@pytest.mark.parametrize("max_length,stride", [(384, 128), (128, 64)])
+def test_pair_format_windows_are_the_tokenizers_pair_labelled_with_the_gold_answer(tok, first_2000, max_length,
+                                                                                   stride):
+    """Pair format: each window is `question EOS context-piece EOS` as the tokenizer's own pair encoding cuts it
+    (`stride` context tokens shared by neighbours), a trained window's label is exactly the gold answer (its
+    word-widened span contains it), the no-answer position is the final EOS, outside the context."""
+    examples = first_2000[:400]
+    windows, counts = build_windows(tok, examples, max_length, stride, qa_format="pair")
+    by_id = {ex.qid: ex for ex in examples}
+    eos = tok.eos_token_id
+    assert counts.questions == 400 and counts.windows == len(windows)
+    assert counts.multi_window_questions > (300 if max_length == 128 else 10)
+    for w in windows:
+        ex = by_id[w.qid]
+        q = tok.encode(ex.question, add_special_tokens=False)
+        assert len(w.input_ids) <= max_length
+        assert w.input_ids[:w.context_start] == q + [eos] and w.input_ids[w.context_end:] == [eos]
+        if w.trainable and w.has_answer:
+            a, b = w.offsets[w.start_positions - w.context_start][0], w.offsets[w.end_positions - w.context_start][1]
+            assert ex.answers[0].text in ex.context[a:b]
+            assert ex.context[a:b].strip() == ex.answers[0].text or counts.answers_mid_token
+        elif w.trainable:
+            assert w.start_positions == w.end_positions == w.null_index == len(w.input_ids) - 1
+    assert sum(w.has_answer for w in windows if w.trainable) > 0.95 * 400
+    for qid in list(by_id)[:100]:
+        ws = [w for w in windows if w.qid == qid]
+        pieces = [w.input_ids[w.context_start:w.context_end] for w in ws]
+        for prev, nxt in zip(pieces, pieces[1:]):
+            assert prev[-stride:] == nxt[:stride]
+        assert tok.decode(pieces[0] + [t for p in pieces[1:] for t in p[stride:]]) == by_id[qid].context
+
+
+def test_pair_tokenizer_keeps_single_texts_and_refuses_a_question_that_leaves_no_room(tok):
+    pair = pair_tokenizer(tok)
+    assert pair.encode("a gem of a film") == tok.encode("a gem of a film")
+    assert pair_tokenizer(pair).backend.to_str() == pair.backend.to_str()
+    long_q = SquadExample(qid="q", title="", context="Paris is in France. " * 20, question="Where? " * 40,
+                          answers=[Answer("Paris", 0)], gold_texts=["Paris"])
+    with pytest.raises(FeatureError, match=r"leaves -?\d+ context tokens per window of max_length=128, not more "
+                                           r"than stride=64; raise max_length or lower stride"):
+        PairWindowBuilder(tok, 128, 64)(long_q)
