@@ -49,7 +49,8 @@ PRESETS = {
     "study": {"policy": "head", "lr": 2e-5, "weight_decay": 0.01, "schedule": "linear", "warmup_ratio": 0.0,
               "batch_size": 64, "global_batch": 64, "epochs": 3, "max_length": 128, "stride": 64},
     "default": {"policy": "lora:16", "lr": 5e-4, "weight_decay": 0.01, "schedule": "cosine", "warmup_ratio": 0.05,
-                "batch_size": 8, "global_batch": 32, "epochs": 2, "max_length": 384, "stride": 128},
+                "batch_size": 8, "global_batch": 32, "micro_batch_tokens": 1536, "epochs": 2, "max_length": 384,
+                "stride": 128},
 }
 
 

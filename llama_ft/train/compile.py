@@ -20,6 +20,11 @@ AUTO_MIN_SECONDS = 300.0
 AUTO_PROBE_STEPS = 2
 # torch.compile's `dynamic` for the blocks (benchmarks/compile_shapes.py measures both settings).
 DYNAMIC: bool | None = None
+# The blocks' forward sees several input variants in one run, each a graph of its own: the first trainable
+# block's input needs no gradient and the others' do, batches with and without padding (a mask, or none), static
+# then dynamic lengths, micro-batch sizes split by micro_batch_tokens. Past dynamo's default limit (8 graphs
+# per function) the blocks would silently run eagerly for the rest of the run.
+RECOMPILE_LIMIT = 64
 
 
 @dataclass
@@ -84,6 +89,8 @@ class Compiler:
             self._start(0)
 
     def _start(self, step: int) -> None:
+        import torch._dynamo.config as dynamo_config  # only once compiling
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         self.stats = CompileStats(at_step=step, frames_before=frames_compiled())
         compile_blocks(self.model, dynamic=DYNAMIC)
 
