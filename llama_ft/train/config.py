@@ -64,8 +64,8 @@ class TrainConfig:
         weights, gradients and AdamW moments sharded over the processes, weights gathered per decoder block in the
         autocast dtype, gradients reduced in fp32; llama_ft.train.fsdp). `fsdp` needs 2+ processes, runs eager
         (compile `auto` stays eager, True is refused) and refuses amp='fp16'. train() shards a copy of the model
-        and loads the trained weights back into the model it was given (which stays whole on the device meanwhile:
-        the saving is in gradients, AdamW moments and the copy's weights); checkpoints are sharded safetensors.
+        and loads the trained weights back into the model it was given, which waits in host memory meanwhile (a
+        device holds only its shards); checkpoints are sharded safetensors.
     peak_flops: the FLOP/s that MFU (model FLOPs per second, logged in every step line) divides by, per
         process. `auto`: the datasheet's dense peak for a known CUDA card (H100, H200, A100), else a short matmul
         probe in the run's compute dtype, once per process (1024^3 on CPU: well under a second). A number: that

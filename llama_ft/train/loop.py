@@ -461,8 +461,12 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
     split, lengths, geo = find_split(model), example_lengths(train_set), batch_geometry(len(train_set), cfg, world)
     ckpts = Checkpoints(cfg, geo, rank, run_fingerprint(cfg, geo.global_batch, amp_dtype, frozen_dtype, train_set))
     sharded = cfg.shard == "fsdp"
+    home = next(model.parameters()).device
     if sharded:
         check_fsdp(world, amp_dtype, cfg.compile)
+        # The caller's model waits in host memory, so a device holds only its shards of the copy (fully_shard
+        # moves each block to the device as it shards it); it comes back with the trained weights at the end.
+        model.to("cpu")
     # FSDP2 turns the modules it shards into its own classes: it gets a copy, and `model` the trained weights.
     work = copy.deepcopy(model) if sharded else model
     task_module = TaskLoss(work, split, feature_dtype)
@@ -536,6 +540,7 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
         res.compile = compiler.finish()
         if cache is not None:
             cache.close()
+        model.to(home)
     if evaluate.best_weights is not None:
         load_trainable(model, evaluate.best_weights, "best weights")
     elif sharded:
