@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import llama_ft
+from tiny import export_qa
 from llama_ft.pipeline import PipelineError, QuestionAnsweringPipeline
 from llama_ft.tasks.squad.data import SquadExample, load_squad
 from llama_ft.tasks.squad.decode import decode_predictions
-from llama_ft.tasks.squad.windows import PairWindowBuilder, build_windows, pair_tokenizer, window_builder
+from llama_ft.tasks.squad.windows import PairWindowBuilder, build_windows, window_builder
 from llama_ft.tasks.sst2 import data as sst2
 from llama_ft.train import predict
 
@@ -49,19 +50,6 @@ def clf_dir(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def qa_dir(tiny_model_dir, tmp_path_factory):
     return export(tiny_model_dir, tmp_path_factory.mktemp("qa") / "model", "qa")
-
-
-def export_qa(base_dir, folder, qa_format):
-    """A tiny QA export in `qa_format`, as train_squad.py writes one (config.json's qa_format, and for `pair`
-    the tokenizer that builds the pair)."""
-    model = llama_ft.from_pretrained(base_dir, task="qa", seed=0)
-    with torch.no_grad():
-        for head in model.head_modules():
-            head.weight.normal_(0, 0.5)
-    model.config.extra["qa_format"] = qa_format
-    tok = llama_ft.load_tokenizer(base_dir)
-    return llama_ft.save_pretrained(model, folder, dtype="float32",
-                                    tokenizer=pair_tokenizer(tok) if qa_format == "pair" else tok)
 
 
 @pytest.fixture(scope="module")

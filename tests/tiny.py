@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
+import llama_ft
 from llama_ft import LlamaConfig, LlamaForQuestionAnswering, LlamaForSequenceClassification, save_pretrained
+from llama_ft.tasks.squad.windows import pair_tokenizer
 from llama_ft.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +48,19 @@ def dataset(task="classification", n=96, seed=0, max_len=30):
             s = r.randrange(len(ids))
             out.append({"input_ids": ids, "start_positions": s, "end_positions": r.randrange(s, len(ids))})
     return out
+
+
+def export_qa(base_dir, folder, qa_format: str, card: dict | None = None) -> Path:
+    """A QA export of the model in `base_dir` (random head weights large enough to matter) in `qa_format`, as
+    train_squad.py writes one: config.json's qa_format, and for `pair` the tokenizer that builds the pair."""
+    model = llama_ft.from_pretrained(base_dir, task="qa", seed=0)
+    with torch.no_grad():
+        for head in model.head_modules():
+            head.weight.normal_(0, 0.5)
+    model.config.extra["qa_format"] = qa_format
+    tok = llama_ft.load_tokenizer(base_dir)
+    return llama_ft.save_pretrained(model, folder, dtype="float32", card=card,
+                                    tokenizer=pair_tokenizer(tok) if qa_format == "pair" else tok)
 
 
 def train_config(**kw) -> TrainConfig:

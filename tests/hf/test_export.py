@@ -11,13 +11,13 @@ from huggingface_hub import ModelCard
 from safetensors import safe_open
 
 import llama_ft
+from tiny import export_qa
 from llama_ft import LlamaConfig
 from llama_ft.hf import export
 from llama_ft.hf.export import ExportError
 from llama_ft.hf.model_card import ModelCardError, render_model_card
 from llama_ft.model.lora import LoRALinear, add_lora
 from llama_ft.sources.resolve import SourceError
-from llama_ft.tasks.squad.windows import pair_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -403,14 +403,7 @@ def test_qa_card_states_the_input_format_and_its_code_answers_as_llama_ft(tiny_m
     """The card of a QA export says which input the model was trained on; for the template format, which
     transformers' question-answering pipeline does not build, the card's own code (run here with transformers'
     tokenizer and model) gives llama_ft's answer."""
-    model = llama_ft.from_pretrained(tiny_model_dir, task="qa", seed=0)
-    with torch.no_grad():
-        for head in model.head_modules():
-            head.weight.normal_(0, 0.5)
-    model.config.extra["qa_format"] = qa_format
-    tok = llama_ft.load_tokenizer(tiny_model_dir)
-    out = llama_ft.save_pretrained(model, tmp_path / "qa", dtype="float32", card=CARD,
-                                   tokenizer=pair_tokenizer(tok) if qa_format == "pair" else tok)
+    out = export_qa(tiny_model_dir, tmp_path / "qa", qa_format, card=CARD)
     assert json.loads((out / "config.json").read_text())["qa_format"] == qa_format
     section = (out / "README.md").read_text().split("## Input format")[1]
     if qa_format == "pair":
