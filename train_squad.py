@@ -157,8 +157,8 @@ def run(args) -> int:
             data, train_q, held_q, test_q = load_splits(args, extra)
             tokenizer = llama_ft.load_tokenizer(args.model)
             windows = partial(QuestionSet, tokenizer=tokenizer, max_length=args.max_length, stride=args.stride,
-                              amp=amp, n_best=args.n_best, max_answer_tokens=args.max_answer_tokens,
-                              qa_format=args.qa_format)
+                              amp=amp, compile=args.compile, n_best=args.n_best,
+                              max_answer_tokens=args.max_answer_tokens, qa_format=args.qa_format)
             train_set = windows("train", train_q)
             examples = train_set.training_examples()
             print(f"train windows ({args.max_length}/{args.stride}): {train_set.counts.summary()}")

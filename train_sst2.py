@@ -206,23 +206,24 @@ def run(args) -> int:
                                   label2id={n: i for i, n in labels.id2label.items()})
         if not args.no_zero_shot:
             t0 = time.perf_counter()
-            rows[RANDOM_HEAD] = score_rows(model, test_rows, tokenizer, args.max_length, amp)
+            rows[RANDOM_HEAD] = score_rows(model, test_rows, tokenizer, args.max_length, amp, args.compile)
             timings["random_head_seconds"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         eval_set = text.encode(held_rows, tokenizer, args.max_length) if held_rows else None
-        eval_fn = (lambda m: {k: score_rows(m, held_rows, tokenizer, args.max_length, amp)[k]
+        eval_fn = (lambda m: {k: score_rows(m, held_rows, tokenizer, args.max_length, amp, args.compile)[k]
                               for k in ("accuracy", "f1")}) if held_rows else None
         result = train(model, text.encode(train_rows, tokenizer, args.max_length),
                        train_config(args, out, device, amp), eval_set=eval_set, eval_fn=eval_fn)
         timings["train_seconds"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         finetuned = f"fine-tuned ({args.policy})"
-        rows[finetuned] = score_rows(model, test_rows, tokenizer, args.max_length, amp)
+        rows[finetuned] = score_rows(model, test_rows, tokenizer, args.max_length, amp, args.compile)
         timings["test_seconds"] = time.perf_counter() - t0
-        extra = ({args.eval_file: score_rows(model, files["eval"], tokenizer, args.max_length, amp)}
+        extra = ({args.eval_file: score_rows(model, files["eval"], tokenizer, args.max_length, amp, args.compile)}
                  if "eval" in files else {})
-        probs = probabilities(model, files["predict"], tokenizer, args.max_length, amp) if "predict" in files else None
+        probs = (probabilities(model, files["predict"], tokenizer, args.max_length, amp, args.compile)
+                 if "predict" in files else None)
         timings["total_seconds"] = time.perf_counter() - t_start
 
         with together(rank, world, args):  # the other ranks wait for rank 0's files, and stop if it fails

@@ -41,7 +41,7 @@ from llama_ft.model.lora import TARGETS as LORA_TARGETS
 from llama_ft.model.params import count_parameters
 from llama_ft.model.policies import parse_policy
 from llama_ft.train import TrainConfig, train_step
-from llama_ft.train.compile import compile_blocks
+from llama_ft.train.compile import InferenceCompiler, compile_blocks
 from llama_ft.train.config import resolve_frozen_dtype
 from llama_ft.train.loop import TaskLoss, prepare_model
 from llama_ft.train.optim import build_optimizer, build_scheduler
@@ -287,6 +287,14 @@ def eval_fn(model, is_hf: bool, s: Setting):
     return run
 
 
+def compiled(run, model):
+    """`run` with the decoder blocks compiled as predict compiles them for a long pass (InferenceCompiler)."""
+    def go(b):
+        with InferenceCompiler(model, True, 0):
+            return run(b)
+    return go
+
+
 def interleaved(fns: dict, b: dict, s: Setting) -> dict[str, float]:
     """Median seconds per call of each fn, repetitions alternating between them."""
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -346,6 +354,11 @@ def bench_policy(shape: str, policy: str, s: Setting, with_hf: bool = True, with
         row[f"{k}_mem_gib"] = round((resident + step_memory(st, b, s.device)) / 2**30, 3)
     if with_eval:
         fns = {"ours": eval_fn(ours, False, s)}
+        if s.compile:
+            fns["ours_compiled"] = compiled(eval_fn(ours, False, s), ours)
+            t0 = time.perf_counter()
+            fns["ours_compiled"](b)
+            row["eval_compile_warmup_s"] = round(time.perf_counter() - t0, 1)
         if with_hf:
             fns["hf"] = eval_fn(steppers["hf"].model, True, s)
         for m in (st.model for st in steppers.values()):
@@ -357,6 +370,8 @@ def bench_policy(shape: str, policy: str, s: Setting, with_hf: bool = True, with
             row[f"eval_{k}_tok_s"] = round(tokens / te[k], 1)
         if "hf" in te:
             row["eval_ratio"] = round(te["hf"] / te["ours"], 3)
+            if "ours_compiled" in te:
+                row["eval_ratio_compiled"] = round(te["hf"] / te["ours_compiled"], 3)
             row["eval_max_logit_diff"] = round((outs["ours"] - outs["hf"]).abs().max().item(), 4)
     del steppers, ours
     release_memory()
@@ -443,7 +458,7 @@ def main(argv=None) -> int:
               "steps": rows, "skipped": skipped}
     print(table(rows, ["shape", "policy", "batch", "seq", "ours_tok_s", "hf_tok_s", "ratio", "hf_common_tok_s",
                        "ratio_common", "ours_compiled_tok_s", "compile_speedup", "ratio_compiled",
-                       "compile_warmup_s", "ours_mem_gib", "hf_mem_gib", "eval_ratio"]))
+                       "compile_warmup_s", "ours_mem_gib", "hf_mem_gib", "eval_ratio", "eval_ratio_compiled"]))
     for sk in skipped:
         print(f"skipped: {sk}")
     if args.json:

@@ -40,8 +40,9 @@ def add_shared_flags(ap: argparse.ArgumentParser, *, presets: dict[str, dict], o
     hp.add_argument("--grad-checkpointing", action="store_true",
                     help="recompute each trainable block in backward (less memory, more time)")
     hp.add_argument("--compile", action=argparse.BooleanOptionalAction, default="auto",
-                    help="torch.compile the trainable decoder blocks; default: when the first steps show the run "
-                         "is long enough to repay the warm-up (TrainConfig.compile='auto')")
+                    help="torch.compile the decoder blocks, for training and for each long inference pass (scoring, "
+                         "the trunk cache); default: when its first steps or batches show it is long enough to "
+                         "repay the warm-up (TrainConfig.compile='auto', predict(compile='auto'))")
     hp.add_argument("--log-every", type=int, default=10, help="steps between progress-bar updates")
     ev = ap.add_argument_group("evaluation during training")
     ev.add_argument("--eval-every", type=int, metavar="N", help=f"evaluate every N optimizer steps: {eval_help}")

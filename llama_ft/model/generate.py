@@ -6,6 +6,7 @@ import os
 import torch
 from torch import Tensor
 
+from llama_ft.heap import release_free_memory
 from llama_ft.model.llama import KVCache, LlamaForCausalLM
 
 # A shared prefix shorter than this is not worth a separate forward.
@@ -78,4 +79,7 @@ def generate(model: LlamaForCausalLM, prompts: list[list[int]], max_new_tokens: 
         mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(nxt[:, None], mask, kv_cache=cache, last_only=True)[:, -1]
+    if device.type == "cpu":  # the cache grew by a copy a token: its old copies fragment the heap
+        del cache, logits
+        release_free_memory()
     return out

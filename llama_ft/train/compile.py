@@ -18,6 +18,9 @@ from torch import nn
 # is then repaid at the speed-ups compile gives on the step.
 AUTO_MIN_SECONDS = 300.0
 AUTO_PROBE_STEPS = 2
+# Inference passes (predict, the trunk cache) compile when the rest of the pass would take at least this long
+# eagerly: the warm-up of the inference graphs (BENCHMARKS.md, "Inference forward") is then repaid.
+AUTO_MIN_INFERENCE_SECONDS = 60.0
 # torch.compile's `dynamic` for the blocks (benchmarks/compile_shapes.py measures both settings).
 DYNAMIC: bool | None = None
 # The blocks' forward sees several input variants in one run, each a graph of its own: the first trainable
@@ -121,3 +124,49 @@ class Compiler:
         self.stats.frames_compiled = frames_compiled() - self.stats.frames_before
         uncompile_blocks(self.model)
         return self.stats.to_dict()
+
+
+class InferenceCompiler:
+    """Compiled decoder blocks for one long inference pass over length-sorted batches: now (True), never (False),
+    or `auto`, after the first batch, when the remaining tokens at its speed would take at least `min_seconds`
+    eagerly. The blocks compile with dynamic shapes, so every batch length and size shares one graph (two with
+    and without a padding mask). On exit the blocks are as they were (eager, or training's compiled blocks)."""
+
+    def __init__(self, model: nn.Module, mode: bool | str, total_tokens: int,
+                 min_seconds: float = AUTO_MIN_INFERENCE_SECONDS):
+        if mode not in ("auto", True, False):
+            raise ValueError(f"compile={mode!r}; use auto, True or False.")
+        self.layers = list(model.backbone.layers)
+        self.mode, self.left, self.min_seconds = mode, total_tokens, min_seconds
+        self.saved: list | None = None
+        self.decided = False
+
+    def __enter__(self) -> InferenceCompiler:
+        if self.mode is True:
+            self._start()
+        return self
+
+    def _start(self) -> None:
+        import torch._dynamo.config as dynamo_config  # only once compiling
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+        self.saved = [getattr(layer, "_compiled_call_impl", None) for layer in self.layers]
+        for layer in self.layers:
+            layer._compiled_call_impl = None
+            layer.compile(dynamic=True)
+
+    def after_batch(self, seconds: float, tokens: int) -> None:
+        """Count a finished batch of `tokens` (padded) that took `seconds`; `auto` decides after the first."""
+        self.left -= tokens
+        if self.mode == "auto" and not self.decided:
+            self.decided = True
+            if self.left * seconds / max(tokens, 1) >= self.min_seconds:
+                self._start()
+
+    @property
+    def compiled(self) -> bool:
+        return self.saved is not None
+
+    def __exit__(self, *exc) -> None:
+        if self.saved is not None:
+            for layer, impl in zip(self.layers, self.saved):
+                layer._compiled_call_impl = impl

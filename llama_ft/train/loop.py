@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from llama_ft.heap import release_free_memory
 from llama_ft.model.flops import device_peak, training_flops
 from llama_ft.model.params import count_parameters
 from llama_ft.model.policies import apply_policy, parse_policy
@@ -35,7 +36,7 @@ from llama_ft.train.checkpoint import (
     trainable_state,
     write_weights,
 )
-from llama_ft.train.compile import Compiler
+from llama_ft.train.compile import Compiler, InferenceCompiler
 from llama_ft.train.config import TrainConfig, resolve_amp, resolve_device, resolve_frozen_dtype
 from llama_ft.train.distributed import all_reduce_sum, barrier, init_distributed, no_sync, wrap
 from llama_ft.train.divergence import DivergenceError, DivergenceGuard, NonFiniteError, TrainingError, chance_loss
@@ -282,7 +283,8 @@ def start_trunk_cache(model: nn.Module, split: TrunkSplit, train_set: list[dict]
     t0 = time.perf_counter()
     cache = TrunkCache(model, split, train_set, lengths, batch_size=2 * cfg.batch_size, device=device,
                        amp_dtype=amp_dtype, dtype=feature_dtype, ram_bytes=cfg.trunk_cache_ram_gib * 2**30,
-                       tmp_dir=out_dir / "tmp" if out_dir else None, show_progress=show_progress)
+                       tmp_dir=out_dir / "tmp" if out_dir else None, show_progress=show_progress,
+                       compile=False if cfg.shard == "fsdp" else cfg.compile)
     return cache, {"kind": split.kind, "start_layer": split.start, "bytes": cache.nbytes,
                    "file": str(cache.path) if cache.path else None, "seconds": time.perf_counter() - t0,
                    "flop_ratio": flop_ratio(model, split)}
@@ -515,6 +517,8 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
                                          device=device, max_grad_norm=cfg.max_grad_norm)
             except NonFiniteError as e:
                 raise stopped(NonFiniteError, log, step + 1, str(e), ckpts.last_good, lr=lr) from None
+            if device.type == "cpu":  # the next step's activations differ in size: hand this step's back
+                release_free_memory()
             dt, step = time.perf_counter() - t0, step + 1
             if why := guard.diverged(loss, gnorm):
                 raise stopped(DivergenceError, log, step, why, ckpts.last_good, loss=loss, grad_norm=gnorm, lr=lr)
@@ -550,10 +554,11 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
 
 @torch.inference_mode()
 def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: str = "bf16",
-            device: str | torch.device | None = None, progress: str | None = None):
+            device: str | torch.device | None = None, progress: str | None = None, compile: bool | str = "auto"):
     """Model outputs in dataset order: classification -> [N, num_labels] fp32 tensor; QA -> list of
     (start_logits, end_logits) fp32 1-D tensors trimmed to each example's length. Length-sorted batches,
-    inference mode, autocast `amp` (bf16, fp16 on CUDA, none); `progress`: a progress bar with this title."""
+    inference mode, autocast `amp` (bf16, fp16 on CUDA, none); `progress`: a progress bar with this title;
+    `compile`: the decoder blocks compiled for this pass (True, False, or `auto`: when it pays, InferenceCompiler)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     amp_dtype = resolve_amp(amp, device)
     if amp_dtype is None and any(p.dtype != torch.float32 for p in model.parameters()):
@@ -565,20 +570,26 @@ def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: st
     pad = model.config.pad_token_id
     results: list = [None] * len(dataset)
     bar = tqdm(total=len(dataset), desc=progress, unit="example", disable=progress is None, dynamic_ncols=True)
-    for idx in sorted_batches(lengths, batch_size):
-        b = collate([dataset[i] for i in idx], pad)
-        bar.update(len(idx))
-        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            out = model(b["input_ids"].to(device), b["attention_mask"].to(device))
-        if model.task == "classification":
-            for row, i in enumerate(idx):
-                results[i] = out[row].float().cpu()
-        else:
-            s, e = out[0].float().cpu(), out[1].float().cpu()
-            for row, i in enumerate(idx):
-                results[i] = (s[row, :lengths[i]].clone(), e[row, :lengths[i]].clone())
+    batches = sorted_batches(lengths, batch_size)
+    with InferenceCompiler(model, compile, sum(int(lengths[idx].max()) * len(idx) for idx in batches)) as compiler:
+        for idx in batches:
+            t0 = time.perf_counter()
+            b = collate([dataset[i] for i in idx], pad)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+                out = model(b["input_ids"].to(device), b["attention_mask"].to(device))
+            if model.task == "classification":
+                for row, i in enumerate(idx):
+                    results[i] = out[row].float().cpu()
+            else:
+                s, e = out[0].float().cpu(), out[1].float().cpu()
+                for row, i in enumerate(idx):
+                    results[i] = (s[row, :lengths[i]].clone(), e[row, :lengths[i]].clone())
+            compiler.after_batch(time.perf_counter() - t0, b["input_ids"].numel())
+            bar.update(len(idx))
     bar.close()
     model.train(was_training)
+    if device.type == "cpu":
+        release_free_memory()
     if model.task == "classification":
         return torch.stack(results) if results else torch.empty(0, model.num_labels)
     return results

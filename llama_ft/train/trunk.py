@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from llama_ft.files import left_by_dead_processes
 from llama_ft.train.batching import collate, sorted_batches
+from llama_ft.train.compile import InferenceCompiler
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,8 @@ class TrunkCache:
 
     def __init__(self, model: nn.Module, split: TrunkSplit, dataset: list[dict], lengths: np.ndarray, *,
                  batch_size: int, device: torch.device, amp_dtype: torch.dtype | None, dtype: torch.dtype,
-                 ram_bytes: float, tmp_dir: str | Path | None, show_progress: bool = False):
+                 ram_bytes: float, tmp_dir: str | Path | None, show_progress: bool = False,
+                 compile: bool | str = False):
         self.split, self.lengths, self.dtype = split, lengths, dtype
         hidden = model.config.hidden_size
         rows = len(dataset) if split.kind == "pooled" else int(lengths.sum())
@@ -119,17 +122,21 @@ class TrunkCache:
         was_training = model.training
         model.eval()
         batches = sorted_batches(lengths, batch_size)
-        for idx in tqdm(batches, desc="trunk cache", disable=not show_progress, leave=False):
-            b = collate([dataset[i] for i in idx], pad)
-            ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
-            with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16,
-                                                        enabled=amp_dtype is not None):
-                feats = bottom_forward(model, split, ids, mask).to(dtype).cpu()
-            for row, i in enumerate(idx):
-                if split.kind == "pooled":
-                    self.store[i].copy_(feats[row])
-                else:
-                    self.store[self.offsets[i]:self.offsets[i + 1]].copy_(feats[row, :lengths[i]])
+        padded = sum(int(lengths[idx].max()) * len(idx) for idx in batches)
+        with InferenceCompiler(model, compile, padded) as compiler:
+            for idx in tqdm(batches, desc="trunk cache", disable=not show_progress, leave=False):
+                t0 = time.perf_counter()
+                b = collate([dataset[i] for i in idx], pad)
+                ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
+                with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16,
+                                                            enabled=amp_dtype is not None):
+                    feats = bottom_forward(model, split, ids, mask).to(dtype).cpu()
+                for row, i in enumerate(idx):
+                    if split.kind == "pooled":
+                        self.store[i].copy_(feats[row])
+                    else:
+                        self.store[self.offsets[i]:self.offsets[i + 1]].copy_(feats[row, :lengths[i]])
+                compiler.after_batch(time.perf_counter() - t0, ids.numel())
         model.train(was_training)
 
     def batch(self, indices: np.ndarray, device: torch.device) -> Tensor:

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 from tiny import dataset, tiny_model
 
-from llama_ft.train import TrainConfig, train
-from llama_ft.train.compile import compile_pays, is_compiled
-
+from llama_ft.train import TrainConfig, predict, train
+from llama_ft.train.compile import InferenceCompiler, compile_blocks, compile_pays, frames_compiled, is_compiled
 
 
 
@@ -68,3 +67,39 @@ def test_evaluations_and_checks_between_compiled_steps_compile_no_graphs_of_thei
     # The blocks' input variants (first block's input without grad, masks, lengths, sizes) stay compiled: dynamo's
     # default limit of 8 graphs would otherwise switch them to eager in mid-run.
     assert torch._dynamo.config.recompile_limit >= 64
+
+
+def test_inference_auto_compiles_when_the_rest_of_the_pass_would_take_long_enough():
+    model = tiny_model("qa")
+    with InferenceCompiler(model, "auto", total_tokens=1000, min_seconds=60.0) as c:
+        c.after_batch(seconds=1.0, tokens=100)   # 900 tokens left at 100 a second: 9 s, the warm-up would not pay
+        assert not c.compiled and not is_compiled(model)
+        c.after_batch(seconds=100.0, tokens=100)  # only the first batch decides
+        assert not c.compiled
+    with InferenceCompiler(model, "auto", total_tokens=1000, min_seconds=5.0) as c:
+        c.after_batch(seconds=1.0, tokens=100)
+        assert c.compiled and is_compiled(model)
+    assert not is_compiled(model)  # eager again afterwards
+    with pytest.raises(ValueError, match="compile='yes'"):
+        InferenceCompiler(model, "yes", 10)
+
+
+@pytest.mark.slow
+def test_compiled_predict_equals_eager_over_every_length_with_one_graph_and_restores_the_blocks():
+    """Dynamic shapes: batches of every length and size share the padded and the unpadded graph."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    data = dataset("qa", n=40, max_len=30)
+    model = tiny_model("qa")
+    eager = predict(model, data, batch_size=6, compile=False)
+    before = frames_compiled()
+    compiled = predict(model, data, batch_size=6, compile=True)
+    assert 1 <= frames_compiled() - before <= 3  # with and without a mask, plus a batch of one
+    assert not is_compiled(model)
+    for (s0, e0), (s1, e1) in zip(eager, compiled):
+        np.testing.assert_allclose(s1.numpy(), s0.numpy(), rtol=2e-2, atol=2e-2)
+        np.testing.assert_allclose(e1.numpy(), e0.numpy(), rtol=2e-2, atol=2e-2)
+    compile_blocks(model)  # training's compiled blocks (the caller's state) come back as they were
+    impls = [layer._compiled_call_impl for layer in model.backbone.layers]
+    predict(model, data[:6], batch_size=6, compile=True)
+    assert [layer._compiled_call_impl for layer in model.backbone.layers] == impls

@@ -26,12 +26,14 @@ class QuestionSet:
     """One set of questions, windowed once for one tokenizer; `decode`/`score` work with any model state.
 
     amp: the autocast dtype by name (bf16, fp16 on CUDA, none); n_best / max_answer_tokens: see decode;
-    qa_format: the windows' input format (windows.QA_FORMATS), `pair` decoded by transformers' pipeline rule."""
+    qa_format: the windows' input format (windows.QA_FORMATS), `pair` decoded by transformers' pipeline rule;
+    compile: predict's, for every pass over the set (auto: when the pass is long enough to repay the warm-up)."""
 
     def __init__(self, name: str, examples: list[SquadExample], tokenizer, max_length: int = 384,
                  stride: int = 128, *, amp: str = "bf16", n_best: int = N_BEST,
-                 max_answer_tokens: int = MAX_ANSWER_TOKENS, progress: bool = True, qa_format: str = "template"):
-        self.name, self.examples, self.tokenizer, self.amp = name, examples, tokenizer, amp
+                 max_answer_tokens: int = MAX_ANSWER_TOKENS, progress: bool = True, qa_format: str = "template",
+                 compile: bool | str = "auto"):
+        self.name, self.examples, self.tokenizer, self.amp, self.compile = name, examples, tokenizer, amp, compile
         self.n_best, self.max_answer_tokens, self.progress = n_best, max_answer_tokens, progress
         self.rule = decode_rule(qa_format)
         self.windows, self.counts = build_windows(tokenizer, examples, max_length, stride, progress=progress,
@@ -48,7 +50,7 @@ class QuestionSet:
         `threshold`, `score`, `em_f1` and score_sets)."""
         logits = map_sharded(lambda part: predict(model, [w.as_example() for w in part], batch_size=batch_size,
                                                   amp=self.amp, progress=f"score {self.name}" if self.progress
-                                                  else None), self.windows)
+                                                  else None, compile=self.compile), self.windows)
         return decode_predictions(self.examples, self.windows, logits, self.n_best, self.max_answer_tokens,
                                   self.rule), logits
 

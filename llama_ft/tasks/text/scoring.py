@@ -12,23 +12,25 @@ from llama_ft.train import predict
 from llama_ft.train.distributed import map_sharded
 
 
-def logits_of(model, rows: list[TextExample], tokenizer, max_length: int = 128, amp: str = "bf16") -> torch.Tensor:
+def logits_of(model, rows: list[TextExample], tokenizer, max_length: int = 128, amp: str = "bf16",
+              compile: bool | str = "auto") -> torch.Tensor:
     """Logits [len(rows), num_labels] of `model` on `rows`; under torchrun each process predicts its shard of
-    the rows and all receive the whole (every process must call it)."""
+    the rows and all receive the whole (every process must call it). `compile`: predict's."""
     return map_sharded(lambda part: predict(model, encode(part, tokenizer, max_length), batch_size=64, amp=amp,
-                                            progress="score"), rows)
+                                            progress="score", compile=compile), rows)
 
 
-def probabilities(model, rows: list[TextExample], tokenizer, max_length: int = 128, amp: str = "bf16"
-                  ) -> torch.Tensor:
+def probabilities(model, rows: list[TextExample], tokenizer, max_length: int = 128, amp: str = "bf16",
+                  compile: bool | str = "auto") -> torch.Tensor:
     """Class probabilities [len(rows), num_labels] of `model` on `rows` (sharded over processes: logits_of)."""
-    return logits_of(model, rows, tokenizer, max_length, amp).float().softmax(-1)
+    return logits_of(model, rows, tokenizer, max_length, amp, compile).float().softmax(-1)
 
 
-def score_rows(model, rows: list[TextExample], tokenizer, max_length: int = 128, amp: str = "bf16") -> dict:
+def score_rows(model, rows: list[TextExample], tokenizer, max_length: int = 128, amp: str = "bf16",
+               compile: bool | str = "auto") -> dict:
     """classification_report (accuracy, weighted P/R/F1, confusion matrix) of `model` on labelled `rows`
     (sharded over processes: logits_of)."""
-    logits = logits_of(model, rows, tokenizer, max_length, amp)
+    logits = logits_of(model, rows, tokenizer, max_length, amp, compile)
     return classification_report([r.label for r in rows], logits.argmax(-1).tolist())
 
 

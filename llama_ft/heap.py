@@ -1,0 +1,33 @@
+"""Hand freed host memory back to the operating system between the phases and steps of a CPU run.
+
+glibc's malloc keeps the chunks a program frees resident, to reuse them. A CPU training step allocates and frees
+gigabytes of activations whose sizes change with every batch's length, so the freed chunks rarely fit the next
+requests: the heap fragments, and the process's resident memory climbs step after step to well above what is live
+(BENCHMARKS.md, "Host memory"). `malloc_trim(0)` returns every free page of every arena; it costs milliseconds
+against a step's seconds. Other C libraries (musl, macOS, Windows) do not have it, and do not grow this way for
+the same reason, so there it does nothing.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None where the C library has none."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+def release_free_memory() -> bool:
+    """Return the heap's free pages to the operating system; True when the C library could (glibc)."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
