@@ -93,7 +93,8 @@ class TrunkCache:
     """The frozen trunk's output for every example: one row per example (pooled) or its real tokens only.
 
     Stored in `dtype` (bf16 under autocast) in RAM, or in a numpy memory map under `tmp_dir` when larger than
-    `ram_bytes`; `batch(indices)` gives right-padded features (zeros at pads) on `device`.
+    `ram_bytes`; `batch(indices)` gives right-padded features (zeros at pads) on `device`. `compile`: the
+    bottom's blocks compiled for the pass that fills it (InferenceCompiler: True, False or `auto`).
     """
 
     def __init__(self, model: nn.Module, split: TrunkSplit, dataset: list[dict], lengths: np.ndarray, *,

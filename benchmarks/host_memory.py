@@ -1,0 +1,96 @@
+"""Peak resident memory and speed of the SQuAD recipe on a CPU, with and without handing freed heap pages back
+(llama_ft.heap), each setting in a process of its own, in one run.
+
+    python benchmarks/host_memory.py [--steps 30] [--settings trim glibc mmap trim/cap=1024] [--threads N]
+        [--json out.json]
+
+Each setting runs `train_squad.py` with its defaults (lora:16, 384 / 128 windows, micro-batch 8 capped at 1,536
+tokens, global batch 32, compiled by `auto`) on `--n 1000 --test-size 100 --no-zero-shot --max-steps STEPS`:
+- trim: llama_ft as shipped (malloc_trim after every step and prediction pass);
+- glibc: heap.TRIM off, glibc's malloc as it is;
+- mmap: heap.TRIM off and mallopt(M_MMAP_THRESHOLD, 128 KiB): every tensor above it a mapping of its own,
+  unmapped when freed (no fragmentation, a page fault for every page of every new tensor);
+- any of them with `/cap=N`: `--micro-batch-tokens N` instead of the recipe's 1,536.
+Prints JSON and a table: the process's peak resident set (VmHWM, metrics.json), resident memory after the first
+and the last step, real tokens/s over the steps after the second (so compilation is out of it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT.parent / "shared" / "data" / "squad_v1.1" / "train-v1.1-rebuilt.json.zip"
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+HEAPS = ("trim", "glibc", "mmap")
+CHILD = """
+import ctypes, runpy, sys
+import llama_ft.heap
+setting = sys.argv[1]
+llama_ft.heap.TRIM = setting == "trim"
+if setting == "mmap":
+    ctypes.CDLL("libc.so.6").mallopt({param}, 128 * 1024)
+sys.argv = ["train_squad.py"] + sys.argv[2:]
+runpy.run_path({recipe!r}, run_name="__main__")
+"""
+
+
+def one(setting: str, steps: int, threads: int | None, data: Path, compile_flag: str | None = None) -> dict:
+    heap, _, cap = setting.partition("/cap=")
+    if heap not in HEAPS:
+        raise SystemExit(f"--settings {setting}: use trim, glibc or mmap, optionally with /cap=TOKENS")
+    with tempfile.TemporaryDirectory() as out:
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+        cmd = [sys.executable, "-c", CHILD.format(param=M_MMAP_THRESHOLD, recipe=str(ROOT / "train_squad.py")),
+               heap, *(["--micro-batch-tokens", cap] if cap else []), "--n", "1000", "--test-size", "100",
+               "--no-zero-shot", "--max-steps", str(steps), *([compile_flag] if compile_flag else []),
+               "--model", "smollm2-135m", "--data", str(data), "--output-dir", out, "--overwrite"]
+        run = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if run.returncode != 0:
+            raise SystemExit(f"setting {setting}: train_squad.py failed:\n{run.stderr[-3000:]}")
+        metrics = json.loads((Path(out) / "metrics.json").read_text())
+        log = [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
+    steady = [r for r in log if r["step"] > 2]
+    return {"setting": setting, "peak_rss_bytes": metrics["train"]["peak_memory_bytes"],
+            "rss_after_steps": [r["memory"] for r in log],
+            "steady_tokens_per_s": sum(r["real_tokens"] for r in steady) / sum(r["seconds"] for r in steady),
+            "train_seconds": metrics["train"]["train_seconds"]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--threads", type=int, help="OpenMP threads of each run (default: torch's)")
+    ap.add_argument("--settings", nargs="+", default=list(HEAPS))
+    ap.add_argument("--data", type=Path, default=TRAIN)
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                    help="pass --compile / --no-compile to the recipe (default: its `auto`, which leaves runs of "
+                         "fewer than about 30 steps eager)")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    flag = None if args.compile is None else ("--compile" if args.compile else "--no-compile")
+    rows = [one(s, args.steps, args.threads, args.data, flag) for s in args.settings]
+    res = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "steps": args.steps,
+           "compile": flag or "auto", "rows": rows}
+    print(json.dumps(res, indent=1))
+    base = next((r for r in rows if r["setting"] == "glibc"), None)
+    print(f"\n`train_squad.py --n 1000 --max-steps {args.steps} {flag or ''}` (lora:16), one process per setting\n")
+    print("| setting | peak RSS GB | RSS after step 1 GB | after the last GB | tok/s (steps 3+) | speed vs glibc |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ratio = r["steady_tokens_per_s"] / base["steady_tokens_per_s"] if base else float("nan")
+        print(f"| {r['setting']} | {r['peak_rss_bytes'] / 1e9:.2f} | {r['rss_after_steps'][0] / 1e9:.2f} | "
+              f"{r['rss_after_steps'][-1] / 1e9:.2f} | {r['steady_tokens_per_s']:.0f} | {ratio:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
