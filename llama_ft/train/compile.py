@@ -69,6 +69,12 @@ def is_compiled(model: nn.Module) -> bool:
     return any(getattr(layer, "_compiled_call_impl", None) is not None for layer in model.backbone.layers)
 
 
+def raise_recompile_limit() -> None:
+    """Dynamo's graphs per function up to RECOMPILE_LIMIT (never lowered)."""
+    import torch._dynamo.config as dynamo_config  # only once compiling
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+
+
 def compile_pays(step_seconds: float, steps_left: int, min_seconds: float = AUTO_MIN_SECONDS) -> bool:
     """`auto`'s rule: compile when the eager steps still to run would take at least `min_seconds`."""
     return step_seconds * steps_left >= min_seconds
@@ -92,8 +98,7 @@ class Compiler:
             self._start(0)
 
     def _start(self, step: int) -> None:
-        import torch._dynamo.config as dynamo_config  # only once compiling
-        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+        raise_recompile_limit()
         self.stats = CompileStats(at_step=step, frames_before=frames_compiled())
         compile_blocks(self.model, dynamic=DYNAMIC)
 
@@ -147,8 +152,7 @@ class InferenceCompiler:
         return self
 
     def _start(self) -> None:
-        import torch._dynamo.config as dynamo_config  # only once compiling
-        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+        raise_recompile_limit()
         self.saved = [getattr(layer, "_compiled_call_impl", None) for layer in self.layers]
         for layer in self.layers:
             layer._compiled_call_impl = None

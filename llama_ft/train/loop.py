@@ -571,7 +571,7 @@ def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: st
     results: list = [None] * len(dataset)
     bar = tqdm(total=len(dataset), desc=progress, unit="example", disable=progress is None, dynamic_ncols=True)
     batches = sorted_batches(lengths, batch_size)
-    with InferenceCompiler(model, compile, sum(int(lengths[idx].max()) * len(idx) for idx in batches)) as compiler:
+    with InferenceCompiler(model, compile, padding_waste(lengths, batches)[1]) as compiler:
         for idx in batches:
             t0 = time.perf_counter()
             b = collate([dataset[i] for i in idx], pad)

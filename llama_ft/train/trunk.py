@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from llama_ft.files import left_by_dead_processes
-from llama_ft.train.batching import collate, sorted_batches
+from llama_ft.train.batching import collate, padding_waste, sorted_batches
 from llama_ft.train.compile import InferenceCompiler
 
 
@@ -123,8 +123,7 @@ class TrunkCache:
         was_training = model.training
         model.eval()
         batches = sorted_batches(lengths, batch_size)
-        padded = sum(int(lengths[idx].max()) * len(idx) for idx in batches)
-        with InferenceCompiler(model, compile, padded) as compiler:
+        with InferenceCompiler(model, compile, padding_waste(lengths, batches)[1]) as compiler:
             for idx in tqdm(batches, desc="trunk cache", disable=not show_progress, leave=False):
                 t0 = time.perf_counter()
                 b = collate([dataset[i] for i in idx], pad)
