@@ -1,8 +1,8 @@
 """Peak resident memory and speed of the SQuAD recipe on a CPU, with and without handing freed heap pages back
 (llama_ft.heap), each setting in a process of its own, in one run.
 
-    python benchmarks/host_memory.py [--steps 30] [--settings trim glibc mmap trim/cap=1024] [--threads N]
-        [--json out.json]
+    python benchmarks/host_memory.py [--steps 30] [--settings trim glibc mmap trim/cap=1024 trim/micro trim/thp]
+        [--threads N] [--json out.json]
 
 Each setting runs `train_squad.py` with its defaults (lora:16, 384 / 128 windows, micro-batch 8 capped at 1,536
 tokens, global batch 32, compiled by `auto`) on `--n 1000 --test-size 100 --no-zero-shot --max-steps STEPS`:
@@ -10,7 +10,10 @@ tokens, global batch 32, compiled by `auto`) on `--n 1000 --test-size 100 --no-z
 - glibc: heap.TRIM off, glibc's malloc as it is;
 - mmap: heap.TRIM off and mallopt(M_MMAP_THRESHOLD, 128 KiB): every tensor above it a mapping of its own,
   unmapped when freed (no fragmentation, a page fault for every page of every new tensor);
-- any of them with `/cap=N`: `--micro-batch-tokens N` instead of the recipe's 1,536.
+- any of them with `/cap=N`: `--micro-batch-tokens N` instead of the recipe's 1,536;
+- with `/micro`: heap.EACH_MICRO_BATCH, a trim after every micro-batch's backward as well;
+- with `/thp`: THP_MEM_ALLOC_ENABLE=1, torch's CPU allocator asks for transparent huge pages (2 MiB) for tensors
+  of 2 MiB and more (one page fault per 2 MiB instead of per 4 KiB).
 Prints JSON and a table: the process's peak resident set (VmHWM, metrics.json), resident memory after the first
 and the last step, real tokens/s over the steps after the second (so compilation is out of it).
 """
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -34,6 +38,7 @@ import ctypes, runpy, sys
 import llama_ft.heap
 setting = sys.argv[1]
 llama_ft.heap.TRIM = setting == "trim"
+llama_ft.heap.EACH_MICRO_BATCH = sys.argv.pop(2) == "micro"
 if setting == "mmap":
     ctypes.CDLL("libc.so.6").mallopt({param}, 128 * 1024)
 sys.argv = ["train_squad.py"] + sys.argv[2:]
@@ -42,16 +47,21 @@ runpy.run_path({recipe!r}, run_name="__main__")
 
 
 def one(setting: str, steps: int, threads: int | None, data: Path, compile_flag: str | None = None) -> dict:
-    heap, _, cap = setting.partition("/cap=")
-    if heap not in HEAPS:
-        raise SystemExit(f"--settings {setting}: use trim, glibc or mmap, optionally with /cap=TOKENS")
+    heap, *mods = setting.split("/")
+    cap = next((m.removeprefix("cap=") for m in mods if m.startswith("cap=")), None)
+    if heap not in HEAPS or any(m not in ("micro", "thp") and not m.startswith("cap=") for m in mods):
+        raise SystemExit(f"--settings {setting}: use trim, glibc or mmap, optionally with /cap=TOKENS, /micro, /thp")
     with tempfile.TemporaryDirectory() as out:
-        env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
+               **({"THP_MEM_ALLOC_ENABLE": "1"} if "thp" in mods else {})}
         cmd = [sys.executable, "-c", CHILD.format(param=M_MMAP_THRESHOLD, recipe=str(ROOT / "train_squad.py")),
-               heap, *(["--micro-batch-tokens", cap] if cap else []), "--n", "1000", "--test-size", "100",
+               heap, "micro" if "micro" in mods else "-", *(["--micro-batch-tokens", cap] if cap else []),
+               "--n", "1000", "--test-size", "100",
                "--no-zero-shot", "--max-steps", str(steps), *([compile_flag] if compile_flag else []),
                "--model", "smollm2-135m", "--data", str(data), "--output-dir", out, "--overwrite"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         run = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if run.returncode != 0:
             raise SystemExit(f"setting {setting}: train_squad.py failed:\n{run.stderr[-3000:]}")
         metrics = json.loads((Path(out) / "metrics.json").read_text())
@@ -60,7 +70,9 @@ def one(setting: str, steps: int, threads: int | None, data: Path, compile_flag:
     return {"setting": setting, "peak_rss_bytes": metrics["train"]["peak_memory_bytes"],
             "rss_after_steps": [r["memory"] for r in log],
             "steady_tokens_per_s": sum(r["real_tokens"] for r in steady) / sum(r["seconds"] for r in steady),
-            "train_seconds": metrics["train"]["train_seconds"]}
+            "train_seconds": metrics["train"]["train_seconds"],
+            # The whole process (loading, scoring, compiling included): page faults are paid in system time.
+            "system_seconds": after.ru_stime - before.ru_stime, "minor_faults": after.ru_minflt - before.ru_minflt}
 
 
 def main(argv=None) -> int:
@@ -81,12 +93,14 @@ def main(argv=None) -> int:
     print(json.dumps(res, indent=1))
     base = next((r for r in rows if r["setting"] == "glibc"), None)
     print(f"\n`train_squad.py --n 1000 --max-steps {args.steps} {flag or ''}` (lora:16), one process per setting\n")
-    print("| setting | peak RSS GB | RSS after step 1 GB | after the last GB | tok/s (steps 3+) | speed vs glibc |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| setting | peak RSS GB | RSS after step 1 GB | after the last GB | tok/s (steps 3+) | speed vs glibc "
+          "| process system s | minor faults (M) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         ratio = r["steady_tokens_per_s"] / base["steady_tokens_per_s"] if base else float("nan")
         print(f"| {r['setting']} | {r['peak_rss_bytes'] / 1e9:.2f} | {r['rss_after_steps'][0] / 1e9:.2f} | "
-              f"{r['rss_after_steps'][-1] / 1e9:.2f} | {r['steady_tokens_per_s']:.0f} | {ratio:.2f} |")
+              f"{r['rss_after_steps'][-1] / 1e9:.2f} | {r['steady_tokens_per_s']:.0f} | {ratio:.2f} | "
+              f"{r['system_seconds']:.0f} | {r['minor_faults'] / 1e6:.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return 0

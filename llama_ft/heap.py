@@ -15,6 +15,10 @@ import functools
 
 # Off only to measure what trimming buys (benchmarks/host_memory.py).
 TRIM = True
+# A training step trims after its optimizer update; with this, after every micro-batch's backward as well, which
+# lowers the step's peak (the next micro-batch starts from a trimmed heap) at the cost of faulting the pages in
+# again (BENCHMARKS.md, "Host memory").
+EACH_MICRO_BATCH = False
 
 
 @functools.cache

@@ -26,3 +26,18 @@ def test_freed_fragmented_activations_leave_the_resident_set():
     after = resident_bytes()
     assert before - after > 200 * 2**20, (before, after)
     assert keep.sum() == 2**18
+
+
+@pytest.mark.parametrize("each_micro_batch", [False, True])
+def test_a_cpu_step_trims_after_its_update_and_optionally_after_each_micro_batch(monkeypatch, each_micro_batch):
+    from llama_ft import heap
+    from llama_ft.train import loop, train
+    from tiny import dataset, tiny_model, train_config
+
+    calls = []
+    monkeypatch.setattr(loop, "release_free_memory", lambda *a: calls.append("trim"))
+    monkeypatch.setattr(heap, "EACH_MICRO_BATCH", each_micro_batch)
+    # 16 examples, global batch 8 in micro-batches of 2: 2 steps of 4 micro-batches each.
+    res = train(tiny_model(), dataset(n=16), train_config(epochs=1, batch_size=2, global_batch=8, policy="full"))
+    assert res.steps == 2
+    assert len(calls) == 2 * (4 if each_micro_batch else 1)

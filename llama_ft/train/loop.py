@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from llama_ft import heap
 from llama_ft.heap import release_free_memory
 from llama_ft.model.flops import device_peak, training_flops
 from llama_ft.model.params import count_parameters
@@ -129,6 +130,8 @@ def train_step(loss_model: nn.Module, micro_batches: list[dict], optimizer: torc
             # Gradient of the mean over all the step's examples; DDP divides by `world`, so multiply it back.
             scaler.scale(loss * (world / step_examples)).backward()
         loss_sum += loss.detach()
+        if device.type == "cpu" and heap.EACH_MICRO_BATCH and i < len(micro_batches) - 1:
+            release_free_memory()
     loss_mean = all_reduce_sum(loss_sum).item() / step_examples
     scaler.unscale_(optimizer)
     grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, max_grad_norm or math.inf, foreach=True)).item()
