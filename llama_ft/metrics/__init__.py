@@ -7,7 +7,7 @@ llama_ft.metrics.nltk_data`).
 
 from llama_ft.metrics.bleu import bleu, sacrebleu_corpus_bleu, tokenize_13a
 from llama_ft.metrics.classification import accuracy, class_labels, confusion_matrix, precision_recall_f1
-from llama_ft.metrics.meteor import meteor, single_meteor
+from llama_ft.metrics.meteor import meteor, release_lexicon, single_meteor
 from llama_ft.metrics.nltk_data import SetupError
 from llama_ft.metrics.report import classification_report, format_classification_table, format_squad_table, squad_report
 from llama_ft.metrics.rouge import ROUGE_TYPES, rouge, rouge_scores, rouge_tokenize
@@ -37,6 +37,7 @@ __all__ = [
     "meteor",
     "normalize_answer",
     "precision_recall_f1",
+    "release_lexicon",
     "rouge",
     "rouge_scores",
     "rouge_tokenize",

@@ -90,6 +90,12 @@ def _lexicon() -> _Lexicon:
     return _lexicon_at(str(nltk_data.require_root()))
 
 
+def release_lexicon() -> None:
+    """Drop the WordNet tables and memoised stems that METEOR keeps after its first call; the next call reads
+    them again (seconds). For long phases that score nothing, such as training (BENCHMARKS.md, "Host memory")."""
+    _lexicon_at.cache_clear()
+
+
 def _match_stage(
     hyp: list[tuple[int, str]], ref: list[tuple[int, str]], candidates
 ) -> tuple[list, list, list]:

@@ -13,7 +13,7 @@ from metrics_squad_pairs import squad_pairs
 from nltk.corpus.reader.wordnet import WordNetCorpusReader
 from nltk.translate.meteor_score import meteor_score, single_meteor_score
 
-from llama_ft.metrics import SetupError, meteor, single_meteor
+from llama_ft.metrics import SetupError, meteor, release_lexicon, single_meteor
 from llama_ft.metrics.meteor import _lexicon
 from llama_ft.metrics.nltk_data import ROOT_ENV, SETUP_COMMAND, require_root
 
@@ -97,6 +97,14 @@ def test_synonym_stage_sees_stems_like_nltk(nltk_wordnet):
     ):
         assert single_meteor(ref, hyp) == single_meteor_score(ref, hyp, wordnet=nltk_wordnet)
     assert single_meteor(["auto"], ["car"]) > 0 and single_meteor(["glad"], ["happy"]) == 0.0
+
+
+def test_released_lexicon_is_read_again_with_the_same_scores(nltk_wordnet):
+    before = _lexicon()
+    score = single_meteor(["auto"], ["car"])
+    release_lexicon()  # the recipe does this before training, to hand WordNet's tables back
+    assert _lexicon() is not before
+    assert single_meteor(["auto"], ["car"]) == score == single_meteor_score(["auto"], ["car"], wordnet=nltk_wordnet)
 
 
 def test_corpus_meteor_equals_evaluate_on_real_pairs(nltk_wordnet, tokens):
