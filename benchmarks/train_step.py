@@ -28,6 +28,7 @@ import statistics
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from llama_ft.model.lora import TARGETS as LORA_TARGETS
 from llama_ft.model.params import count_parameters
 from llama_ft.model.policies import parse_policy
 from llama_ft.train import TrainConfig, train_step
-from llama_ft.train.compile import InferenceCompiler, compile_blocks
+from llama_ft.train.compile import InferenceCompiler, compile_blocks, trainable_blocks
 from llama_ft.train.config import resolve_frozen_dtype
 from llama_ft.train.loop import TaskLoss, prepare_model
 from llama_ft.train.optim import build_optimizer, build_scheduler
@@ -66,6 +67,7 @@ class Setting:
     reps: int = 5
     common: bool = True  # also time transformers "as commonly run" (fp32 weights + autocast)
     compile: bool = False  # also time ours with TrainConfig.compile
+    compile_mode: str | None = None  # torch.compile's mode for that column ("reduce-overhead": CUDA graphs)
 
     @property
     def frozen_dtype(self) -> torch.dtype:
@@ -153,8 +155,12 @@ class Stepper:
 
 def ours_stepper(model, policy: str, s: Setting, compile: bool = False) -> Stepper:
     prepare_model(model, TrainConfig(policy=policy), s.frozen_dtype, s.device)
-    if compile:
+    if compile and s.compile_mode:
+        for layer in trainable_blocks(model):
+            layer.compile(mode=s.compile_mode)
+    elif compile:
         compile_blocks(model)
+    graphs = compile and s.compile_mode == "reduce-overhead"
     opt = build_optimizer(model, 1e-5, 0.01, s.device)
     sched = build_scheduler(opt, 10**6, 0.0, "linear")
     scaler = torch.amp.GradScaler(s.device.type, enabled=s.amp == torch.float16)
@@ -163,6 +169,8 @@ def ours_stepper(model, policy: str, s: Setting, compile: bool = False) -> Stepp
     loss_model = TaskLoss(model, find_split(model), feature_dtype)
 
     def step(b):
+        if graphs:  # CUDA graph trees: a new step may overwrite the last one's graph outputs
+            torch.compiler.cudagraph_mark_step_begin()
         loss, _ = train_step(loss_model, [b], opt, sched, scaler, params, step_examples=len(b["label"]), world=1,
                              amp_dtype=s.amp, device=s.device, max_grad_norm=1.0)
         return loss
@@ -287,14 +295,6 @@ def eval_fn(model, is_hf: bool, s: Setting):
     return run
 
 
-def compiled(run, model):
-    """`run` with the decoder blocks compiled as predict compiles them for a long pass (InferenceCompiler)."""
-    def go(b):
-        with InferenceCompiler(model, True, 0):
-            return run(b)
-    return go
-
-
 def interleaved(fns: dict, b: dict, s: Setting) -> dict[str, float]:
     """Median seconds per call of each fn, repetitions alternating between them."""
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -353,19 +353,24 @@ def bench_policy(shape: str, policy: str, s: Setting, with_hf: bool = True, with
         resident = st.resident_bytes()
         row[f"{k}_mem_gib"] = round((resident + step_memory(st, b, s.device)) / 2**30, 3)
     if with_eval:
-        fns = {"ours": eval_fn(ours, False, s)}
-        if s.compile:
-            fns["ours_compiled"] = compiled(eval_fn(ours, False, s), ours)
-            t0 = time.perf_counter()
-            fns["ours_compiled"](b)
-            row["eval_compile_warmup_s"] = round(time.perf_counter() - t0, 1)
-        if with_hf:
-            fns["hf"] = eval_fn(steppers["hf"].model, True, s)
-        for m in (st.model for st in steppers.values()):
-            m.eval()
-        with torch.inference_mode():
-            outs = {k: fn(b).float() for k, fn in fns.items()}
-        te = interleaved(fns, b, s)
+        with ExitStack() as stack:
+            fns = {"ours": eval_fn(ours, False, s)}
+            if s.compile:
+                # The compiled twin's blocks compiled once, as predict() compiles them for a long pass (entering
+                # InferenceCompiler per call would time the wrapping of 30 blocks, not the forward).
+                twin = steppers["ours_compiled"].model
+                stack.enter_context(InferenceCompiler(twin, True, 0))
+                fns["ours_compiled"] = eval_fn(twin, False, s)
+            if with_hf:
+                fns["hf"] = eval_fn(steppers["hf"].model, True, s)
+            for m in (st.model for st in steppers.values()):
+                m.eval()
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                outs = {k: fn(b).float() for k, fn in fns.items()}
+                if s.compile:
+                    row["eval_compile_warmup_s"] = round(time.perf_counter() - t0, 1)
+            te = interleaved(fns, b, s)
         for k in fns:
             row[f"eval_{k}_tok_s"] = round(tokens / te[k], 1)
         if "hf" in te:
@@ -434,6 +439,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-hf", action="store_true", help="ours only")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="also time ours with each decoder block compiled")
+    ap.add_argument("--compile-mode", help="torch.compile mode of that column (default: TrainConfig.compile's)")
     ap.add_argument("--no-common", action="store_true", help="skip transformers with all-fp32 weights")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
@@ -442,7 +448,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     s = Setting(torch.device(args.device), {"bf16": torch.bfloat16, "fp16": torch.float16}[args.amp],
-                args.batch, args.seq, args.steps, args.reps, common=not args.no_common, compile=args.compile)
+                args.batch, args.seq, args.steps, args.reps, common=not args.no_common, compile=args.compile,
+                compile_mode=args.compile_mode)
     rows, skipped = [], []
     for shape in args.shapes:
         for policy in args.policies:
@@ -454,16 +461,28 @@ def main(argv=None) -> int:
                 continue
             rows.append(bench_policy(shape, policy, s, with_hf=not args.no_hf, with_eval=policy == "head"))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    result = {"device": str(s.device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "steps": rows, "skipped": skipped}
+            save(args.json, s, rows, skipped)  # after every row: a run stopped at its time limit keeps them
+    save(args.json, s, rows, skipped)
     print(table(rows, ["shape", "policy", "batch", "seq", "ours_tok_s", "hf_tok_s", "ratio", "hf_common_tok_s",
                        "ratio_common", "ours_compiled_tok_s", "compile_speedup", "ratio_compiled",
                        "compile_warmup_s", "ours_mem_gib", "hf_mem_gib", "eval_ratio", "eval_ratio_compiled"]))
     for sk in skipped:
         print(f"skipped: {sk}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
+
+
+def save(path: str | None, s: Setting, rows: list[dict], skipped: list[str]) -> dict:
+    """The results so far, as JSON; written to `path` (whole, through a temporary file) when given."""
+    import transformers
+    result = {"device": str(s.device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "transformers": transformers.__version__, "steps": rows, "skipped": skipped}
+    if s.device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(s.device)
+    if path:
+        tmp = Path(path).with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(path)
+    return result
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ def worker(args: dict) -> None:
         if args.get("export"):
             save_pretrained(model, args["export"], dtype=torch.float32)
         Path(args["out"]).write_text(json.dumps({"losses": r.losses, "resumed_from": r.resumed_from,
+                                                 "compile": r.compile,
                                                  "score": model.score.weight.tolist()
                                                  if args["task"] == "classification" else None}))
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from llama_ft.model.attention import causal_attention, use_gemm_backward
 from llama_ft.model.config import LlamaConfig
 
 
@@ -117,8 +118,13 @@ class LlamaAttention(nn.Module):
             # stay out of training memory.
             rep = self.n_head // self.n_kv
             k, v, gqa = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-                                           enable_gqa=gqa)
+        if torch.compiler.is_compiling() and use_gemm_backward(q, mask):
+            # Inside a compiled CPU training block: the same flash forward, a backward of batched GEMMs that
+            # inductor fuses (llama_ft/model/attention.py). Eager, that backward is slower than the flash one.
+            y = causal_attention(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                               enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 

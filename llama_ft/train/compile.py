@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# `auto` compiles once the first eager steps project at least this much more training: the warm-up (BENCHMARKS.md)
-# is then repaid at the speed-ups compile gives on the step.
-AUTO_MIN_SECONDS = 300.0
+# `auto` compiles once the first eager steps project at least this much more training, per device type: the
+# warm-up (BENCHMARKS.md: about a minute on a 2-core CPU, seconds on a GPU) is then repaid at the speed-up
+# compile gives the step there (rule: eager seconds left > warm-up x speed-up / (speed-up - 1)).
+AUTO_MIN_SECONDS = {"cpu": 300.0, "cuda": 60.0}
 AUTO_PROBE_STEPS = 2
 # Inference passes (predict, the trunk cache) compile when the rest of the pass would take at least this long
 # eagerly: the warm-up of the inference graphs (BENCHMARKS.md, "Inference forward") is then repaid.
@@ -75,7 +76,12 @@ def raise_recompile_limit() -> None:
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
 
 
-def compile_pays(step_seconds: float, steps_left: int, min_seconds: float = AUTO_MIN_SECONDS) -> bool:
+def auto_min_seconds(device_type: str) -> float:
+    """`auto`'s threshold on this device type (a device not measured gets the CPU's, the cautious one)."""
+    return AUTO_MIN_SECONDS.get(device_type, AUTO_MIN_SECONDS["cpu"])
+
+
+def compile_pays(step_seconds: float, steps_left: int, min_seconds: float = AUTO_MIN_SECONDS["cpu"]) -> bool:
     """`auto`'s rule: compile when the eager steps still to run would take at least `min_seconds`."""
     return step_seconds * steps_left >= min_seconds
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 
 from llama_ft.dtypes import DTYPES
-from llama_ft.train.compile import AUTO_MIN_SECONDS
 
 AMP_DTYPES = {"bf16": DTYPES["bf16"], "fp16": DTYPES["fp16"], "none": None}
 
@@ -38,7 +37,8 @@ class TrainConfig:
         compile_min_seconds (the warm-up, BENCHMARKS.md, is then repaid); False: eager. One graph serves
         every block; a new batch length recompiles once, then lengths are dynamic. The blocks are eager again
         when train() returns; names, state dict and exports are unchanged.
-    compile_min_seconds: `auto`'s threshold, in projected eager seconds.
+    compile_min_seconds: `auto`'s threshold, in projected eager seconds (None: the device's, 300 s on CPU and
+        60 s on CUDA, llama_ft.train.compile.AUTO_MIN_SECONDS).
     trunk_cache: store the frozen trunk's output once and train every epoch from it; `auto` does so when the
         policy leaves a frozen deterministic bottom and the run has more than one epoch; True insists.
     trunk_cache_ram_gib: above this size the cache is a memory-mapped file in output_dir/tmp.
@@ -86,7 +86,7 @@ class TrainConfig:
     seed: int = 1
     grad_checkpointing: bool = False
     compile: bool | str = "auto"
-    compile_min_seconds: float = AUTO_MIN_SECONDS
+    compile_min_seconds: float | None = None
     trunk_cache: str | bool = "auto"
     trunk_cache_ram_gib: float = 4.0
     frozen_dtype: str = "auto"

@@ -37,7 +37,7 @@ from llama_ft.train.checkpoint import (
     trainable_state,
     write_weights,
 )
-from llama_ft.train.compile import Compiler, InferenceCompiler
+from llama_ft.train.compile import Compiler, InferenceCompiler, auto_min_seconds
 from llama_ft.train.config import TrainConfig, resolve_amp, resolve_device, resolve_frozen_dtype
 from llama_ft.train.distributed import all_reduce_sum, barrier, init_distributed, no_sync, wrap
 from llama_ft.train.divergence import DivergenceError, DivergenceGuard, NonFiniteError, TrainingError, chance_loss
@@ -500,7 +500,8 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
                       res.peak_flops * world if res.peak_flops else None)
     guard = DivergenceGuard(cfg.divergence_factor, chance_loss(model.task, lengths, getattr(model, "num_labels", 2)),
                             res.losses, res.grad_norms)
-    compiler = Compiler(work, False if sharded else cfg.compile, cfg.compile_min_seconds, lambda s: all_reduce_sum(
+    min_seconds = cfg.compile_min_seconds if cfg.compile_min_seconds is not None else auto_min_seconds(device.type)
+    compiler = Compiler(work, False if sharded else cfg.compile, min_seconds, lambda s: all_reduce_sum(
         torch.tensor(s, device=device)).item() / world)
     epoch_t0, batches = time.perf_counter(), {}
     try:

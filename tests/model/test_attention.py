@@ -1,0 +1,103 @@
+"""llama_ft/model/attention.py: the CPU training attention (flash forward, GEMM backward) against the fp32
+reference, and compiled blocks taking it."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny import dataset, tiny_model
+
+import llama_ft.model.llama as llama
+from llama_ft.model.attention import CausalAttention, use_gemm_backward
+from llama_ft.train import TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def qkv(heads: int, kv_heads: int, t: int, d: int = 32, b: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, h, t, d, generator=g).to(torch.bfloat16) for h in (heads, kv_heads, kv_heads)]
+
+
+def grads(fn, q, k, v, d_out):
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+    out = fn(*leaves)
+    out.backward(d_out.to(out.dtype))
+    return out.detach(), [x.grad.float() for x in leaves]
+
+
+def reference(q, k, v):
+    """fp32 SDPA (math) on the same bf16 values: the exact answer both bf16 kernels approximate."""
+    rep = q.shape[1] // k.shape[1]
+    return F.scaled_dot_product_attention(q.float(), k.float().repeat_interleave(rep, 1),
+                                          v.float().repeat_interleave(rep, 1), is_causal=True)
+
+
+@pytest.mark.parametrize("heads,kv_heads,t", [(6, 2, 37), (4, 4, 64), (9, 3, 128)])
+def test_gemm_backward_is_as_close_to_fp32_as_the_flash_backward(heads, kv_heads, t):
+    q, k, v = qkv(heads, kv_heads, t)
+    d_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
+    _, want = grads(lambda *a: reference(*[x.float() for x in a]), q.float(), k.float(), v.float(), d_out)
+    flash_out, flash = grads(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, is_causal=True,
+                                                                             enable_gqa=True), q, k, v, d_out)
+    ours_out, ours = grads(CausalAttention.apply, q, k, v, d_out)
+    assert torch.equal(ours_out, flash_out)  # the same forward kernel
+    for name, g_ours, g_flash, g_want in zip("qkv", ours, flash, want, strict=True):
+        err_ours = ((g_ours - g_want).norm() / g_want.norm()).item()
+        err_flash = ((g_flash - g_want).norm() / g_want.norm()).item()
+        assert err_ours < 1e-2 and err_ours <= 1.5 * err_flash + 1e-3, (name, err_ours, err_flash)
+
+
+def test_a_padded_batch_takes_its_mask_along():
+    """LlamaModel's mask for right- and left-padded rows (padding queries see themselves): the same forward as
+    SDPA with that mask, and gradients as close to the fp32 reference as the flash kernel's."""
+    q, k, v = qkv(6, 2, 24, b=3)
+    real = torch.ones(3, 24, dtype=torch.long)
+    real[1, 17:] = 0
+    real[2, :5] = 0
+    mask = llama.attention_mask_4d(real, 24)
+    d_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
+    rep = 3
+    _, want = grads(lambda a, b, c: F.scaled_dot_product_attention(
+        a, b.repeat_interleave(rep, 1), c.repeat_interleave(rep, 1), attn_mask=mask), q.float(), k.float(), v.float(),
+        d_out)
+    sdpa_out, flash = grads(lambda a, b, c: F.scaled_dot_product_attention(
+        a, b.repeat_interleave(rep, 1), c.repeat_interleave(rep, 1), attn_mask=mask), q, k, v, d_out)
+    ours_out, ours = grads(lambda a, b, c: CausalAttention.apply(a, b, c, mask), q, k, v, d_out)
+    torch.testing.assert_close(ours_out.float(), sdpa_out.float(), rtol=1e-2, atol=1e-2)
+    for name, g_ours, g_flash, g_want in zip("qkv", ours, flash, want, strict=True):
+        err_ours = ((g_ours - g_want).norm() / g_want.norm()).item()
+        err_flash = ((g_flash - g_want).norm() / g_want.norm()).item()
+        assert err_ours < 1e-2 and err_ours <= 1.5 * err_flash + 1e-3, (name, err_ours, err_flash)
+
+
+def test_only_a_bf16_cpu_training_forward_takes_it():
+    q = torch.zeros(1, 2, 8, 4, dtype=torch.bfloat16, requires_grad=True)
+    assert use_gemm_backward(q, None)
+    assert use_gemm_backward(q, torch.ones(1, 1, 8, 8, dtype=torch.bool))
+    assert not use_gemm_backward(q, torch.zeros(1, 1, 8, 8))  # an additive mask: not LlamaModel's
+    assert not use_gemm_backward(q[:, :, :1], None)  # one position: no causal structure to use
+    assert not use_gemm_backward(q.detach(), None)  # inference
+    assert not use_gemm_backward(q.detach().float().requires_grad_(), None)
+    with torch.no_grad():
+        assert not use_gemm_backward(q, None)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_through_it_like_eager_blocks(monkeypatch):
+    """Compiled (and only compiled) bf16 blocks call it, padded batches included; the losses equal eager training
+    with SDPA's backward."""
+    calls = []
+    real = llama.causal_attention
+
+    def counted(q, k, v, mask):
+        calls.append(mask is not None)
+        return real(q, k, v, mask)
+    monkeypatch.setattr(llama, "causal_attention", counted)
+    data = dataset("classification", n=16)
+    cfg = {"policy": "lora:4", "epochs": 2, "batch_size": 8, "lr": 1e-3, "amp": "bf16", "progress": False, "seed": 3,
+           "trunk_cache": False}
+    eager = train(tiny_model(), data, TrainConfig(**cfg, compile=False))
+    assert not calls
+    compiled = train(tiny_model(), data, TrainConfig(**cfg, compile=True))
+    assert any(calls)  # a padded batch (tiny.dataset's lengths vary) went through it with its mask
+    np.testing.assert_allclose(compiled.losses, eager.losses, rtol=2e-2, atol=2e-2)
