@@ -42,7 +42,7 @@ from llama_ft.model.lora import TARGETS as LORA_TARGETS
 from llama_ft.model.params import count_parameters
 from llama_ft.model.policies import parse_policy
 from llama_ft.train import TrainConfig, train_step
-from llama_ft.train.compile import InferenceCompiler, compile_blocks, trainable_blocks
+from llama_ft.train.compile import InferenceCompiler, compile_blocks
 from llama_ft.train.config import resolve_frozen_dtype
 from llama_ft.train.loop import TaskLoss, prepare_model
 from llama_ft.train.optim import build_optimizer, build_scheduler
@@ -155,11 +155,8 @@ class Stepper:
 
 def ours_stepper(model, policy: str, s: Setting, compile: bool = False) -> Stepper:
     prepare_model(model, TrainConfig(policy=policy), s.frozen_dtype, s.device)
-    if compile and s.compile_mode:
-        for layer in trainable_blocks(model):
-            layer.compile(mode=s.compile_mode)
-    elif compile:
-        compile_blocks(model)
+    if compile:
+        compile_blocks(model, mode=s.compile_mode)
     graphs = compile and s.compile_mode == "reduce-overhead"
     opt = build_optimizer(model, 1e-5, 0.01, s.device)
     sched = build_scheduler(opt, 10**6, 0.0, "linear")

@@ -51,12 +51,12 @@ def trainable_blocks(model: nn.Module) -> list[nn.Module]:
     return [layer for layer in model.backbone.layers if any(p.requires_grad for p in layer.parameters())]
 
 
-def compile_blocks(model: nn.Module, dynamic: bool | None = None) -> int:
+def compile_blocks(model: nn.Module, dynamic: bool | None = None, mode: str | None = None) -> int:
     """Compile every trainable decoder block in place; returns how many. `dynamic`: torch.compile's (None:
-    static shapes until a second one is seen)."""
+    static shapes until a second one is seen); `mode`: torch.compile's (None: its default)."""
     blocks = trainable_blocks(model)
     for layer in blocks:
-        layer.compile(dynamic=dynamic)
+        layer.compile(dynamic=dynamic, mode=mode)
     return len(blocks)
 
 

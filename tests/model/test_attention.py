@@ -25,49 +25,46 @@ def grads(fn, q, k, v, d_out):
     return out.detach(), [x.grad.float() for x in leaves]
 
 
-def reference(q, k, v):
-    """fp32 SDPA (math) on the same bf16 values: the exact answer both bf16 kernels approximate."""
+def sdpa(q, k, v, mask=None):
+    """SDPA on expanded key/value heads: in fp32 on the same bf16 values, the exact answer both bf16 kernels
+    approximate; in bf16, the flash kernel the GEMM backward replaces."""
     rep = q.shape[1] // k.shape[1]
-    return F.scaled_dot_product_attention(q.float(), k.float().repeat_interleave(rep, 1),
-                                          v.float().repeat_interleave(rep, 1), is_causal=True)
+    return F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1),
+                                          attn_mask=mask, is_causal=mask is None)
+
+
+def compare(q, k, v, mask=None):
+    """Forward outputs (ours, flash) and gradient errors against fp32 (ours, flash), per input."""
+    d_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
+    _, want = grads(lambda a, b, c: sdpa(a, b, c, mask), q.float(), k.float(), v.float(), d_out)
+    flash_out, flash = grads(lambda a, b, c: sdpa(a, b, c, mask), q, k, v, d_out)
+    ours_out, ours = grads(lambda a, b, c: CausalAttention.apply(a, b, c, mask), q, k, v, d_out)
+    errors = {name: tuple(((g - w).norm() / w.norm()).item() for g in (g_ours, g_flash))
+              for name, g_ours, g_flash, w in zip("qkv", ours, flash, want, strict=True)}
+    return ours_out, flash_out, errors
+
+
+def assert_as_close_as_flash(errors):
+    for name, (err_ours, err_flash) in errors.items():
+        assert err_ours < 1e-2 and err_ours <= 1.5 * err_flash + 1e-3, (name, err_ours, err_flash)
 
 
 @pytest.mark.parametrize("heads,kv_heads,t", [(6, 2, 37), (4, 4, 64), (9, 3, 128)])
 def test_gemm_backward_is_as_close_to_fp32_as_the_flash_backward(heads, kv_heads, t):
-    q, k, v = qkv(heads, kv_heads, t)
-    d_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
-    _, want = grads(lambda *a: reference(*[x.float() for x in a]), q.float(), k.float(), v.float(), d_out)
-    flash_out, flash = grads(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, is_causal=True,
-                                                                             enable_gqa=True), q, k, v, d_out)
-    ours_out, ours = grads(CausalAttention.apply, q, k, v, d_out)
+    ours_out, flash_out, errors = compare(*qkv(heads, kv_heads, t))
     assert torch.equal(ours_out, flash_out)  # the same forward kernel
-    for name, g_ours, g_flash, g_want in zip("qkv", ours, flash, want, strict=True):
-        err_ours = ((g_ours - g_want).norm() / g_want.norm()).item()
-        err_flash = ((g_flash - g_want).norm() / g_want.norm()).item()
-        assert err_ours < 1e-2 and err_ours <= 1.5 * err_flash + 1e-3, (name, err_ours, err_flash)
+    assert_as_close_as_flash(errors)
 
 
 def test_a_padded_batch_takes_its_mask_along():
     """LlamaModel's mask for right- and left-padded rows (padding queries see themselves): the same forward as
     SDPA with that mask, and gradients as close to the fp32 reference as the flash kernel's."""
-    q, k, v = qkv(6, 2, 24, b=3)
     real = torch.ones(3, 24, dtype=torch.long)
     real[1, 17:] = 0
     real[2, :5] = 0
-    mask = llama.attention_mask_4d(real, 24)
-    d_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
-    rep = 3
-    _, want = grads(lambda a, b, c: F.scaled_dot_product_attention(
-        a, b.repeat_interleave(rep, 1), c.repeat_interleave(rep, 1), attn_mask=mask), q.float(), k.float(), v.float(),
-        d_out)
-    sdpa_out, flash = grads(lambda a, b, c: F.scaled_dot_product_attention(
-        a, b.repeat_interleave(rep, 1), c.repeat_interleave(rep, 1), attn_mask=mask), q, k, v, d_out)
-    ours_out, ours = grads(lambda a, b, c: CausalAttention.apply(a, b, c, mask), q, k, v, d_out)
+    ours_out, sdpa_out, errors = compare(*qkv(6, 2, 24, b=3), llama.attention_mask_4d(real, 24))
     torch.testing.assert_close(ours_out.float(), sdpa_out.float(), rtol=1e-2, atol=1e-2)
-    for name, g_ours, g_flash, g_want in zip("qkv", ours, flash, want, strict=True):
-        err_ours = ((g_ours - g_want).norm() / g_want.norm()).item()
-        err_flash = ((g_flash - g_want).norm() / g_want.norm()).item()
-        assert err_ours < 1e-2 and err_ours <= 1.5 * err_flash + 1e-3, (name, err_ours, err_flash)
+    assert_as_close_as_flash(errors)
 
 
 def test_only_a_bf16_cpu_training_forward_takes_it():
