@@ -37,7 +37,8 @@ from llama_ft.cli.errors import run_guarded
 from llama_ft.cli.flags import add_shared_flags, apply_preset, at_least, check_shared_flags
 from llama_ft.cli.ranks import join_processes, output_folder, quiet_unless_main, together
 from llama_ft.cli.run_folder import command_line, finish_run
-from llama_ft.cli.training import device_and_amp, report_to, train_config, train_summary, wants_evaluation
+from llama_ft.cli.training import (device_and_amp, peak_memory_bytes, report_to, train_config, train_summary,
+                                   wants_evaluation)
 from llama_ft.files import write_json
 from llama_ft.metrics import format_classification_table
 from llama_ft.plots import confusion_matrix_plot, loss_curve
@@ -189,6 +190,7 @@ def run(args) -> int:
             tokenizer = llama_ft.load_tokenizer(args.model)
         rows: dict[str, dict] = {}
         timings: dict[str, float] = {}
+        peaks: dict[str, int] = {}  # the process's peak resident memory when each phase ended
 
         # The zero-shot prompt asks for SST-2's sentiment words: it has no meaning for other labels.
         prompted = not args.no_zero_shot and labels == SST2_LABELS and args.text_pair_column is None
@@ -199,6 +201,7 @@ def run(args) -> int:
             rows.update(prompted_rows(lm, tokenizer, [sst2.Example(r.text, r.label) for r in test_rows], amp))
             del lm
             timings["zero_shot_prompt_seconds"] = time.perf_counter() - t0
+            peaks["zero_shot_prompt"] = peak_memory_bytes()
 
         model = llama_ft.from_pretrained(args.model, task="classification", num_labels=len(labels.values),
                                          device=device, seed=args.seed)
@@ -209,6 +212,7 @@ def run(args) -> int:
             t0 = time.perf_counter()
             rows[RANDOM_HEAD] = score_rows(model, test_rows, tokenizer, args.max_length, amp, args.compile)
             timings["random_head_seconds"] = time.perf_counter() - t0
+            peaks["random_head"] = peak_memory_bytes()
 
         t0 = time.perf_counter()
         eval_set = text.encode(held_rows, tokenizer, args.max_length) if held_rows else None
@@ -217,10 +221,12 @@ def run(args) -> int:
         result = train(model, text.encode(train_rows, tokenizer, args.max_length),
                        train_config(args, out, device, amp), eval_set=eval_set, eval_fn=eval_fn)
         timings["train_seconds"] = time.perf_counter() - t0
+        peaks["train"] = peak_memory_bytes()
         t0 = time.perf_counter()
         finetuned = f"fine-tuned ({args.policy})"
         rows[finetuned] = score_rows(model, test_rows, tokenizer, args.max_length, amp, args.compile)
         timings["test_seconds"] = time.perf_counter() - t0
+        peaks["test"] = peak_memory_bytes()
         extra = ({args.eval_file: score_rows(model, files["eval"], tokenizer, args.max_length, amp, args.compile)}
                  if "eval" in files else {})
         probs = (probabilities(model, files["predict"], tokenizer, args.max_length, amp, args.compile)
@@ -240,7 +246,8 @@ def run(args) -> int:
                 metrics = {"task": "text-classification" if own_data(args) else "sst2", "model": args.model,
                            "policy": args.policy, "preset": args.preset,
                            "split": {"kind": split, "train": len(train_rows), "test": len(test_rows)},
-                           "rows": rows, "eval_files": extra, "timings": timings, "train": train_summary(result),
+                           "rows": rows, "eval_files": extra, "timings": timings, "peak_memory_bytes": peaks,
+                           "train": train_summary(result),
                            "device": device, "amp": amp, "processes": world}
                 if own_data(args):
                     metrics["labels"] = list(labels.names)

@@ -12,6 +12,8 @@ tokens, global batch 32, compiled by `auto`) on `--n 1000 --test-size 100 --no-z
   unmapped when freed (no fragmentation, a page fault for every page of every new tensor);
 - any of them with `/cap=N`: `--micro-batch-tokens N` instead of the recipe's 1,536;
 - with `/micro`: heap.EACH_MICRO_BATCH, a trim after every micro-batch's backward as well;
+- with `/onednn=N`: ONEDNN_PRIMITIVE_CACHE_CAPACITY=N, oneDNN's cache of matmul kernels (one per shape) held at N
+  shapes instead of llama_ft's bound (llama_ft.heap.ONEDNN_PRIMITIVE_CACHE; 1024 is oneDNN's own default);
 - with `/thp`: THP_MEM_ALLOC_ENABLE=1, torch's CPU allocator asks for transparent huge pages (2 MiB) for tensors
   of 2 MiB and more (one page fault per 2 MiB instead of per 4 KiB).
 Prints JSON and a table: the process's peak resident set (VmHWM, metrics.json), resident memory after the first
@@ -49,11 +51,14 @@ runpy.run_path({recipe!r}, run_name="__main__")
 def one(setting: str, steps: int, threads: int | None, data: Path, compile_flag: str | None = None) -> dict:
     heap, *mods = setting.split("/")
     cap = next((m.removeprefix("cap=") for m in mods if m.startswith("cap=")), None)
-    if heap not in HEAPS or any(m not in ("micro", "thp") and not m.startswith("cap=") for m in mods):
-        raise SystemExit(f"--settings {setting}: use trim, glibc or mmap, optionally with /cap=TOKENS, /micro, /thp")
+    kernels = next((m.removeprefix("onednn=") for m in mods if m.startswith("onednn=")), None)
+    if heap not in HEAPS or any(m not in ("micro", "thp") and not m.startswith(("cap=", "onednn=")) for m in mods):
+        raise SystemExit(f"--settings {setting}: use trim, glibc or mmap, optionally with /cap=TOKENS, "
+                         "/onednn=SHAPES, /micro, /thp")
     with tempfile.TemporaryDirectory() as out:
         env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
-               **({"THP_MEM_ALLOC_ENABLE": "1"} if "thp" in mods else {})}
+               **({"THP_MEM_ALLOC_ENABLE": "1"} if "thp" in mods else {}),
+               **({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": kernels} if kernels else {})}
         cmd = [sys.executable, "-c", CHILD.format(param=M_MMAP_THRESHOLD, recipe=str(ROOT / "train_squad.py")),
                heap, "micro" if "micro" in mods else "-", *(["--micro-batch-tokens", cap] if cap else []),
                "--n", "1000", "--test-size", "100",

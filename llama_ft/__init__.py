@@ -4,6 +4,7 @@ Layers, each importing only those below it: `metrics/`, `tokenizer`, `files`; `m
 policies); `hf/` (sources, GGUF, safetensors, loading, export, model cards, Hub); `train/` (the engine);
 `tasks/` (SST-2, SQuAD); `cli/`, `pipeline` (text in, predictions out) and the recipes on top.
 """
+from llama_ft.heap import bound_onednn_cache
 from llama_ft.hf.adapters import AdapterError, load_adapter, save_adapter
 from llama_ft.hf.export import save_pretrained
 from llama_ft.hf.hub import push_to_hub
@@ -23,6 +24,8 @@ from llama_ft.pipeline import PipelineError, pipeline
 from llama_ft.sources.resolve import resolve
 
 __version__ = "0.1.0"
+
+bound_onednn_cache()  # before anything runs a matrix multiply: oneDNN reads the setting once (llama_ft/heap.py)
 
 __all__ = [
     "LlamaConfig", "ConfigError", "PRESETS", "WeightsError", "KVCache",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 
 # Off only to measure what trimming buys (benchmarks/host_memory.py).
 TRIM = True
@@ -19,6 +20,12 @@ TRIM = True
 # lowers the step's peak (the next micro-batch starts from a trimmed heap) at the cost of faulting the pages in
 # again (BENCHMARKS.md, "Host memory").
 EACH_MICRO_BATCH = False
+
+# oneDNN, which runs the CPU's matrix multiplies, keeps a compiled kernel with its own buffers for each matmul
+# shape it has seen, 1,024 of them by default. A training step needs a few dozen; with length-grouped batches
+# almost every micro-batch brings new shapes, so the cache fills with ones that rarely come back and holds them
+# resident: about half of what a run's resident memory gains step after step (BENCHMARKS.md, session 8).
+ONEDNN_PRIMITIVE_CACHE = 128
 
 
 @functools.cache
@@ -37,4 +44,14 @@ def release_free_memory() -> bool:
     if trim is None or not TRIM:
         return False
     trim(0)
+    return True
+
+
+def bound_onednn_cache(capacity: int = ONEDNN_PRIMITIVE_CACHE) -> bool:
+    """Cap oneDNN's kernel cache at `capacity` shapes unless the user has chosen (ONEDNN_ or DNNL_
+    PRIMITIVE_CACHE_CAPACITY); True when this set it. oneDNN reads the setting when it builds its first kernel,
+    so `import llama_ft` calls this before any computation; later calls do not change a running cache."""
+    if any(f"{p}_PRIMITIVE_CACHE_CAPACITY" in os.environ for p in ("ONEDNN", "DNNL")):
+        return False
+    os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(capacity)
     return True

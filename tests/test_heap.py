@@ -41,3 +41,44 @@ def test_a_cpu_step_trims_after_its_update_and_optionally_after_each_micro_batch
     res = train(tiny_model(), dataset(n=16), train_config(epochs=1, batch_size=2, global_batch=8, policy="full"))
     assert res.steps == 2
     assert len(calls) == 2 * (4 if each_micro_batch else 1)
+
+
+CACHE_PROBE = """
+import os, sys, torch
+import llama_ft
+from llama_ft.heap import release_free_memory
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+w = torch.randn(1536, 576, dtype=torch.bfloat16)
+torch.nn.functional.linear(torch.randn(8, 576, dtype=torch.bfloat16), w)
+release_free_memory()
+before = rss()
+for m in range(512, 912):  # 400 matmul shapes, as 400 micro-batches of new lengths bring
+    torch.nn.functional.linear(torch.randn(m, 576, dtype=torch.bfloat16), w)
+release_free_memory()
+print(os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"), rss() - before)
+"""
+
+
+def cache_probe(**env: str) -> tuple[str, int]:
+    import os
+    import subprocess
+    import sys
+    clean = {k: v for k, v in os.environ.items() if not k.endswith("_PRIMITIVE_CACHE_CAPACITY")}
+    out = subprocess.run([sys.executable, "-c", CACHE_PROBE], env={**clean, **env}, capture_output=True, text=True,
+                         check=True).stdout.split()
+    return out[0], int(out[1])
+
+
+def test_import_bounds_onednn_kernel_cache_unless_the_user_chose():
+    from llama_ft.heap import ONEDNN_PRIMITIVE_CACHE
+    capacity, bounded = cache_probe()
+    assert capacity == str(ONEDNN_PRIMITIVE_CACHE)
+    assert cache_probe(DNNL_PRIMITIVE_CACHE_CAPACITY="7")[0] == "None"  # oneDNN's older name is honoured too
+    user, unbounded = cache_probe(ONEDNN_PRIMITIVE_CACHE_CAPACITY="1024")
+    assert user == "1024"
+    if unbounded < 100 * 2**20:
+        pytest.skip(f"this CPU's bf16 matmuls kept {unbounded / 2**20:.0f} MiB for 400 shapes: no per-shape kernels")
+    # 400 shapes: the default cache keeps all of them, the bounded one its last 128.
+    assert bounded < 0.8 * unbounded, (bounded, unbounded)

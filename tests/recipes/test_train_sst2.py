@@ -35,6 +35,8 @@ def test_whole_recipe_on_a_tiny_slice(tmp_path, tiny_model_dir, tiny_tsv):
         assert (out / name).is_file(), name
     m = json.loads((out / "metrics.json").read_text())
     assert m["split"] == {"kind": "study", "train": 64, "test": 16}
+    peaks = [m["peak_memory_bytes"][p] for p in ("zero_shot_prompt", "random_head", "train", "test")]
+    assert peaks == sorted(peaks) and peaks[0] > 2**20  # the process's peak so far, after each phase
     assert set(m["rows"]) == {"pre-trained (random head)", "zero-shot (prompt)", "zero-shot (prompt, batch-calibrated)",
                               "fine-tuned (last:1)"}
     for row in m["rows"].values():
