@@ -32,8 +32,7 @@ from llama_ft.cli.errors import run_guarded
 from llama_ft.cli.flags import add_shared_flags, apply_preset, at_least, check_shared_flags
 from llama_ft.cli.ranks import join_processes, output_folder, quiet_unless_main, together
 from llama_ft.cli.run_folder import command_line, finish_run
-from llama_ft.cli.training import (device_and_amp, peak_memory_bytes, report_to, train_config, train_summary,
-                                   wants_evaluation)
+from llama_ft.cli.training import Phases, device_and_amp, report_to, train_config, train_summary, wants_evaluation
 from llama_ft.files import write_json
 from llama_ft.metrics import format_squad_table, release_lexicon
 from llama_ft.plots import loss_curve
@@ -179,42 +178,33 @@ def run(args) -> int:
         calib = held if data.version == "2.0" else None
         rows: dict[str, dict[str, dict]] = {}
         outputs: dict[str, dict] = {}
-        timings: dict[str, float] = {}
-        peaks: dict[str, int] = {}  # the process's peak resident memory when each phase ended
+        phase = Phases(t_start)
 
         if not args.no_zero_shot:
-            t0 = time.perf_counter()
-            prompt_q = test_q[:args.prompt_limit]
-            lm = llama_ft.from_pretrained(args.model, task="causal-lm", dtype="fp32" if amp == "none" else "bf16",
-                                          device=device)
-            report, texts, raw = prompted_answers(lm, tokenizer, prompt_q, amp)
-            del lm
-            name = "zero-shot (prompt)" + (f", first {len(prompt_q)}" if len(prompt_q) < len(test_q) else "")
-            rows[name], outputs["zero_shot"] = {"test": report}, {"answers": texts, "replies": raw}
-            timings["zero_shot_prompt_seconds"] = time.perf_counter() - t0
-            peaks["zero_shot_prompt"] = peak_memory_bytes()
+            with phase("zero_shot_prompt"):
+                prompt_q = test_q[:args.prompt_limit]
+                lm = llama_ft.from_pretrained(args.model, task="causal-lm", dtype="fp32" if amp == "none" else "bf16",
+                                              device=device)
+                report, texts, raw = prompted_answers(lm, tokenizer, prompt_q, amp)
+                del lm
+                name = "zero-shot (prompt)" + (f", first {len(prompt_q)}" if len(prompt_q) < len(test_q) else "")
+                rows[name], outputs["zero_shot"] = {"test": report}, {"answers": texts, "replies": raw}
 
         model = llama_ft.from_pretrained(args.model, task="qa", device=device, seed=args.seed)
         if not args.no_zero_shot:
-            t0 = time.perf_counter()
-            rows[RANDOM_HEAD], outputs[RANDOM_HEAD] = score_sets(model, sets, calib, args.per_window_scoring)
-            timings["random_head_seconds"] = time.perf_counter() - t0
-            peaks["random_head"] = peak_memory_bytes()
+            with phase("random_head"):
+                rows[RANDOM_HEAD], outputs[RANDOM_HEAD] = score_sets(model, sets, calib, args.per_window_scoring)
 
-        t0 = time.perf_counter()
-        evaluate = wants_evaluation(args)
-        release_lexicon()  # the scoring rows' WordNet tables: training needs the memory, not them
-        result = train(model, examples, train_config(args, out, device, amp),
-                       eval_set=held.training_examples() if evaluate else None,
-                       eval_fn=held.em_f1 if evaluate else None)
-        timings["train_seconds"] = time.perf_counter() - t0
-        peaks["train"] = peak_memory_bytes()
-        t0 = time.perf_counter()
-        finetuned = f"fine-tuned ({args.policy})"
-        rows[finetuned], outputs[finetuned] = score_sets(model, sets, calib, args.per_window_scoring)
-        timings["eval_seconds"] = time.perf_counter() - t0
-        peaks["eval"] = peak_memory_bytes()
-        timings["total_seconds"] = time.perf_counter() - t_start
+        with phase("train"):
+            evaluate = wants_evaluation(args)
+            release_lexicon()  # the scoring rows' WordNet tables: training needs the memory, not them
+            result = train(model, examples, train_config(args, out, device, amp),
+                           eval_set=held.training_examples() if evaluate else None,
+                           eval_fn=held.em_f1 if evaluate else None)
+        with phase("eval"):
+            finetuned = f"fine-tuned ({args.policy})"
+            rows[finetuned], outputs[finetuned] = score_sets(model, sets, calib, args.per_window_scoring)
+        timings = phase.finish()
 
         with together(rank, world, args):  # the other ranks wait for rank 0's files, and stop if it fails
             if rank == 0:
@@ -234,7 +224,7 @@ def run(args) -> int:
                     "windows": {"max_length": args.max_length, "stride": args.stride, "qa_format": args.qa_format,
                                 "train": train_set.counts.as_dict(),
                                 **{k: s.counts.as_dict() for k, s in sets.items()}},
-                    "rows": rows, "timings": timings, "peak_memory_bytes": peaks,
+                    "rows": rows, "timings": timings, "peak_memory_bytes": phase.peaks,
                     "train": {**train_summary(result), "examples": len(examples)},
                 }
                 write_outputs(out, args, data, model, tokenizer, rows[finetuned], outputs, finetuned, table, metrics,

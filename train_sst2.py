@@ -37,8 +37,7 @@ from llama_ft.cli.errors import run_guarded
 from llama_ft.cli.flags import add_shared_flags, apply_preset, at_least, check_shared_flags
 from llama_ft.cli.ranks import join_processes, output_folder, quiet_unless_main, together
 from llama_ft.cli.run_folder import command_line, finish_run
-from llama_ft.cli.training import (device_and_amp, peak_memory_bytes, report_to, train_config, train_summary,
-                                   wants_evaluation)
+from llama_ft.cli.training import Phases, device_and_amp, report_to, train_config, train_summary, wants_evaluation
 from llama_ft.files import write_json
 from llama_ft.metrics import format_classification_table
 from llama_ft.plots import confusion_matrix_plot, loss_curve
@@ -189,19 +188,16 @@ def run(args) -> int:
                 print(f"validation: {len(held_rows):,} rows held out of training")
             tokenizer = llama_ft.load_tokenizer(args.model)
         rows: dict[str, dict] = {}
-        timings: dict[str, float] = {}
-        peaks: dict[str, int] = {}  # the process's peak resident memory when each phase ended
+        phase = Phases(t_start)
 
         # The zero-shot prompt asks for SST-2's sentiment words: it has no meaning for other labels.
         prompted = not args.no_zero_shot and labels == SST2_LABELS and args.text_pair_column is None
         if prompted:
-            t0 = time.perf_counter()
-            lm = llama_ft.from_pretrained(args.model, task="causal-lm", dtype="fp32" if amp == "none" else "bf16",
-                                          device=device)
-            rows.update(prompted_rows(lm, tokenizer, [sst2.Example(r.text, r.label) for r in test_rows], amp))
-            del lm
-            timings["zero_shot_prompt_seconds"] = time.perf_counter() - t0
-            peaks["zero_shot_prompt"] = peak_memory_bytes()
+            with phase("zero_shot_prompt"):
+                lm = llama_ft.from_pretrained(args.model, task="causal-lm", dtype="fp32" if amp == "none" else "bf16",
+                                              device=device)
+                rows.update(prompted_rows(lm, tokenizer, [sst2.Example(r.text, r.label) for r in test_rows], amp))
+                del lm
 
         model = llama_ft.from_pretrained(args.model, task="classification", num_labels=len(labels.values),
                                          device=device, seed=args.seed)
@@ -209,29 +205,23 @@ def run(args) -> int:
         model.config.extra.update(id2label={str(i): n for i, n in labels.id2label.items()},
                                   label2id={n: i for i, n in labels.id2label.items()})
         if not args.no_zero_shot:
-            t0 = time.perf_counter()
-            rows[RANDOM_HEAD] = score_rows(model, test_rows, tokenizer, args.max_length, amp, args.compile)
-            timings["random_head_seconds"] = time.perf_counter() - t0
-            peaks["random_head"] = peak_memory_bytes()
+            with phase("random_head"):
+                rows[RANDOM_HEAD] = score_rows(model, test_rows, tokenizer, args.max_length, amp, args.compile)
 
-        t0 = time.perf_counter()
-        eval_set = text.encode(held_rows, tokenizer, args.max_length) if held_rows else None
-        eval_fn = (lambda m: {k: score_rows(m, held_rows, tokenizer, args.max_length, amp, args.compile)[k]
-                              for k in ("accuracy", "f1")}) if held_rows else None
-        result = train(model, text.encode(train_rows, tokenizer, args.max_length),
-                       train_config(args, out, device, amp), eval_set=eval_set, eval_fn=eval_fn)
-        timings["train_seconds"] = time.perf_counter() - t0
-        peaks["train"] = peak_memory_bytes()
-        t0 = time.perf_counter()
-        finetuned = f"fine-tuned ({args.policy})"
-        rows[finetuned] = score_rows(model, test_rows, tokenizer, args.max_length, amp, args.compile)
-        timings["test_seconds"] = time.perf_counter() - t0
-        peaks["test"] = peak_memory_bytes()
+        with phase("train"):
+            eval_set = text.encode(held_rows, tokenizer, args.max_length) if held_rows else None
+            eval_fn = (lambda m: {k: score_rows(m, held_rows, tokenizer, args.max_length, amp, args.compile)[k]
+                                  for k in ("accuracy", "f1")}) if held_rows else None
+            result = train(model, text.encode(train_rows, tokenizer, args.max_length),
+                           train_config(args, out, device, amp), eval_set=eval_set, eval_fn=eval_fn)
+        with phase("test"):
+            finetuned = f"fine-tuned ({args.policy})"
+            rows[finetuned] = score_rows(model, test_rows, tokenizer, args.max_length, amp, args.compile)
         extra = ({args.eval_file: score_rows(model, files["eval"], tokenizer, args.max_length, amp, args.compile)}
                  if "eval" in files else {})
         probs = (probabilities(model, files["predict"], tokenizer, args.max_length, amp, args.compile)
                  if "predict" in files else None)
-        timings["total_seconds"] = time.perf_counter() - t_start
+        timings = phase.finish()
 
         with together(rank, world, args):  # the other ranks wait for rank 0's files, and stop if it fails
             if rank == 0:
@@ -246,7 +236,7 @@ def run(args) -> int:
                 metrics = {"task": "text-classification" if own_data(args) else "sst2", "model": args.model,
                            "policy": args.policy, "preset": args.preset,
                            "split": {"kind": split, "train": len(train_rows), "test": len(test_rows)},
-                           "rows": rows, "eval_files": extra, "timings": timings, "peak_memory_bytes": peaks,
+                           "rows": rows, "eval_files": extra, "timings": timings, "peak_memory_bytes": phase.peaks,
                            "train": train_summary(result),
                            "device": device, "amp": amp, "processes": world}
                 if own_data(args):

@@ -1,5 +1,8 @@
 """llama_ft.heap: freed host memory goes back to the operating system."""
+import os
 import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -44,7 +47,7 @@ def test_a_cpu_step_trims_after_its_update_and_optionally_after_each_micro_batch
 
 
 CACHE_PROBE = """
-import os, sys, torch
+import os, torch
 import llama_ft
 from llama_ft.heap import release_free_memory
 def rss():
@@ -62,9 +65,6 @@ print(os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"), rss() - before)
 
 
 def cache_probe(**env: str) -> tuple[str, int]:
-    import os
-    import subprocess
-    import sys
     clean = {k: v for k, v in os.environ.items() if not k.endswith("_PRIMITIVE_CACHE_CAPACITY")}
     out = subprocess.run([sys.executable, "-c", CACHE_PROBE], env={**clean, **env}, capture_output=True, text=True,
                          check=True).stdout.split()

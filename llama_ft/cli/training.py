@@ -3,9 +3,11 @@ flags make, the summary of a training run they write to metrics.json, and its Te
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import shutil
+import time
 from pathlib import Path
 
 from llama_ft.metrics import SetupError
@@ -44,6 +46,28 @@ def wants_evaluation(args: argparse.Namespace) -> bool:
 def peak_memory_bytes() -> int:
     """This process's peak resident set so far (the whole run: loading, zero-shot rows, training, scoring)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+class Phases:
+    """A run's phases for metrics.json: `timings` ("<phase>_seconds", and "total_seconds" from `start`, a
+    time.perf_counter() reading, once `finish` is called) and `peaks` (the process's peak resident memory when
+    each phase ended, so the phase that set the run's peak is the first to show it)."""
+
+    def __init__(self, start: float):
+        self.start = start
+        self.timings: dict[str, float] = {}
+        self.peaks: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.timings[f"{name}_seconds"] = time.perf_counter() - t0
+        self.peaks[name] = peak_memory_bytes()
+
+    def finish(self) -> dict[str, float]:
+        self.timings["total_seconds"] = time.perf_counter() - self.start
+        return self.timings
 
 
 def train_summary(result: TrainResult) -> dict:
