@@ -16,6 +16,7 @@ from llama_ft.tokenizer import (
     LLAMA3_PAD_TOKEN,
     Tokenizer,
     TokenizerError,
+    _token_text,
     choose_pad,
     llama3_tokenizer_from_tiktoken,
     tokenizer_from_file,
@@ -47,27 +48,50 @@ def _saved_task(folder: Path) -> tuple[str | None, int | None]:
     return None, None
 
 
-def _finetune_pad_id(folder: Path) -> int | None:
-    """The id of `<|finetune_right_pad_id|>` among the added tokens of the folder's tokenizer files, if any."""
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        try:
-            d = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if not isinstance(d, dict):
-            continue
-        added = d.get("added_tokens") or [
-            dict(v, id=k) for k, v in (d.get("added_tokens_decoder") or {}).items() if isinstance(v, dict)]
-        for tok in added if isinstance(added, list) else []:
-            if isinstance(tok, dict) and tok.get("content") == LLAMA3_PAD_TOKEN and str(tok.get("id")).isdigit():
-                return int(tok["id"])
+def _json_or_empty(path: Path) -> dict:
+    """A tokenizer file's JSON object, or {} when it is absent or unreadable: the model loads, and the tokenizer,
+    when it is built, names the file and the problem."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _token_ids(folder: Path) -> dict[str, int]:
+    """{token: id} from the folder's tokenizer files: tokenizer.json's vocabulary and added tokens, and
+    tokenizer_config.json's `added_tokens_decoder` (what the tokenizer's `token_to_id` would answer)."""
+    tj, tc = _json_or_empty(folder / "tokenizer.json"), _json_or_empty(folder / "tokenizer_config.json")
+    vocab = (tj.get("model") or {}).get("vocab") if isinstance(tj.get("model"), dict) else None
+    ids = {k: v for k, v in vocab.items() if isinstance(v, int)} if isinstance(vocab, dict) else {}
+    added = list(tj.get("added_tokens") or []) if isinstance(tj.get("added_tokens"), list) else []
+    decoder = tc.get("added_tokens_decoder")
+    if isinstance(decoder, dict):
+        added += [dict(v, id=k) for k, v in decoder.items() if isinstance(v, dict)]
+    for tok in added:
+        if isinstance(tok, dict) and isinstance(tok.get("content"), str) and str(tok.get("id")).isdigit():
+            ids[tok["content"]] = int(tok["id"])
+    return ids
+
+
+def _named_pad_token(folder: Path) -> str | None:
+    """The `pad_token` the tokenizer reads: tokenizer_config.json's, else special_tokens_map.json's."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        pad = _token_text(_json_or_empty(folder / name).get("pad_token"))
+        if pad is not None:
+            return pad
     return None
 
 
 def default_pad_token(folder: Path, cfg: LlamaConfig) -> tuple[int | None, str]:
     """(pad id, where it came from) for a config without `pad_token_id`: the tokenizer's choice
-    (`llama_ft.tokenizer.choose_pad`), made from the folder's files without building the tokenizer."""
-    return choose_pad(_finetune_pad_id(folder), None, cfg.eos_ids[0] if cfg.eos_ids else None)
+    (`llama_ft.tokenizer.choose_pad`: Llama 3's reserved pad token, else tokenizer_config.json's `pad_token`,
+    else EOS), made from the folder's files without building the tokenizer, so that the model and its tokenizer
+    pad alike and an export of the two agrees."""
+    ids = _token_ids(folder)
+    named = _named_pad_token(folder)
+    return choose_pad(ids.get(LLAMA3_PAD_TOKEN), ids.get(named) if named else None,
+                      cfg.eos_ids[0] if cfg.eos_ids else None)
 
 
 def _refuse_config_file(path: Path) -> None:

@@ -127,3 +127,32 @@ def test_any_malformed_model_folder_loads_or_fails_with_a_library_error_naming_i
                 llama_ft.from_pretrained(folder)
         except Exception as e:  # noqa: BLE001 -- the property: nothing but the library's own errors
             assert_ours_naming(e, str(folder))
+
+
+@pytest.mark.parametrize("where", ["tokenizer_config.json", "special_tokens_map.json"])
+def test_a_config_without_pad_id_pads_with_the_tokenizers_pad_token_and_exports(tmp_path, smollm2_dir, where):
+    """config.json without `pad_token_id` next to tokenizer files that name a `pad_token`: the model pads with
+    the tokenizer's pad token (not EOS), so the two agree and export together."""
+    folder = tmp_path / "model"
+    model = llama_ft.random_model(llama_ft.LlamaConfig.from_dict(dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=49152, bos_token_id=1, eos_token_id=2)), "causal-lm", seed=0)
+    llama_ft.save_pretrained(model, folder, dtype="float32")
+    cfg = json.loads((folder / "config.json").read_text())
+    for k in ("pad_token_id", "pad_token_id_source"):
+        cfg.pop(k, None)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    shutil.copy(smollm2_dir / "tokenizer.json", folder)
+    tok_config = json.loads((smollm2_dir / "tokenizer_config.json").read_text())
+    tok_config.pop("pad_token")
+    if where == "tokenizer_config.json":
+        tok_config["pad_token"] = "<|endoftext|>"  # id 0; EOS is 2
+    else:
+        (folder / where).write_text(json.dumps({"pad_token": {"content": "<|endoftext|>", "special": True}}))
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    loaded = llama_ft.from_pretrained(folder)
+    tok = llama_ft.load_tokenizer(folder)
+    assert tok.pad_token_id == 0 and tok.pad_token_source == "pad_token"
+    assert (loaded.config.pad_token_id, loaded.config.extra["pad_token_id_source"]) == (0, "pad_token")
+    out = llama_ft.save_pretrained(loaded, tmp_path / "export", tokenizer=tok)
+    assert json.loads((out / "config.json").read_text())["pad_token_id"] == 0
