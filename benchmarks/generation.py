@@ -1,11 +1,12 @@
 """The prompted zero-shot QA row's generation: llama_ft (shared prefix run once, and without it) against
 transformers' `generate`, same weights, prompts, batches and stop tokens, in the same run.
 
-    python benchmarks/generation.py [--questions 96] [--batch 16] [--threads 1] [--json out.json]
+    python benchmarks/generation.py [--questions 96] [--batch 16] [--also-batch 64] [--threads 1] [--json out.json]
 
 Prompts are SQuAD dev questions in the recipe's zero-shot prompt (`qa_prompt`), longest first in batches as
 `answer_by_prompt` does; greedy, at most 24 new tokens, stopping at EOS or a newline. Prints a table and JSON:
-seconds per question, ratios (> 1: llama_ft faster) and the share of identical replies.
+seconds per question, ratios (> 1: llama_ft faster) and the share of identical replies. `--also-batch N` adds
+llama_ft (shared prefix) in batches of N, to choose `answer_by_prompt`'s batch size.
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--questions", type=int, default=96)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--also-batch", type=int, help="also llama_ft (shared prefix) in batches of this size")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--data", default=str(DEV))
     ap.add_argument("--json")
@@ -77,9 +79,14 @@ def main(argv=None) -> int:
     groups = batches(prompts, args.batch)
     run_ours(lm, groups[-1:], stop, tok.pad_token_id, True)   # warm-up: first-call allocations
     times = {}
-    for name, fn in (("llama_ft (shared prefix)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, True)),
-                     ("llama_ft (no sharing)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, False)),
-                     ("transformers generate", lambda: run_hf(ref, groups, stop, tok.pad_token_id))):
+    runs = [("llama_ft (shared prefix)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, True)),
+            ("llama_ft (no sharing)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, False)),
+            ("transformers generate", lambda: run_hf(ref, groups, stop, tok.pad_token_id))]
+    if args.also_batch:
+        wide = batches(prompts, args.also_batch)
+        runs.insert(1, (f"llama_ft (shared prefix), batch {args.also_batch}",
+                        lambda: run_ours(lm, wide, stop, tok.pad_token_id, True)))
+    for name, fn in runs:
         times[name] = fn()
     base = times["transformers generate"]
     unshared = times["llama_ft (no sharing)"][1]

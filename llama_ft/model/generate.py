@@ -65,17 +65,23 @@ def generate(model: LlamaForCausalLM, prompts: list[list[int]], max_new_tokens: 
     pad = pad_id if pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else 0)
     logits, cache, mask = prefill(model, prompts, pad, amp, share_prefix)
     out: list[list[int]] = [[] for _ in prompts]
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    rows = list(range(len(prompts)))  # the prompts still decoding, in the batch's order
     for step in range(max_new_tokens):
         nxt: Tensor = logits.float().argmax(-1)
-        for i, t in enumerate(nxt.tolist()):
-            if not done[i]:
-                if t in stop:
-                    done[i] = True
-                else:
-                    out[i].append(t)
-        if bool(done.all()) or step == max_new_tokens - 1:
+        keep = []
+        for j, t in enumerate(nxt.tolist()):
+            if t not in stop:
+                out[rows[j]].append(t)
+                keep.append(j)
+        if not keep or step == max_new_tokens - 1:
             break
+        if len(keep) < len(rows):
+            # A finished row leaves the batch: the steps left (most replies are a few words, the longest sets the
+            # batch's step count) compute and copy only the rows still decoding. Positions come from each row's
+            # mask, which goes with it.
+            sel = torch.tensor(keep, device=device)
+            nxt, mask, rows = nxt[sel], mask[sel], [rows[j] for j in keep]
+            cache.layers = [(k[sel], v[sel]) for k, v in cache.layers]
         mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(nxt[:, None], mask, kv_cache=cache, last_only=True)[:, -1]

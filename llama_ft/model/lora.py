@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -39,12 +41,13 @@ class LoRALinear(nn.Linear):
         """A plain nn.Linear with the adapter folded into its weight, in `dtype` (None: the frozen weight's).
         The sum is taken in fp32 and rounded once: a bf16 base exported to fp32 keeps all of the adapter."""
         dtype = dtype or self.weight.dtype
-        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                        device=self.weight.device, dtype=dtype)
-        delta = (self.lora_B.float() @ self.lora_A.float()) * self.scaling
-        out.weight.copy_((self.weight.float() + delta).to(dtype))
+        # Built on the meta device: a real one would first fill its weight with a random init, only to overwrite it.
+        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        w = self.weight.to(torch.float32, copy=True)  # the sum in fp32, in place in one copy of W
+        w.addmm_(self.lora_B.float(), self.lora_A.float(), alpha=self.scaling)
+        out.weight = nn.Parameter(w.to(dtype), requires_grad=False)
         if self.bias is not None:
-            out.bias.copy_(self.bias)
+            out.bias = nn.Parameter(self.bias.detach().to(dtype, copy=True), requires_grad=False)
         return out
 
 
@@ -65,3 +68,34 @@ def add_lora(module: nn.Module, rank: int, alpha: float | None = None, dropout: 
                 setattr(mod, child_name, LoRALinear(child, rank, alpha, dropout))
                 wrapped.append(f"{name}.{child_name}")
     return wrapped
+
+
+def adapters(model: nn.Module) -> list[tuple[nn.Module, str, LoRALinear]]:
+    """(parent, attribute name, adapter) of every LoRALinear in `model` whose weights are whole tensors on this
+    process (an FSDP shard is a DTensor: only its forward, which gathers it, sees the whole weight)."""
+    found = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, LoRALinear) and type(child.weight.data) is torch.Tensor:
+                found.append((parent, name, child))
+    return found
+
+
+@contextmanager
+def merged_adapters(model: nn.Module, enabled: bool = True) -> Iterator[int]:
+    """For the duration, every adapter of `model` is replaced by a plain nn.Linear holding a copy of its frozen
+    weight with the adapter folded in (LoRALinear.merged); yields how many. An inference pass then runs one GEMM
+    per projection, as the model without adapters does: unmerged, each projection adds two GEMMs that read the
+    whole activation to produce an r-wide one, and an addmm that reads and writes the whole output again, all
+    bound by memory. The copies cost the adapted weights' size once more for the duration; the adapters, their
+    frozen weights and the optimizer's references are untouched and back in place on exit. Inference only: no
+    gradient reaches an adapter through its merged copy."""
+    swaps = adapters(model) if enabled else []
+    try:
+        with torch.no_grad():
+            for parent, name, adapter in swaps:
+                setattr(parent, name, adapter.merged())
+        yield len(swaps)
+    finally:
+        for parent, name, adapter in swaps:
+            setattr(parent, name, adapter)

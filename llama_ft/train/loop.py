@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from llama_ft import heap
 from llama_ft.heap import release_free_memory
 from llama_ft.model.flops import device_peak, training_flops
+from llama_ft.model.lora import merged_adapters
 from llama_ft.model.params import count_parameters
 from llama_ft.model.policies import apply_policy, parse_policy
 from llama_ft.train.batching import collate, epoch_batches, example_lengths, padding_waste, sorted_batches, split_batch
@@ -556,13 +557,19 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
     return finish(res, step, world, t_start)
 
 
+# predict folds LoRA adapters into copies of their weights for a pass of at least this many (padded) tokens: the
+# merge costs about what the unmerged adapters cost over a third of that (BENCHMARKS.md, session 9).
+MERGE_MIN_TOKENS = 4096
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: str = "bf16",
             device: str | torch.device | None = None, progress: str | None = None, compile: bool | str = "auto"):
     """Model outputs in dataset order: classification -> [N, num_labels] fp32 tensor; QA -> list of
     (start_logits, end_logits) fp32 1-D tensors trimmed to each example's length. Length-sorted batches,
     inference mode, autocast `amp` (bf16, fp16 on CUDA, none); `progress`: a progress bar with this title;
-    `compile`: the decoder blocks compiled for this pass (True, False, or `auto`: when it pays, InferenceCompiler)."""
+    `compile`: the decoder blocks compiled for this pass (True, False, or `auto`: when it pays, InferenceCompiler).
+    LoRA adapters are merged into copies of their weights for a pass of MERGE_MIN_TOKENS or more (merged_adapters)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     amp_dtype = resolve_amp(amp, device)
     if amp_dtype is None and any(p.dtype != torch.float32 for p in model.parameters()):
@@ -575,7 +582,8 @@ def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: st
     results: list = [None] * len(dataset)
     bar = tqdm(total=len(dataset), desc=progress, unit="example", disable=progress is None, dynamic_ncols=True)
     batches = sorted_batches(lengths, batch_size)
-    with InferenceCompiler(model, compile, padding_waste(lengths, batches)[1]) as compiler:
+    padded = padding_waste(lengths, batches)[1]
+    with merged_adapters(model, padded >= MERGE_MIN_TOKENS), InferenceCompiler(model, compile, padded) as compiler:
         for idx in batches:
             t0 = time.perf_counter()
             b = collate([dataset[i] for i in idx], pad)

@@ -196,6 +196,25 @@ def test_generate_batched_left_padding_matches_one_by_one():
         ids = torch.cat((ids, torch.tensor([[t]])), dim=1)
 
 
+def test_generate_drops_finished_rows_from_the_batch_with_the_same_replies():
+    """A row that stops leaves the batch (its cache rows and mask go); the others decode on as if alone."""
+    from llama_ft import generate
+    torch.manual_seed(9)
+    model = LlamaForCausalLM(LlamaConfig.from_dict(CONFIGS["gqa-untied"])).eval()
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [18, 19, 20]]
+    free = generate(model, prompts, max_new_tokens=6, stop_ids=[])
+    # A row's first new token that it had not emitted before: stopping on it ends that row after k tokens.
+    r, k = next((r, k) for r, reply in enumerate(free) for k in range(1, len(reply)) if reply[k] not in reply[:k])
+    stop = [free[r][k]]
+    sizes = []
+    hook = model.model.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    together = generate(model, prompts, max_new_tokens=6, stop_ids=stop)
+    hook.remove()
+    assert together == [generate(model, [p], max_new_tokens=6, stop_ids=stop)[0] for p in prompts]
+    assert together[r] == free[r][:k]
+    assert sizes[0] == len(prompts) and sizes[-1] < len(prompts) and sizes == sorted(sizes, reverse=True)
+
+
 def test_generate_runs_a_shared_prefix_once_with_the_same_replies():
     from llama_ft import generate
     from llama_ft.model.generate import shared_prefix_length

@@ -60,10 +60,20 @@ def test_auto_compiles_after_the_probe_steps_when_the_run_is_long_enough(monkeyp
 
 
 @pytest.mark.slow
-def test_evaluations_and_checks_between_compiled_steps_compile_no_graphs_of_their_own(tmp_path):
+def test_evaluations_and_checks_between_compiled_steps_compile_no_graphs_of_their_own(tmp_path, monkeypatch):
     """The no-grad forwards between steps (evaluation, the loss after an update) run the blocks eagerly: they
-    would otherwise compile graphs of their own and use up dynamo's recompile limit mid-run."""
+    would otherwise compile graphs of their own and use up dynamo's recompile limit mid-run. Each evaluation
+    also merges the adapters into the blocks for its pass and puts them back, which must not recompile the
+    training graphs either."""
     import torch._dynamo
+
+    from llama_ft.train import loop
+    monkeypatch.setattr(loop, "MERGE_MIN_TOKENS", 1)
+    held = dataset("qa", n=12, seed=7)
+
+    def predicted_windows(m):
+        return {"windows": len(predict(m, held, compile=False))}
+
     frames = []
     for every in (None, 1):
         torch._dynamo.reset()
@@ -71,7 +81,8 @@ def test_evaluations_and_checks_between_compiled_steps_compile_no_graphs_of_thei
         cfg = TrainConfig(policy="lora:4", epochs=1, batch_size=8, lr=1e-3, amp="bf16", progress=False, seed=3,
                           compile=True, eval_every=every, checkpoint_every=every,
                           output_dir=str(tmp_path / str(every)))
-        res = train(model, dataset("qa", n=32), cfg, eval_set=dataset("qa", n=12, seed=7) if every else None)
+        res = train(model, dataset("qa", n=32), cfg, eval_set=held if every else None,
+                    eval_fn=predicted_windows if every else None)
         assert not every or len(res.metrics) == 4
         frames.append(res.compile["frames_compiled"])
     assert frames[0] == frames[1] > 0

@@ -1,0 +1,77 @@
+"""LoRA adapters folded into their weights for inference: the same outputs, the adapters back in place after."""
+import pytest
+import torch
+from tiny import dataset, tiny_model
+
+from llama_ft.model.lora import LoRALinear, add_lora, merged_adapters
+from llama_ft.train import loop, predict
+
+
+def trained_lora_model(frozen_dtype=torch.float32):
+    """A tiny QA model with rank-4 adapters whose B is not zero (at init the merge would change nothing)."""
+    model = tiny_model("qa")
+    add_lora(model, rank=4)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                m.weight.data = m.weight.data.to(frozen_dtype)
+                m.lora_B.normal_(0, 0.05)
+    return model.eval()
+
+
+def batch(n=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 101, (n, 17), generator=g), torch.ones(n, 17, dtype=torch.long)
+
+
+def test_merged_adapters_give_the_same_outputs_and_put_the_adapters_back():
+    model = trained_lora_model()
+    ids, mask = batch()
+    wrapped = [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        want = model(ids, mask)
+        with merged_adapters(model) as n:
+            assert n == len(wrapped) == 4 * 7
+            assert not any(isinstance(m, LoRALinear) for m in model.modules())
+            got = model(ids, mask)
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
+    assert [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)] == wrapped  # the same objects
+    assert dict(model.named_parameters()) == params  # names and tensors: what the optimizer holds
+    assert all(p.requires_grad for n, p in params.items() if "lora_" in n)
+
+
+def test_merged_adapters_put_the_adapters_back_when_the_pass_fails():
+    model = trained_lora_model()
+    wrapped = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    with pytest.raises(RuntimeError, match="in the pass"), merged_adapters(model):
+        raise RuntimeError("in the pass")
+    assert [m for m in model.modules() if isinstance(m, LoRALinear)] == wrapped
+
+
+def test_merged_adapters_disabled_leave_the_model_alone():
+    model = trained_lora_model()
+    with merged_adapters(model, enabled=False) as n:
+        assert n == 0 and sum(isinstance(m, LoRALinear) for m in model.modules()) == 28
+
+
+@pytest.mark.parametrize("frozen", [torch.float32, torch.bfloat16])
+def test_predict_merges_the_adapters_of_a_long_pass_only(monkeypatch, frozen):
+    """A pass of MERGE_MIN_TOKENS or more runs no adapter (they are merged); a shorter one runs them; under bf16
+    autocast both give the same logits to bf16 rounding."""
+    model = trained_lora_model(frozen)
+    data = dataset("qa", n=40, seed=3)
+    calls = []
+    real_forward = LoRALinear.forward
+    monkeypatch.setattr(LoRALinear, "forward", lambda self, x: calls.append(1) or real_forward(self, x))
+    monkeypatch.setattr(loop, "MERGE_MIN_TOKENS", 1)
+    merged = predict(model, data, batch_size=8, amp="bf16", compile=False)
+    assert not calls
+    monkeypatch.setattr(loop, "MERGE_MIN_TOKENS", 10**9)
+    unmerged = predict(model, data, batch_size=8, amp="bf16", compile=False)
+    assert calls
+    for (ms, me), (us, ue) in zip(merged, unmerged):
+        torch.testing.assert_close(ms, us, rtol=0.05, atol=0.05)
+        torch.testing.assert_close(me, ue, rtol=0.05, atol=0.05)
+    assert sum(isinstance(m, LoRALinear) for m in model.modules()) == 28
