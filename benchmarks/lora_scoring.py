@@ -28,8 +28,9 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import llama_ft  # noqa: E402
+from benchmarks import train_step  # noqa: E402
 from llama_ft.metrics import squad_em_f1  # noqa: E402
-from llama_ft.model.lora import TARGETS, merged_adapters  # noqa: E402
+from llama_ft.model.lora import merged_adapters  # noqa: E402
 from llama_ft.model.policies import apply_policy, parse_policy  # noqa: E402
 from llama_ft.tasks.squad.data import load_squad  # noqa: E402
 from llama_ft.tasks.squad.decode import answers, decode_predictions  # noqa: E402
@@ -54,7 +55,6 @@ def trained_model(checkpoint: str, policy: str):
 def peft_twin(ours, policy: str):
     """transformers' LlamaForQuestionAnswering with our weights (bf16 frozen base, same head), PEFT's fp32
     adapters holding our adapter weights."""
-    import peft
     import transformers
     d = {k: v for k, v in ours.config.to_dict().items() if k != "architectures"}
     with torch.device("meta"):
@@ -65,15 +65,7 @@ def peft_twin(ours, policy: str):
     if unexpected or any("rotary" not in k for k in missing):
         raise RuntimeError(f"weights do not map onto transformers: missing {missing[:3]}, unexpected {unexpected[:3]}")
     ref.transformer.rotary_emb = type(ref.transformer.rotary_emb)(config=ref.config)
-    pol = parse_policy(policy)
-    cfg = peft.LoraConfig(r=pol.rank, lora_alpha=pol.alpha if pol.alpha is not None else 2 * pol.rank,
-                          lora_dropout=0.0, target_modules=list(TARGETS))
-    pm = peft.get_peft_model(ref, cfg, autocast_adapter_dtype=True)
-    params = dict(pm.named_parameters())
-    with torch.no_grad():
-        for k, v in lora.items():
-            params[f"base_model.model.{k}.default.weight"].copy_(v)
-    return pm.eval()
+    return train_step.peft_twin(ref, parse_policy(policy), lora, task_type="QUESTION_ANS").eval()
 
 
 @torch.inference_mode()

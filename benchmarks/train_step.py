@@ -213,12 +213,12 @@ def hf_twin(ours, cfg: LlamaConfig, policy: str, s: Setting, all_fp32: bool = Fa
     return model
 
 
-def peft_twin(model, pol, lora: dict):
+def peft_twin(model, pol, lora: dict, task_type: str = "SEQ_CLS"):
     """PEFT's LoRA on the transformers model, holding our adapter weights: fp32 adapters over the frozen base,
-    the classification head trained (PEFT's modules_to_save for SEQ_CLS), as PEFT is commonly run at its best."""
+    the task head trained (PEFT's modules_to_save for `task_type`), as PEFT is commonly run at its best."""
     import peft
     cfg = peft.LoraConfig(r=pol.rank, lora_alpha=pol.alpha if pol.alpha is not None else 2 * pol.rank,
-                          lora_dropout=0.0, target_modules=list(LORA_TARGETS), task_type="SEQ_CLS")
+                          lora_dropout=0.0, target_modules=list(LORA_TARGETS), task_type=task_type)
     pm = peft.get_peft_model(model, cfg, autocast_adapter_dtype=True)
     params = dict(pm.named_parameters())
     with torch.no_grad():
