@@ -1,12 +1,14 @@
 """The prompted zero-shot QA row's generation: llama_ft (shared prefix run once, and without it) against
 transformers' `generate`, same weights, prompts, batches and stop tokens, in the same run.
 
-    python benchmarks/generation.py [--questions 96] [--batch 16] [--also-batch 64] [--threads 1] [--json out.json]
+    python benchmarks/generation.py [--questions 96] [--batch 16] [--decode-rows 64] [--prefill-rows 16]
+        [--threads 1] [--json out.json]
 
-Prompts are SQuAD dev questions in the recipe's zero-shot prompt (`qa_prompt`), longest first in batches as
-`answer_by_prompt` does; greedy, at most 24 new tokens, stopping at EOS or a newline. Prints a table and JSON:
-seconds per question, ratios (> 1: llama_ft faster) and the share of identical replies. `--also-batch N` adds
-llama_ft (shared prefix) in batches of N, to choose `answer_by_prompt`'s batch size.
+Prompts are SQuAD dev questions in the recipe's zero-shot prompt (`qa_prompt`), longest first; greedy, at most
+24 new tokens, stopping at EOS or a newline. transformers and the plain llama_ft rows decode batches of `--batch`;
+the recipe's row groups them as `answer_by_prompt` does (`decode_groups`: up to `--decode-rows` prompts decode
+together, prefilled `--prefill-rows` at a time). Prints a table and JSON: seconds per question, ratios (> 1:
+llama_ft faster) and the share of identical replies.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import llama_ft  # noqa: E402
 from benchmarks.forward import hf_twin  # noqa: E402
 from llama_ft.model.generate import generate, shared_prefix_length  # noqa: E402
 from llama_ft.tasks.squad.data import load_squad  # noqa: E402
-from llama_ft.tasks.squad.zero_shot import qa_prompt  # noqa: E402
+from llama_ft.tasks.squad.zero_shot import DECODE_ROWS, PREFILL_ROWS, decode_groups, qa_prompt  # noqa: E402
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad_v1.1" / "dev-v1.1-open.json.zip"
 
@@ -35,10 +37,10 @@ def batches(prompts: list[list[int]], size: int) -> list[list[list[int]]]:
     return [[prompts[i] for i in order[k:k + size]] for k in range(0, len(order), size)]
 
 
-def run_ours(lm, groups, stop, pad, share: bool) -> tuple[float, list]:
+def run_ours(lm, groups, stop, pad, share: bool, prefill_rows: int | None = None) -> tuple[float, list]:
     t = time.perf_counter()
     out = [r for g in groups for r in generate(lm, g, max_new_tokens=24, stop_ids=stop, pad_id=pad,
-                                              amp=torch.bfloat16, share_prefix=share)]
+                                              amp=torch.bfloat16, share_prefix=share, prefill_batch=prefill_rows)]
     return time.perf_counter() - t, out
 
 
@@ -63,7 +65,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--questions", type=int, default=96)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--also-batch", type=int, help="also llama_ft (shared prefix) in batches of this size")
+    ap.add_argument("--decode-rows", type=int, default=DECODE_ROWS, help="the recipe row's decode_groups rows")
+    ap.add_argument("--prefill-rows", type=int, default=PREFILL_ROWS, help="the recipe row's prefill batch")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--data", default=str(DEV))
     ap.add_argument("--json")
@@ -79,13 +82,12 @@ def main(argv=None) -> int:
     groups = batches(prompts, args.batch)
     run_ours(lm, groups[-1:], stop, tok.pad_token_id, True)   # warm-up: first-call allocations
     times = {}
-    runs = [("llama_ft (shared prefix)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, True)),
+    wide = [[prompts[i] for i in g] for g in decode_groups([len(p) for p in prompts], args.decode_rows)]
+    recipe = f"llama_ft (recipe: decode up to {args.decode_rows}, prefill {args.prefill_rows})"
+    runs = [(recipe, lambda: run_ours(lm, wide, stop, tok.pad_token_id, True, args.prefill_rows)),
+            ("llama_ft (shared prefix)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, True)),
             ("llama_ft (no sharing)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, False)),
             ("transformers generate", lambda: run_hf(ref, groups, stop, tok.pad_token_id))]
-    if args.also_batch:
-        wide = batches(prompts, args.also_batch)
-        runs.insert(1, (f"llama_ft (shared prefix), batch {args.also_batch}",
-                        lambda: run_ours(lm, wide, stop, tok.pad_token_id, True)))
     for name, fn in runs:
         times[name] = fn()
     base = times["transformers generate"]

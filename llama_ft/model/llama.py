@@ -73,21 +73,59 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class KVCache:
-    """Keys and values of past positions, per layer, for incremental decoding."""
+    """Keys and values of past positions, per layer, for incremental decoding.
+
+    `layers[i]` is layer i's (keys, values) [B, kv_heads, seq_len, head_dim]. After `reserve(n)` they are views of
+    buffers with room for n more positions, which `update` writes in place; without room it concatenates (a copy
+    of the whole cache per call)."""
 
     def __init__(self, num_layers: int):
         self.layers: list[tuple[Tensor, Tensor] | None] = [None] * num_layers
+        self.buffers: list[tuple[Tensor, Tensor] | None] = [None] * num_layers
 
     @property
     def seq_len(self) -> int:
         return 0 if self.layers[0] is None else self.layers[0][0].shape[2]
 
     def update(self, idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        past = self.layers[idx]
-        if past is not None:
+        past, buf = self.layers[idx], self.buffers[idx]
+        if past is None:
+            self.layers[idx] = (k, v)
+            return k, v
+        n, t = past[0].shape[2], k.shape[2]
+        if buf is not None and buf[0].shape[2] >= n + t and buf[0].shape[0] == k.shape[0]:
+            buf[0][:, :, n:n + t].copy_(k)
+            buf[1][:, :, n:n + t].copy_(v)
+            k, v = buf[0][:, :, :n + t], buf[1][:, :, :n + t]
+        else:
             k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
+            self.buffers[idx] = None
         self.layers[idx] = (k, v)
         return k, v
+
+    def reserve(self, extra: int) -> None:
+        """Move every layer into buffers with room for `extra` more positions (one copy now, none per step)."""
+        for i, kv in enumerate(self.layers):
+            if kv is None:
+                continue
+            n = kv[0].shape[2]
+            bufs = tuple(x.new_zeros(x.shape[0], x.shape[1], n + extra, x.shape[3]) for x in kv)
+            for b, x in zip(bufs, kv):
+                b[:, :, :n].copy_(x)
+            self.buffers[i] = bufs
+            self.layers[i] = (bufs[0][:, :, :n], bufs[1][:, :, :n])
+
+    def select(self, rows: Tensor) -> None:
+        """Keep only these batch rows (buffers and their room included)."""
+        for i, kv in enumerate(self.layers):
+            if kv is None:
+                continue
+            if self.buffers[i] is not None:
+                n = kv[0].shape[2]
+                self.buffers[i] = tuple(b[rows] for b in self.buffers[i])
+                self.layers[i] = (self.buffers[i][0][:, :, :n], self.buffers[i][1][:, :, :n])
+            else:
+                self.layers[i] = (kv[0][rows], kv[1][rows])
 
 
 class LlamaAttention(nn.Module):

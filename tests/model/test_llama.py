@@ -196,9 +196,13 @@ def test_generate_batched_left_padding_matches_one_by_one():
         ids = torch.cat((ids, torch.tensor([[t]])), dim=1)
 
 
-def test_generate_drops_finished_rows_from_the_batch_with_the_same_replies():
-    """A row that stops leaves the batch (its cache rows and mask go); the others decode on as if alone."""
+@pytest.mark.parametrize("compact_at", [1.0, 0.5])
+def test_generate_drops_finished_rows_from_the_batch_with_the_same_replies(monkeypatch, compact_at):
+    """Finished rows leave the batch (their cache rows and mask go) once at most COMPACT_AT of it still decodes;
+    until then they ride along, ignored. Either way every row decodes as if alone."""
     from llama_ft import generate
+    from llama_ft.model import generate as gen
+    monkeypatch.setattr(gen, "COMPACT_AT", compact_at)
     torch.manual_seed(9)
     model = LlamaForCausalLM(LlamaConfig.from_dict(CONFIGS["gqa-untied"])).eval()
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [18, 19, 20]]
@@ -212,7 +216,54 @@ def test_generate_drops_finished_rows_from_the_batch_with_the_same_replies():
     hook.remove()
     assert together == [generate(model, [p], max_new_tokens=6, stop_ids=stop)[0] for p in prompts]
     assert together[r] == free[r][:k]
-    assert sizes[0] == len(prompts) and sizes[-1] < len(prompts) and sizes == sorted(sizes, reverse=True)
+    assert sizes[0] == len(prompts) and sizes == sorted(sizes, reverse=True)
+    finished_early = sum(len(a) < len(b) for a, b in zip(together, free))
+    assert (sizes[-1] < len(prompts)) == (len(prompts) - finished_early <= compact_at * len(prompts))
+
+
+def test_generate_prefills_in_sub_batches_and_decodes_them_as_one_with_the_same_replies():
+    """prefill_batch: the prompts run through the model a few at a time, and their caches are joined (each row
+    right-aligned, more padding for the shorter batches) into one batch that decodes in place."""
+    from llama_ft import generate
+    torch.manual_seed(9)
+    model = LlamaForCausalLM(LlamaConfig.from_dict(CONFIGS["gqa-untied"])).eval()
+    prefix = list(range(20, 32))
+    own = [[5, 6, 7, 8, 9, 10, 11, 40, 41], [12], [14, 15, 16], [18, 19, 20, 21, 22], [23, 24]]
+    prompts = [prefix + o for o in own]
+    widths = []
+    hook = model.model.register_forward_pre_hook(lambda m, args: widths.append(tuple(args[0].shape)))
+    joined = generate(model, prompts, max_new_tokens=6, stop_ids=[], prefill_batch=2)
+    hook.remove()
+    assert widths[:4] == [(1, len(prefix)), (2, 9), (2, 5), (1, 2)]   # the prefix once, then 3 sub-batches
+    assert all(w == (5, 1) for w in widths[4:])                        # then one decode batch of all five
+    assert joined == generate(model, prompts, max_new_tokens=6, stop_ids=[])
+    assert joined == [generate(model, [p], max_new_tokens=6, stop_ids=[])[0] for p in prompts]
+    assert generate(model, own, max_new_tokens=6, stop_ids=[], prefill_batch=2) == \
+        [generate(model, [p], max_new_tokens=6, stop_ids=[])[0] for p in own]   # no shared prefix
+
+
+def test_kv_cache_with_room_writes_in_place_and_equals_concatenation():
+    from llama_ft import KVCache
+    torch.manual_seed(7)
+    ours = LlamaForCausalLM(LlamaConfig.from_dict(CONFIGS["llama3-rope"])).eval()
+    ids, mask = batch(ours.config.vocab_size, 2, left=True, t=12)
+    with torch.no_grad():
+        plain, roomy = KVCache(ours.config.num_hidden_layers), KVCache(ours.config.num_hidden_layers)
+        want = [ours(ids[:, :8], mask[:, :8], kv_cache=plain)]
+        got = [ours(ids[:, :8], mask[:, :8], kv_cache=roomy)]
+        roomy.reserve(4)
+        buffers = [b[0].data_ptr() for b in roomy.buffers]
+        for i in range(8, 12):
+            want.append(ours(ids[:, i:i + 1], mask[:, :i + 1], kv_cache=plain))
+            got.append(ours(ids[:, i:i + 1], mask[:, :i + 1], kv_cache=roomy))
+        assert [b[0].data_ptr() for b in roomy.buffers] == buffers           # no copy per step
+        assert all(k.data_ptr() == b[0].data_ptr() for (k, _), b in zip(roomy.layers, roomy.buffers))
+        assert roomy.seq_len == plain.seq_len == 12
+        assert torch.equal(torch.cat(got, 1), torch.cat(want, 1))
+        roomy.select(torch.tensor([1]))
+        assert torch.equal(roomy.layers[0][0], plain.layers[0][0][1:2])
+        ours(ids[1:2, :1], torch.cat((mask[1:2], mask[1:2, :1]), 1), kv_cache=roomy)  # full: concatenates
+        assert roomy.seq_len == 13 and roomy.buffers[0] is None
 
 
 def test_generate_runs_a_shared_prefix_once_with_the_same_replies():

@@ -131,8 +131,32 @@ def clean_answer(reply: str, context: str, snap: bool = True) -> str:
     return text
 
 
+# Prompts decode together, up to DECODE_ROWS of them: a decoding step reads every weight once and pays the same
+# per-operator overhead whatever its rows. DECODE_POSITIONS bounds the cache (rows x positions) for long prompts.
+# They run through the model PREFILL_ROWS at a time, where a wider batch gains nothing (BENCHMARKS.md, session 10).
+DECODE_ROWS = 64
+DECODE_POSITIONS = 64 * 512
+PREFILL_ROWS = 16
+
+
+def decode_groups(lengths: list[int], rows: int = DECODE_ROWS, max_new_tokens: int = 24,
+                  positions: int = DECODE_POSITIONS) -> list[list[int]]:
+    """Prompt indices, longest first, in groups of at most `rows` whose cache (rows x (longest + new tokens))
+    stays within `positions` (a single prompt always forms a group)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        g = groups[-1] if groups else None
+        if g and len(g) < rows and (len(g) + 1) * (lengths[g[0]] + max_new_tokens) <= positions:
+            g.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 @torch.inference_mode()
-def answer_by_prompt(lm, tokenizer, examples: list[SquadExample], batch_size: int = 16, max_new_tokens: int = 24,
+def answer_by_prompt(lm, tokenizer, examples: list[SquadExample], batch_size: int = DECODE_ROWS,
+                     max_new_tokens: int = 24,
                      amp: str = "bf16", progress: bool = True,
                      unanswerable: bool = False, demonstration: bool = True) -> dict[str, str]:
     """{qid: raw generated reply} for each question (greedy, stops at EOS or a newline); `amp`: the autocast
@@ -144,13 +168,11 @@ def answer_by_prompt(lm, tokenizer, examples: list[SquadExample], batch_size: in
     newline = tokenizer.encode("\n", add_special_tokens=False)
     if len(newline) == 1:
         stop.append(newline[0])
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     replies: dict[str, str] = {}
-    bar = tqdm(total=len(order), desc="zero-shot prompt", unit="q", disable=not progress, dynamic_ncols=True)
-    for k in range(0, len(order), batch_size):
-        idx = order[k:k + batch_size]
+    bar = tqdm(total=len(prompts), desc="zero-shot prompt", unit="q", disable=not progress, dynamic_ncols=True)
+    for idx in decode_groups([len(p) for p in prompts], batch_size, max_new_tokens):
         outs = generate(lm, [prompts[i] for i in idx], max_new_tokens=max_new_tokens, stop_ids=stop,
-                        pad_id=tokenizer.pad_token_id, amp=amp_dtype)
+                        pad_id=tokenizer.pad_token_id, amp=amp_dtype, prefill_batch=PREFILL_ROWS)
         for i, ids in zip(idx, outs):
             replies[examples[i].qid] = tokenizer.decode(ids, skip_special_tokens=True)
         bar.update(len(idx))
