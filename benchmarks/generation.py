@@ -4,7 +4,8 @@ transformers' `generate`, same weights, prompts, batches and stop tokens, in the
     python benchmarks/generation.py [--questions 96] [--batch 16] [--decode-rows 64] [--prefill-rows 16]
         [--threads 1] [--json out.json]
 
-Prompts are SQuAD dev questions in the recipe's zero-shot prompt (`qa_prompt`), longest first; greedy, at most
+Prompts are SQuAD dev questions spread evenly over the file (`--first`: the file's first ones, which come from a
+few articles with short contexts) in the recipe's zero-shot prompt (`qa_prompt`), longest first; greedy, at most
 24 new tokens, stopping at EOS or a newline. transformers and the plain llama_ft rows decode batches of `--batch`;
 the recipe's row groups them as `answer_by_prompt` does (`decode_groups`: up to `--decode-rows` prompts decode
 together, prefilled `--prefill-rows` at a time). Prints a table and JSON: seconds per question, ratios (> 1:
@@ -64,6 +65,7 @@ def run_hf(ref, groups, stop, pad) -> tuple[float, list]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--questions", type=int, default=96)
+    ap.add_argument("--first", action="store_true", help="the file's first questions, not an even spread")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--decode-rows", type=int, default=DECODE_ROWS, help="the recipe row's decode_groups rows")
     ap.add_argument("--prefill-rows", type=int, default=PREFILL_ROWS, help="the recipe row's prefill batch")
@@ -76,7 +78,9 @@ def main(argv=None) -> int:
     tok = llama_ft.load_tokenizer("smollm2-135m")
     lm = llama_ft.from_pretrained("smollm2-135m", task="causal-lm", dtype="bf16").eval()
     ref = hf_twin(lm, torch.bfloat16)
-    examples = load_squad(args.data).examples[:args.questions]
+    every = load_squad(args.data).examples
+    step = 1 if args.first else max(1, len(every) // args.questions)
+    examples = every[::step][:args.questions]
     prompts = [qa_prompt(tok, ex.context, ex.question) for ex in examples]
     stop = list(tok.eos_token_ids) + tok.encode("\n", add_special_tokens=False)[:1]
     groups = batches(prompts, args.batch)
@@ -93,8 +97,8 @@ def main(argv=None) -> int:
     base = times["transformers generate"]
     unshared = times["llama_ft (no sharing)"][1]
     res = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-           "questions": len(prompts), "batch": args.batch,
-           "prompt_tokens_mean": sum(map(len, prompts)) / len(prompts),
+           "questions": len(prompts), "spread": not args.first, "batch": args.batch,
+           "prompt_tokens_mean": sum(map(len, prompts)) / len(prompts), "prompt_tokens_max": max(map(len, prompts)),
            "shared_prefix_tokens_mean": sum(shared_prefix_length(g) for g in groups) / len(groups), "rows": []}
     for name, (sec, out) in times.items():
         same = sum(a == b for a, b in zip(out, base[1])) / len(out)
@@ -103,7 +107,8 @@ def main(argv=None) -> int:
                             "same_replies_as_no_sharing": sum(a == b for a, b in zip(out, unshared)) / len(out)})
     print(json.dumps(res, indent=1))
     print(f"\n{len(prompts)} questions, batch {args.batch}, {res['threads']} thread(s), prompt "
-          f"{res['prompt_tokens_mean']:.0f} tokens on average, {res['shared_prefix_tokens_mean']:.0f} of them "
+          f"{res['prompt_tokens_mean']:.0f} tokens on average (longest {res['prompt_tokens_max']}), "
+          f"{res['shared_prefix_tokens_mean']:.0f} of them "
           "shared by the batch on average\n")
     print("| run | s / question | ratio vs transformers | same replies as transformers | same as no sharing |\n"
           "|---|---:|---:|---:|---:|")

@@ -2,7 +2,8 @@
 import pytest
 
 import llama_ft
-from llama_ft.tasks.squad.zero_shot import DEMONSTRATION, INSTRUCTION, clean_answer, qa_prompt, snap_to_context
+from llama_ft.tasks.squad.zero_shot import (DEMONSTRATION, INSTRUCTION, clean_answer, decode_groups, qa_prompt,
+                                            snap_to_context)
 
 CONTEXT = "Super Bowl 50 was won by the Denver Broncos, who beat the Carolina Panthers 24-10 in 2016."
 
@@ -40,3 +41,15 @@ def test_prompt_layout_with_the_chat_template(smollm2_dir):
     assert text.rstrip().endswith("<|im_start|>assistant")
     bare = tok.decode(qa_prompt(tok, CONTEXT, "Who won?", demonstration=False, unanswerable=True))
     assert DEMONSTRATION[0] not in bare and '"unanswerable"' in bare
+
+
+def test_decode_groups_take_the_longest_first_within_rows_and_cache_positions():
+    lengths = [100] * 10 + [900, 50, 300] + [200] * 3
+    groups = decode_groups(lengths, rows=4, max_new_tokens=24, positions=1800)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))       # each prompt once
+    flat = [lengths[i] for g in groups for i in g]
+    assert flat == sorted(lengths, reverse=True)                                    # longest first
+    assert all(len(g) <= 4 and len(g) * (lengths[g[0]] + 24) <= 1800 for g in groups if len(g) > 1)
+    assert groups[0] == [10]                       # 2 x (900 + 24) > 1800: the longest decodes alone
+    assert [len(g) for g in groups] == [1, 4, 4, 4, 3]
+    assert decode_groups([5000], rows=4, positions=100) == [[0]]   # a prompt over the budget still gets a group
