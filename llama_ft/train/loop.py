@@ -322,14 +322,18 @@ def loss_after_update(task_module: TaskLoss, micro_batches: list[dict], amp_dtyp
 @torch.inference_mode()
 def eval_loss(model: nn.Module, eval_set: list[dict], batch_size: int, amp_dtype: torch.dtype | None,
               device: torch.device) -> float:
-    """Mean task_loss over `eval_set` (the training loss's own definition)."""
+    """Mean task_loss over `eval_set` (the training loss's own definition); LoRA adapters merged for a pass of
+    MERGE_MIN_TOKENS or more, as in predict."""
     total = 0.0
-    for idx in sorted_batches(example_lengths(eval_set), batch_size):
-        b = collate([eval_set[i] for i in idx], model.config.pad_token_id)
-        mask = b["attention_mask"].to(device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            out = model(b["input_ids"].to(device), mask)
-        total += task_loss(model.task, out, mask, **{k: v.to(device) for k, v in _targets(b).items()}).item()
+    lengths = example_lengths(eval_set)
+    batches = sorted_batches(lengths, batch_size)
+    with merged_adapters(model, padding_waste(lengths, batches)[1] >= MERGE_MIN_TOKENS):
+        for idx in batches:
+            b = collate([eval_set[i] for i in idx], model.config.pad_token_id)
+            mask = b["attention_mask"].to(device)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+                out = model(b["input_ids"].to(device), mask)
+            total += task_loss(model.task, out, mask, **{k: v.to(device) for k, v in _targets(b).items()}).item()
     return total / len(eval_set)
 
 

@@ -75,3 +75,19 @@ def test_predict_merges_the_adapters_of_a_long_pass_only(monkeypatch, frozen):
         torch.testing.assert_close(ms, us, rtol=0.05, atol=0.05)
         torch.testing.assert_close(me, ue, rtol=0.05, atol=0.05)
     assert sum(isinstance(m, LoRALinear) for m in model.modules()) == 28
+
+
+def test_eval_loss_merges_the_adapters_of_a_long_pass_with_the_same_loss(monkeypatch):
+    model = trained_lora_model(torch.bfloat16)
+    data = dataset("qa", n=40, seed=3)
+    calls = []
+    real_forward = LoRALinear.forward
+    monkeypatch.setattr(LoRALinear, "forward", lambda self, x: calls.append(1) or real_forward(self, x))
+    monkeypatch.setattr(loop, "MERGE_MIN_TOKENS", 1)
+    merged = loop.eval_loss(model, data, 8, torch.bfloat16, torch.device("cpu"))
+    assert not calls
+    monkeypatch.setattr(loop, "MERGE_MIN_TOKENS", 10**9)
+    unmerged = loop.eval_loss(model, data, 8, torch.bfloat16, torch.device("cpu"))
+    assert calls
+    assert merged == pytest.approx(unmerged, rel=0.02)
+    assert sum(isinstance(m, LoRALinear) for m in model.modules()) == 28

@@ -133,7 +133,8 @@ def clean_answer(reply: str, context: str, snap: bool = True) -> str:
 
 # Prompts decode together, up to DECODE_ROWS of them: a decoding step reads every weight once and pays the same
 # per-operator overhead whatever its rows. DECODE_POSITIONS bounds the cache (rows x positions) for long prompts.
-# They run through the model PREFILL_ROWS at a time, where a wider batch gains nothing (BENCHMARKS.md, session 10).
+# They run through the model PREFILL_ROWS at a time: a wider prefill pads more and ran slower (BENCHMARKS.md,
+# session 10).
 DECODE_ROWS = 64
 DECODE_POSITIONS = 64 * 512
 PREFILL_ROWS = 16
