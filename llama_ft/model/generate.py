@@ -29,8 +29,8 @@ def prefill(model: LlamaForCausalLM, prompts: list[list[int]], pad: int, amp: to
     With `share_prefix`, the tokens all prompts start with (a fixed instruction, a demonstration) run once, at
     batch 1, and every row attends to their keys and values: the same tokens at the same positions, so the same
     logits, for a fraction of the work. The rows' own tokens are left-padded, so each row's last prompt token is
-    in the final column. `batch_size`: the prompts run through the model this many at a time (a wide batch pads
-    more and attends over more padding than it saves), and their caches are joined into one batch to decode.
+    in the final column. `batch_size`: the prompts run through the model this many at a time (a wider batch
+    pads more), and their caches are joined into one batch to decode.
     `reserve`: room for this many more positions in the cache (KVCache.reserve).
     """
     device = next(model.parameters()).device

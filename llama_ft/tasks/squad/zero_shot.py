@@ -157,12 +157,12 @@ def decode_groups(lengths: list[int], rows: int = DECODE_ROWS, max_new_tokens: i
 
 @torch.inference_mode()
 def answer_by_prompt(lm, tokenizer, examples: list[SquadExample], batch_size: int = DECODE_ROWS,
-                     max_new_tokens: int = 24,
-                     amp: str = "bf16", progress: bool = True,
+                     max_new_tokens: int = 24, amp: str = "bf16", progress: bool = True,
                      unanswerable: bool = False, demonstration: bool = True) -> dict[str, str]:
     """{qid: raw generated reply} for each question (greedy, stops at EOS or a newline); `amp`: the autocast
     dtype by name (bf16, fp16 on CUDA, none); `unanswerable`: the SQuAD v2 prompt, which allows the reply
-    "unanswerable"; `demonstration`: see qa_prompt."""
+    "unanswerable"; `demonstration`: see qa_prompt; `batch_size`: at most this many prompts decode together
+    (decode_groups)."""
     amp_dtype = resolve_amp(amp, next(lm.parameters()).device)
     prompts = [qa_prompt(tokenizer, ex.context, ex.question, unanswerable, demonstration) for ex in examples]
     stop = list(tokenizer.eos_token_ids)
