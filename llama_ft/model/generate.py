@@ -88,8 +88,7 @@ def _join(parts: list[tuple[Tensor, KVCache, Tensor]], reserve: int) -> tuple[Te
                 b[r:r + n, :, width - w:width].copy_(x)
             c.layers[i] = None  # the batch's own copy can go now
             r += n
-        cache.buffers[i] = bufs
-        cache.layers[i] = (bufs[0][:, :, :width], bufs[1][:, :, :width])
+        cache.use_buffers(i, bufs, width)
     r = 0
     for _, _, m in parts:
         mask[r:r + m.shape[0], width - m.shape[1]:] = m

@@ -112,8 +112,12 @@ class KVCache:
             bufs = tuple(x.new_zeros(x.shape[0], x.shape[1], n + extra, x.shape[3]) for x in kv)
             for b, x in zip(bufs, kv):
                 b[:, :, :n].copy_(x)
-            self.buffers[i] = bufs
-            self.layers[i] = (bufs[0][:, :, :n], bufs[1][:, :, :n])
+            self.use_buffers(i, bufs, n)
+
+    def use_buffers(self, idx: int, bufs: tuple[Tensor, Tensor], n: int) -> None:
+        """Layer idx holds its first n positions in `bufs` (keys, values), with room after them."""
+        self.buffers[idx] = bufs
+        self.layers[idx] = (bufs[0][:, :, :n], bufs[1][:, :, :n])
 
     def select(self, rows: Tensor) -> None:
         """Keep only these batch rows (buffers and their room included)."""
@@ -121,9 +125,7 @@ class KVCache:
             if kv is None:
                 continue
             if self.buffers[i] is not None:
-                n = kv[0].shape[2]
-                self.buffers[i] = tuple(b[rows] for b in self.buffers[i])
-                self.layers[i] = (self.buffers[i][0][:, :, :n], self.buffers[i][1][:, :, :n])
+                self.use_buffers(i, tuple(b[rows] for b in self.buffers[i]), kv[0].shape[2])
             else:
                 self.layers[i] = (kv[0][rows], kv[1][rows])
 
