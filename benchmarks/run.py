@@ -55,6 +55,8 @@ PLANS = {
         "amps": ["bf16"], "threads": None,
         "steps": {"smollm2-135m": (8, 256, 1, 3, None, True), "llama-3.2-1b": (4, 128, 1, 3, None, False)},
         "mfu": [("smollm2-135m", 4, 256), ("smollm2-135m", 8, 256), ("smollm2-135m", 4, 512)], "mfu_reps": 3,
+        # Long CPU runs train compiled (TrainConfig.compile="auto"), so that MFU is the one a run gets.
+        "mfu_compiled": [("smollm2-135m", 16, 256), ("smollm2-135m", 4, 384)],
         "layers": {"shape": "smollm2-135m", "ks": [0, 1, 2, 4, 8, 16, 29], "n": 32, "seq": 128, "batch": 16},
         "seq": {"shape": "smollm2-135m", "seqs": [32, 64, 128, 256, 512], "n": 16, "batch": 16},
         "size": {"shape": "smollm2-135m", "ns": [16, 32, 64, 128], "seq": 128, "batch": 16},

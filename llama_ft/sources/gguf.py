@@ -6,15 +6,17 @@ import math
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import gguf as _gguf  # the `gguf` package from PyPI, not this module
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
 from llama_ft.dtypes import DTYPES
 from llama_ft.tokenizer import byte_level_bpe_json, byte_level_post_processor, byte_level_pre_tokenizer
+
+if TYPE_CHECKING:
+    import gguf as _gguf  # the `gguf` package from PyPI, not this module
 
 # Bump when the converted folder's contents change, so cached conversions are redone.
 FORMAT_VERSION = 1
@@ -55,6 +57,13 @@ def unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ reading
+def _gguf_package():
+    """The `gguf` package from PyPI, imported on first use: only GGUF sources need it, and its import is a
+    noticeable part of `import llama_ft` otherwise."""
+    import gguf
+    return gguf
+
+
 def open_gguf(path: str | Path) -> _gguf.GGUFReader:
     """A GGUFReader over `path`, with errors that say what is wrong with the file."""
     path = Path(path)
@@ -67,7 +76,7 @@ def open_gguf(path: str | Path) -> _gguf.GGUFReader:
         raise GGUFError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF'); pass a llama.cpp "
                         ".gguf model.")
     try:
-        reader = _gguf.GGUFReader(path)
+        reader = _gguf_package().GGUFReader(path)
     except Exception as e:  # noqa: BLE001 -- a damaged file fails inside gguf in many different ways
         raise GGUFError(f"{path}: cannot be parsed ({type(e).__name__}: {e}); the file is truncated or corrupt "
                         f"({size} bytes on disk); download it again.") from None
@@ -156,7 +165,8 @@ def gguf_config(reader: _gguf.GGUFReader, path: str | Path) -> dict:
     kind = _field(reader, "llama.rope.scaling.type")
     original = int(_field(reader, "llama.rope.scaling.original_context_length", 0) or 8192)
     if "rope_freqs.weight" in tensors:
-        factors = _gguf.quants.dequantize(tensors["rope_freqs.weight"].data, tensors["rope_freqs.weight"].tensor_type)
+        freqs = tensors["rope_freqs.weight"]
+        factors = _gguf_package().quants.dequantize(freqs.data, freqs.tensor_type)
         rope_scaling = _llama3_rope_scaling(np.asarray(factors).reshape(-1), theta, head_dim, original, path)
     elif kind == "linear":
         rope_scaling = {"rope_type": "linear", "factor": _f32(_required(reader, path, "llama.rope.scaling.factor"))}
@@ -219,7 +229,7 @@ def gguf_state_dict(reader: _gguf.GGUFReader, path: str | Path, config: dict,
             raise GGUFError(f"{path}: unexpected tensor `{t.name}`; not a plain Llama model; llama_ft converts "
                             "Llama GGUF files only.") from None
         try:
-            arr = _gguf.quants.dequantize(t.data, t.tensor_type)
+            arr = _gguf_package().quants.dequantize(t.data, t.tensor_type)
         except NotImplementedError:
             raise GGUFError(f"{path}: tensor `{t.name}` has type {t.tensor_type.name}, which gguf "
                             f"{_gguf_version()} cannot dequantize; use a GGUF quantized as F32, F16, BF16, Q8_0, "

@@ -1,4 +1,6 @@
 """Parity of llama_ft.model.llama with transformers' Llama on random weights (transformers is the oracle)."""
+import inspect
+
 import pytest
 import torch
 import transformers
@@ -148,11 +150,17 @@ def test_bf16_autocast_close_to_transformers():
     assert (got - want).abs().max().item() < 0.05 * scale
 
 
-def test_kv_cache_matches_full_forward():
+@pytest.mark.parametrize("name", ["llama3-rope", "odd-sizes", "mha-tied"])
+@pytest.mark.parametrize("padded", [True, False])
+def test_kv_cache_matches_full_forward(name, padded):
+    """One-position decoding steps (grouped-query heads folded into query rows; `mha-tied` has no groups, and
+    without padding there is no mask) give the logits of one forward over the whole sequence."""
     torch.manual_seed(7)
     from llama_ft import KVCache
-    ours = LlamaForCausalLM(LlamaConfig.from_dict(CONFIGS["llama3-rope"])).eval()
+    ours = LlamaForCausalLM(LlamaConfig.from_dict(CONFIGS[name])).eval()
     ids, mask = batch(ours.config.vocab_size, 2, left=True, t=12)
+    if not padded:
+        mask = torch.ones_like(mask)
     with torch.no_grad():
         full = ours(ids, mask)
         cache = KVCache(ours.config.num_hidden_layers)
@@ -161,6 +169,32 @@ def test_kv_cache_matches_full_forward():
     inc = torch.cat([first] + steps, dim=1)
     real = mask.bool()
     assert (inc[real] - full[real]).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_decoding_step_matches_transformers(bf16):
+    """The folded grouped-query decoding step against transformers' on the same left-padded prompts: the same
+    logits (fp32), or to bf16 rounding with the same greedy tokens (bf16 autocast, the zero-shot row's setting)."""
+    torch.manual_seed(3)
+    from llama_ft import KVCache
+    ours = LlamaForCausalLM(LlamaConfig.from_dict(CONFIGS["gqa-untied"])).eval()
+    ref = hf_model(ours, transformers.LlamaForCausalLM)
+    ids, mask = batch(ours.config.vocab_size, 2, left=True, t=12)
+    pos = positions(mask)
+    # transformers 5.x renames the argument `past_key_values` to `cache`
+    name = "cache" if "cache" in inspect.signature(ref.forward).parameters else "past_key_values"
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        cache = KVCache(ours.config.num_hidden_layers)
+        ours(ids[:, :11], mask[:, :11], kv_cache=cache)
+        step = ours(ids[:, 11:], mask, kv_cache=cache)[:, -1].float()
+        past = transformers.DynamicCache()
+        ref(input_ids=ids[:, :11], attention_mask=mask[:, :11], position_ids=pos[:, :11], use_cache=True,
+            **{name: past})
+        theirs = ref(input_ids=ids[:, 11:], attention_mask=mask, position_ids=pos[:, 11:], use_cache=True,
+                     **{name: past}).logits[:, -1].float()
+    tol = 0.02 * theirs.abs().max().item() if bf16 else 1e-4
+    assert (step - theirs).abs().max().item() < tol
+    assert torch.equal(step.argmax(-1), theirs.argmax(-1))
 
 
 def test_gradient_checkpointing_gives_equal_gradients():

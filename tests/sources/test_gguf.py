@@ -5,6 +5,8 @@ which are the oracle; the embedded SmolLM2 GGUF is converted once per session (c
 """
 import json
 import shutil
+import subprocess
+import sys
 
 import gguf
 import numpy as np
@@ -252,3 +254,15 @@ def test_bf16_conversion(tiny_gguf, tmp_path):
     assert {t.dtype for t in state.values()} == {torch.bfloat16}
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
     shutil.rmtree(out)
+
+
+def test_gguf_package_is_imported_only_when_a_gguf_is_read(tmp_path):
+    """`import llama_ft` leaves the gguf package alone (only GGUF sources need it); reading a GGUF imports it."""
+    path = write_llama_gguf(tmp_path / "m.gguf", hf_state(hf_tiny()), TINY)
+    code = ("import sys, llama_ft\n"
+            "assert 'gguf' not in sys.modules, 'import llama_ft imported gguf'\n"
+            "from llama_ft.sources.gguf import read_gguf_config\n"
+            "assert 'gguf' not in sys.modules\n"
+            f"read_gguf_config({str(path)!r})\n"
+            "assert 'gguf' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
