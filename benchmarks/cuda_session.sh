@@ -11,8 +11,9 @@
 #
 #   OUT=$OUT PYTHONPATH=$PWD/.deps bash benchmarks/cuda_session.sh   # on the device machine, from the repo root
 #
-# The device image has torch, transformers, peft and pytest but not `gguf` (imported by llama_ft.sources), so a
-# copy of the installed package travels in an ignored folder, named in the device call's `carry`:
+# The device image has torch, transformers, peft and pytest but not `gguf`. llama_ft imports it only to read a
+# GGUF file, which nothing here does; to run other checks that do, a copy of the installed package travels in an
+# ignored folder, named in the device call's `carry`:
 #   mkdir -p .deps && cp -r "$(python3 -c 'import gguf, os; print(os.path.dirname(gguf.__file__))')" .deps/
 #   grep -qx '/.deps/' .git/info/exclude || echo /.deps/ >> .git/info/exclude
 set -uo pipefail

@@ -80,3 +80,12 @@ def test_suite_smoke_mfu_with_a_compiled_row(tmp_path, capsys):
         assert r["ours_tok_s"] > 0 and 0 < r["mfu"]
     assert res["mfu"][1]["compile_s"] > 0
     assert "| tiny | full | True |" in capsys.readouterr().out
+
+
+def test_decode_attention_forms_agree_and_print_a_table(tmp_path, capsys):
+    from benchmarks import decode_attention
+    out = tmp_path / "d.json"
+    assert decode_attention.main(["--rows", "2", "4", "--positions", "8", "--reps", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["ms_per_call"]
+    assert [(r["rows"], r["positions"]) for r in rows] == [(2, 8), (4, 8)]
+    assert "| rows | positions |" in capsys.readouterr().out

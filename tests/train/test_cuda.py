@@ -75,3 +75,29 @@ def test_cuda_gqa_attention_with_and_without_a_mask_matches_fp32_cpu():
                    for m in (None, mask)]
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=5e-2, atol=5e-2)
+
+
+def test_cuda_decoding_steps_match_the_full_forward():
+    """One-position steps over a KV cache on CUDA (grouped-query heads folded into query rows; a padding mask
+    and none) give the logits of the fp32 CPU forward over the whole sequence."""
+    from tiny import tiny_config
+
+    from llama_ft import KVCache, LlamaForCausalLM
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_config()).float().eval()
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    ids = torch.randint(3, 101, (3, 12))
+    padded = torch.ones_like(ids)
+    padded[1, :4] = 0
+    for mask in (torch.ones_like(ids), padded):
+        with torch.no_grad():
+            want = model(ids, mask)
+            gpu = model.cuda()
+            cache = KVCache(model.config.num_hidden_layers)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                got = [gpu(ids[:, :8].cuda(), mask[:, :8].cuda(), kv_cache=cache)]
+                got += [gpu(ids[:, i:i + 1].cuda(), mask[:, :i + 1].cuda(), kv_cache=cache) for i in range(8, 12)]
+            model.cpu()
+        got = torch.cat(got, dim=1).float().cpu()
+        real = mask.bool()
+        torch.testing.assert_close(got[real], want[real], rtol=5e-2, atol=5e-2)
