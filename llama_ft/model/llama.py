@@ -154,8 +154,8 @@ class LlamaAttention(nn.Module):
         if gqa and T == 1 and (mask is None or mask.shape[1] == 1):
             # Decoding one position: the query heads that share a key/value head become that head's query rows
             # (head h reads key/value head h // rep, as enable_gqa does), so each cached head is read once per
-            # step rather than once per query head. The same numbers; SDPA's CPU bf16 kernel runs it several
-            # times faster than one query row per head (BENCHMARKS.md, session 11).
+            # step rather than once per query head. Exact in fp32; SDPA's CPU bf16 kernel runs it several times
+            # faster than one query row per head (BENCHMARKS.md, session 11).
             rep = self.n_head // self.n_kv
             y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, rep, self.head_dim), k, v, attn_mask=mask)
             return self.o_proj(y.reshape(B, T, self.n_head * self.head_dim))

@@ -58,8 +58,8 @@ def unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------ reading
 def _gguf_package():
-    """The `gguf` package from PyPI, imported on first use: only GGUF sources need it, and its import is a
-    noticeable part of `import llama_ft` otherwise."""
+    """The `gguf` package from PyPI, imported on first use: only GGUF sources need it, so `import llama_ft`
+    (and a device image without the package) does not."""
     import gguf
     return gguf
 
