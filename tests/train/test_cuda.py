@@ -3,8 +3,9 @@ without a GPU)."""
 import numpy as np
 import pytest
 import torch
-from tiny import dataset, tiny_model
+from tiny import dataset, tiny_config, tiny_model
 
+from llama_ft import KVCache, LlamaForCausalLM
 from llama_ft.train import TrainConfig, predict, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -80,9 +81,6 @@ def test_cuda_gqa_attention_with_and_without_a_mask_matches_fp32_cpu():
 def test_cuda_decoding_steps_match_the_full_forward():
     """One-position steps over a KV cache on CUDA (grouped-query heads folded into query rows; a padding mask
     and none) give the logits of the fp32 CPU forward over the whole sequence."""
-    from tiny import tiny_config
-
-    from llama_ft import KVCache, LlamaForCausalLM
     torch.manual_seed(0)
     model = LlamaForCausalLM(tiny_config()).float().eval()
     assert model.config.num_key_value_heads < model.config.num_attention_heads
