@@ -1,6 +1,6 @@
 """One decoding step's attention (one new position per row over a KV cache), grouped-query heads: SDPA with
 one query row per head (`enable_gqa`) against the form LlamaAttention uses, the query heads that share a
-key/value head folded into that head's query rows.
+key/value head folded into that head's query rows (`llama_ft.model.llama.grouped_decode_attention`).
 
     python benchmarks/decode_attention.py [--rows 16 64] [--positions 400 900] [--threads 2] [--json out.json]
 
@@ -16,21 +16,22 @@ import platform
 import statistics
 import time
 
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llama_ft.model.llama import grouped_decode_attention  # noqa: E402
 
 
 def per_head(q, k, v, mask):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
 
 
-def folded(q, k, v, mask):
-    b, h, _, d = q.shape
-    kv = k.shape[1]
-    return F.scaled_dot_product_attention(q.reshape(b, kv, h // kv, d), k, v, attn_mask=mask).reshape(b, h, 1, d)
-
-
-FORMS = {"one query row per head (enable_gqa)": per_head, "heads folded into rows": folded}
+FORMS = {"one query row per head (enable_gqa)": per_head, "heads folded into rows": grouped_decode_attention}
 
 
 def case(rows: int, positions: int, heads: int, kv_heads: int, dim: int, device: str):

@@ -130,6 +130,20 @@ class KVCache:
                 self.layers[i] = (kv[0][rows], kv[1][rows])
 
 
+def grouped_decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Attention of one new position per row, q [B, H, 1, D] over k, v [B, Hkv, L, D] (H a multiple of Hkv;
+    `mask` None or broadcast over heads, [B, 1, 1, L]), as [B, H, 1, D].
+
+    The query heads that share a key/value head become that head's query rows (head h reads key/value head
+    h // (H / Hkv), as enable_gqa does), so each cached head is read once per step rather than once per query
+    head. Exact in fp32; SDPA's CPU bf16 kernel runs it several times faster than one query row per head
+    (BENCHMARKS.md, session 11; benchmarks/decode_attention.py)."""
+    B, H, _, D = q.shape
+    kv = k.shape[1]
+    y = F.scaled_dot_product_attention(q.reshape(B, kv, H // kv, D), k, v, attn_mask=mask)
+    return y.reshape(B, H, 1, D)
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, cfg: LlamaConfig, layer_idx: int = 0):
         super().__init__()
@@ -152,12 +166,7 @@ class LlamaAttention(nn.Module):
             k, v = kv_cache.update(self.layer_idx, k, v)
         gqa = self.n_kv != self.n_head
         if gqa and T == 1 and (mask is None or mask.shape[1] == 1):
-            # Decoding one position: the query heads that share a key/value head become that head's query rows
-            # (head h reads key/value head h // rep, as enable_gqa does), so each cached head is read once per
-            # step rather than once per query head. Exact in fp32; SDPA's CPU bf16 kernel runs it several times
-            # faster than one query row per head (BENCHMARKS.md, session 11).
-            rep = self.n_head // self.n_kv
-            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, rep, self.head_dim), k, v, attn_mask=mask)
+            y = grouped_decode_attention(q, k, v, mask)
             return self.o_proj(y.reshape(B, T, self.n_head * self.head_dim))
         if gqa and x.device.type != "cpu" and (mask is not None or q.dtype == torch.float32):
             # On CUDA only the flash kernel takes enable_gqa, and it takes no mask and no fp32: otherwise SDPA
