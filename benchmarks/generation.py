@@ -2,14 +2,16 @@
 transformers' `generate`, same weights, prompts, batches and stop tokens, in the same run.
 
     python benchmarks/generation.py [--questions 96] [--batch 16] [--decode-rows 64] [--prefill-rows 16]
-        [--threads 1] [--json out.json]
+        [--study 4000] [--threads 1] [--json out.json]
 
-Prompts are SQuAD dev questions spread evenly over the file (`--first`: the file's first ones, which come from a
-few articles with short contexts) in the recipe's zero-shot prompt (`qa_prompt`), longest first; greedy, at most
-24 new tokens, stopping at EOS or a newline. transformers and the plain llama_ft rows decode batches of `--batch`;
-the recipe's row groups them as `answer_by_prompt` does (`decode_groups`: up to `--decode-rows` prompts decode
-together, prefilled `--prefill-rows` at a time). Prints a table and JSON: seconds per question, ratios (> 1:
-llama_ft faster) and the share of identical replies.
+Prompts are SQuAD dev questions spread evenly over the file (`--first`: the file's first ones, which come from
+a few articles with short contexts; `--study N`: the first of the 1,000 test questions of `train_squad.py --n N`,
+which share paragraphs as that row's do) in the recipe's zero-shot prompt (`qa_prompt`), longest first; greedy,
+at most 24 new tokens, stopping at EOS or a newline. transformers and the plain llama_ft rows decode batches of
+`--batch`; the recipe's row groups them as `answer_by_prompt` does (`decode_groups`: up to `--decode-rows`
+prompts decode together, questions about one paragraph next to each other, prefilled `--prefill-rows` at a
+time). Prints a table and JSON: seconds per question, ratios (> 1: llama_ft faster) and the share of identical
+replies.
 """
 from __future__ import annotations
 
@@ -27,10 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import llama_ft  # noqa: E402
 from benchmarks.forward import hf_twin  # noqa: E402
 from llama_ft.model.generate import generate, shared_prefix_length  # noqa: E402
-from llama_ft.tasks.squad.data import load_squad  # noqa: E402
+from llama_ft.tasks.squad.data import load_squad, study_split  # noqa: E402
 from llama_ft.tasks.squad.zero_shot import DECODE_ROWS, PREFILL_ROWS, decode_groups, qa_prompt  # noqa: E402
 
-DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad_v1.1" / "dev-v1.1-open.json.zip"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad_v1.1"
+DEV = DATA / "dev-v1.1-open.json.zip"
+TRAIN = DATA / "train-v1.1-rebuilt.json.zip"
 
 
 def batches(prompts: list[list[int]], size: int) -> list[list[list[int]]]:
@@ -69,8 +73,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--decode-rows", type=int, default=DECODE_ROWS, help="the recipe row's decode_groups rows")
     ap.add_argument("--prefill-rows", type=int, default=PREFILL_ROWS, help="the recipe row's prefill batch")
+    ap.add_argument("--study", type=int, metavar="N", help="the test questions of train_squad.py --n N")
     ap.add_argument("--threads", type=int)
-    ap.add_argument("--data", default=str(DEV))
+    ap.add_argument("--data", help="the SQuAD file (default: dev-open; with --study, the train file)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     if args.threads:
@@ -78,15 +83,19 @@ def main(argv=None) -> int:
     tok = llama_ft.load_tokenizer("smollm2-135m")
     lm = llama_ft.from_pretrained("smollm2-135m", task="causal-lm", dtype="bf16").eval()
     ref = hf_twin(lm, torch.bfloat16)
-    every = load_squad(args.data).examples
-    step = 1 if args.first else max(1, len(every) // args.questions)
-    examples = every[::step][:args.questions]
+    every = load_squad(args.data or (TRAIN if args.study else DEV)).examples
+    if args.study:
+        examples = study_split(every, args.study)[1][:args.questions]
+    else:
+        step = 1 if args.first else max(1, len(every) // args.questions)
+        examples = every[::step][:args.questions]
     prompts = [qa_prompt(tok, ex.context, ex.question) for ex in examples]
     stop = list(tok.eos_token_ids) + tok.encode("\n", add_special_tokens=False)[:1]
     groups = batches(prompts, args.batch)
     run_ours(lm, groups[-1:], stop, tok.pad_token_id, True)   # warm-up: first-call allocations
     times = {}
-    wide = [[prompts[i] for i in g] for g in decode_groups([len(p) for p in prompts], args.decode_rows)]
+    contexts = [ex.context for ex in examples]
+    wide = [[prompts[i] for i in g] for g in decode_groups([len(p) for p in prompts], args.decode_rows, keys=contexts)]
     recipe = f"llama_ft (recipe: decode up to {args.decode_rows}, prefill {args.prefill_rows})"
     runs = [(recipe, lambda: run_ours(lm, wide, stop, tok.pad_token_id, True, args.prefill_rows)),
             ("llama_ft (shared prefix)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, True)),
@@ -97,7 +106,8 @@ def main(argv=None) -> int:
     base = times["transformers generate"]
     unshared = times["llama_ft (no sharing)"][1]
     res = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-           "questions": len(prompts), "spread": not args.first, "batch": args.batch,
+           "questions": len(prompts), "contexts": len(set(contexts)), "spread": not args.first,
+           "study_n": args.study, "batch": args.batch,
            "prompt_tokens_mean": sum(map(len, prompts)) / len(prompts), "prompt_tokens_max": max(map(len, prompts)),
            "shared_prefix_tokens_mean": sum(shared_prefix_length(g) for g in groups) / len(groups), "rows": []}
     for name, (sec, out) in times.items():
@@ -106,7 +116,8 @@ def main(argv=None) -> int:
                             "ratio_vs_transformers": base[0] / sec, "same_replies_as_transformers": same,
                             "same_replies_as_no_sharing": sum(a == b for a, b in zip(out, unshared)) / len(out)})
     print(json.dumps(res, indent=1))
-    print(f"\n{len(prompts)} questions, batch {args.batch}, {res['threads']} thread(s), prompt "
+    print(f"\n{len(prompts)} questions ({len(set(contexts))} paragraphs), batch {args.batch}, "
+          f"{res['threads']} thread(s), prompt "
           f"{res['prompt_tokens_mean']:.0f} tokens on average (longest {res['prompt_tokens_max']}), "
           f"{res['shared_prefix_tokens_mean']:.0f} of them "
           "shared by the batch on average\n")

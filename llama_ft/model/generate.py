@@ -21,17 +21,41 @@ def shared_prefix_length(prompts: list[list[int]]) -> int:
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
+def prefix_runs(prompts: list[list[int]], shared: int) -> list[tuple[int, int, int]]:
+    """Runs of consecutive prompts that start with the same tokens beyond the `shared` ones all prompts start
+    with (questions about one paragraph, after a fixed instruction): (first, end, n) for prompts[first:end],
+    whose first n tokens are common to the run. A run of several prompts shares at least MIN_SHARED_PREFIX
+    tokens more than `shared`, and each of its prompts keeps a token of its own; a prompt that shares nothing
+    more with the next one is a run of its own (n: its length)."""
+    runs: list[tuple[int, int, int]] = []
+    i = 0
+    while i < len(prompts):
+        j, n = i + 1, len(prompts[i]) - 1
+        while j < len(prompts):
+            m = min(len(os.path.commonprefix([prompts[i], prompts[j]])), n, len(prompts[j]) - 1)
+            if m < shared + MIN_SHARED_PREFIX:
+                break
+            j, n = j + 1, m
+        runs.append((i, j, n if j - i > 1 else len(prompts[i])))
+        i = j
+    return runs
+
+
 def prefill(model: LlamaForCausalLM, prompts: list[list[int]], pad: int, amp: torch.dtype | None = None,
             share_prefix: bool = True, batch_size: int | None = None,
             reserve: int = 0) -> tuple[Tensor, KVCache, Tensor]:
     """(next-token logits after each prompt [B, vocab], the KV cache, the attention mask over it [B, past]).
 
-    With `share_prefix`, the tokens all prompts start with (a fixed instruction, a demonstration) run once, at
-    batch 1, and every row attends to their keys and values: the same tokens at the same positions, so the same
-    logits, for a fraction of the work. The rows' own tokens are left-padded, so each row's last prompt token is
-    in the final column. `batch_size`: the prompts run through the model this many at a time (a wider batch
-    pads more), and their caches are joined into one batch to decode.
-    `reserve`: room for this many more positions in the cache (KVCache.reserve).
+    With `share_prefix`, tokens that several prompts start with run once. The tokens all prompts start with (a
+    fixed instruction, a demonstration) run at batch 1, and every row attends to their keys and values. Then,
+    where consecutive prompts share more (several questions about one paragraph, `prefix_runs`), each run's
+    common part runs once, its prompts attend to it, and only their own ends run per prompt. The same tokens at
+    the same positions give the same logits, for a fraction of the work. Each level's tokens are left-padded,
+    the mask hides the padding and positions count real tokens only, so each row's last prompt token is in the
+    final column. `batch_size`: the prompts (where consecutive ones share a run: the runs) go through the model
+    this many at a time (a wider batch pads more), and their caches are joined into one batch to decode, a row
+    per prompt in the prompts' order. `reserve`: room for this many more positions in the cache
+    (KVCache.reserve).
     """
     device = next(model.parameters()).device
     shared = shared_prefix_length(prompts) if share_prefix else 0
@@ -39,61 +63,95 @@ def prefill(model: LlamaForCausalLM, prompts: list[list[int]], pad: int, amp: to
     if shared:
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             model.model(torch.tensor([prompts[0][:shared]], device=device), kv_cache=prefix)
+    runs = prefix_runs(prompts, shared) if share_prefix else [(i, i + 1, len(p)) for i, p in enumerate(prompts)]
     step = batch_size or len(prompts)
-    parts = [_prefill_own(model, prompts[i:i + step], pad, amp, prefix, shared, device)
-             for i in range(0, len(prompts), step)]
+    parts = []
+    for i in range(0, len(runs), step):
+        alone = [a for a, b, _ in runs[i:i + step] if b - a == 1]
+        together = [r for r in runs[i:i + step] if r[1] - r[0] > 1]
+        if alone:
+            parts.append((_prefill_rows(model, [prompts[a][shared:] for a in alone], pad, amp,
+                                        _expand(prefix, len(alone)), shared, device), alone))
+        if together:
+            parts.append((_prefill_runs(model, prompts, together, pad, amp, prefix, shared, device),
+                          [j for a, b, _ in together for j in range(a, b)]))
     if len(parts) == 1:
-        logits, cache, mask = parts[0]
+        (logits, cache, mask), _ = parts[0]  # its rows are the prompts in order
         if reserve:
             cache.reserve(reserve)
         return logits, cache, mask
     return _join(parts, reserve)
 
 
-def _prefill_own(model, prompts, pad, amp, prefix: KVCache, shared: int, device):
-    """prefill for one batch of prompts whose first `shared` tokens are already in `prefix` (batch 1)."""
-    cache = KVCache(model.config.num_hidden_layers)
-    if shared:
-        cache.layers = [(k.expand(len(prompts), -1, -1, -1), v.expand(len(prompts), -1, -1, -1))
-                        for k, v in prefix.layers]
-        prompts = [p[shared:] for p in prompts]
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    # Positions count real tokens only, so a row's own tokens follow the prefix whatever its padding.
-    mask = torch.zeros((len(prompts), shared + width), dtype=torch.long)
-    mask[:, :shared] = 1
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, shared + width - len(p):] = 1
-    mask = mask.to(device)
+def _expand(prefix: KVCache, rows: int) -> KVCache:
+    """The batch-1 `prefix` as `rows` rows (views, no copy)."""
+    cache = KVCache(len(prefix.layers))
+    if prefix.seq_len:
+        cache.layers = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix.layers]
+    return cache
+
+
+def _prefill_rows(model, segments: list[list[int]], pad: int, amp, cache: KVCache, past: Tensor | int, device,
+                  logits: bool = True):
+    """Run one segment per row after the row's cached past: `cache` ([B, ...] per layer, or empty) and `past`,
+    its mask [B, P] (an int P: P real positions in every row). The segments are left-padded. Returns (the
+    next-token logits after each segment [B, vocab], or None without `logits`; the cache; the mask over it)."""
+    width = max(len(s) for s in segments)
+    ids = torch.full((len(segments), width), pad, dtype=torch.long)
+    own = torch.zeros((len(segments), width), dtype=torch.long)
+    for i, s in enumerate(segments):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        own[i, width - len(s):] = 1
+    if isinstance(past, int):
+        past = torch.ones((len(segments), past), dtype=torch.long, device=device)
+    # Positions count real tokens only, so a row's tokens follow its past whatever the padding on either level.
+    mask = torch.cat((past, own.to(device)), dim=1)
     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-        logits = model(ids.to(device), mask, kv_cache=cache, last_only=True)
-    return logits[:, -1], cache, mask
+        if not logits:
+            model.model(ids.to(device), mask, kv_cache=cache)
+            return None, cache, mask
+        out = model(ids.to(device), mask, kv_cache=cache, last_only=True)
+    return out[:, -1], cache, mask
 
 
-def _join(parts: list[tuple[Tensor, KVCache, Tensor]], reserve: int) -> tuple[Tensor, KVCache, Tensor]:
-    """One batch from several prefilled ones: each row right-aligned (more left padding for the shorter
-    batches, which the mask hides and positions skip), in buffers with room for `reserve` more positions."""
-    width = max(m.shape[1] for _, _, m in parts)
-    rows = sum(m.shape[0] for _, _, m in parts)
-    first = parts[0][1]
+def _prefill_runs(model, prompts, runs: list[tuple[int, int, int]], pad, amp, prefix: KVCache, shared: int, device):
+    """prefill for the prompts of these runs (each of several prompts): each run's common tokens after `prefix`
+    once (a row per run), then each prompt's own end after its run's (a row per prompt)."""
+    _, common, common_mask = _prefill_rows(model, [prompts[a][shared:n] for a, _, n in runs], pad, amp,
+                                           _expand(prefix, len(runs)), shared, device, logits=False)
+    run_of = torch.tensor([r for r, (a, b, _) in enumerate(runs) for _ in range(a, b)], device=device)
+    cache = KVCache(len(common.layers))
+    cache.layers = [(k[run_of], v[run_of]) for k, v in common.layers]
+    del common
+    return _prefill_rows(model, [prompts[i][n:] for a, b, n in runs for i in range(a, b)], pad, amp, cache,
+                         common_mask[run_of], device)
+
+
+def _join(parts: list[tuple[tuple[Tensor, KVCache, Tensor], list[int]]], reserve: int
+          ) -> tuple[Tensor, KVCache, Tensor]:
+    """One batch from several prefilled ones, each with the prompt index of each of its rows: the row of prompt
+    i is row i, right-aligned (more left padding for the narrower batches, which the mask hides and positions
+    skip), in buffers with room for `reserve` more positions."""
+    width = max(m.shape[1] for (_, _, m), _ in parts)
+    rows = sum(len(idx) for _, idx in parts)
+    first = parts[0][0][1]
+    device = parts[0][0][2].device
+    where = [torch.tensor(idx, device=device) for _, idx in parts]
     cache = KVCache(len(first.layers))
-    mask = parts[0][2].new_zeros(rows, width)
     for i, kv in enumerate(first.layers):
         bufs = tuple(x.new_zeros(rows, x.shape[1], width + reserve, x.shape[3]) for x in kv)
-        r = 0
-        for _, c, m in parts:
-            n, w = m.shape
+        for ((_, c, m), _), at in zip(parts, where):
+            w = m.shape[1]
             for b, x in zip(bufs, c.layers[i]):
-                b[r:r + n, :, width - w:width].copy_(x)
+                b[at, :, width - w:width] = x
             c.layers[i] = None  # the batch's own copy can go now
-            r += n
         cache.use_buffers(i, bufs, width)
-    r = 0
-    for _, _, m in parts:
-        mask[r:r + m.shape[0], width - m.shape[1]:] = m
-        r += m.shape[0]
-    return torch.cat([lg for lg, _, _ in parts]), cache, mask
+    mask = parts[0][0][2].new_zeros(rows, width)
+    logits = parts[0][0][0].new_empty(rows, parts[0][0][0].shape[-1])
+    for ((lg, _, m), _), at in zip(parts, where):
+        mask[at, width - m.shape[1]:] = m
+        logits[at] = lg
+    return logits, cache, mask
 
 
 # Finished rows stay in the batch (their tokens ignored) until at most this share of it is still decoding; then

@@ -322,6 +322,40 @@ def test_generate_runs_a_shared_prefix_once_with_the_same_replies():
     assert len({tuple(r) for r in shared}) == len(prompts)   # untied random weights: replies follow the prompt
 
 
+def test_generate_runs_what_consecutive_prompts_share_once_with_the_same_replies():
+    """Questions about one paragraph: past the prefix every prompt starts with, the tokens that consecutive
+    prompts share (the paragraph) run once per run, then only each prompt's own end; a prompt that shares
+    nothing more runs whole. Rows come back in the prompts' order."""
+    from llama_ft import generate
+    from llama_ft.model.generate import prefill, prefix_runs
+    torch.manual_seed(9)
+    model = LlamaForCausalLM(LlamaConfig.from_dict(CONFIGS["gqa-untied"])).eval()
+    fixed, para_a, para_b = list(range(20, 32)), list(range(40, 52)), list(range(60, 70))
+    prompts = [fixed + [33, 34, 11, 12],                                                    # alone
+               fixed + para_a + [5, 6, 7], fixed + para_a + [8], fixed + para_a + [9, 10],   # a run of 3
+               fixed + [35, 36, 37],                                                        # alone
+               fixed + para_b + [13, 14, 15, 16], fixed + para_b + [17]]                     # a run of 2
+    runs = prefix_runs(prompts, len(fixed))
+    assert runs == [(0, 1, 16), (1, 4, len(fixed + para_a)), (4, 5, 15), (5, 7, len(fixed + para_b))]
+    assert prefix_runs([fixed + [1], fixed + [2]], len(fixed)) == [(0, 1, 13), (1, 2, 13)]   # nothing more shared
+    shapes = []
+    hook = model.model.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
+    shared = generate(model, prompts, max_new_tokens=6, stop_ids=[])
+    hook.remove()
+    # the prefix; the prompts alone (their own tokens); the runs' common tokens; the run's prompts' own ends
+    assert shapes[:4] == [(1, len(fixed)), (2, 4), (2, len(para_a)), (5, 4)]
+    assert all(s == (len(prompts), 1) for s in shapes[4:])    # then one decode batch, in the prompts' order
+    assert shared == generate(model, prompts, max_new_tokens=6, stop_ids=[], share_prefix=False)
+    assert shared == [generate(model, [p], max_new_tokens=6, stop_ids=[])[0] for p in prompts]
+    assert shared == generate(model, prompts, max_new_tokens=6, stop_ids=[], prefill_batch=2)
+    with torch.no_grad():
+        for batch in (None, 2):
+            logits, cache, mask = prefill(model, prompts, pad=0, batch_size=batch)
+            plain, _, _ = prefill(model, prompts, pad=0, share_prefix=False)
+            torch.testing.assert_close(logits, plain, rtol=1e-4, atol=1e-5)
+            assert mask.sum(1).tolist() == [len(p) for p in prompts] and cache.seq_len == mask.shape[1]
+
+
 def test_causal_mask_for_a_cached_prefix_is_built_on_the_inputs_device():
     from llama_ft.model.llama import attention_mask_4d
     mask = attention_mask_4d(None, q_len=3, past_len=2, device=torch.device("meta"))

@@ -141,17 +141,30 @@ PREFILL_ROWS = 16
 
 
 def decode_groups(lengths: list[int], rows: int = DECODE_ROWS, max_new_tokens: int = 24,
-                  positions: int = DECODE_POSITIONS) -> list[list[int]]:
+                  positions: int = DECODE_POSITIONS, keys: list | None = None) -> list[list[int]]:
     """Prompt indices, longest first, in groups of at most `rows` whose cache (rows x (longest + new tokens))
-    stays within `positions` (a single prompt always forms a group)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    stays within `positions` (a single prompt always forms a group). `keys` (each question's context): prompts
+    with the same key come one after another, where the longest of them would come, so that prefill runs the
+    part they share once (generate.prefix_runs)."""
+    if keys is None:
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    else:
+        longest: dict = {}
+        first: dict = {}
+        for i, k in enumerate(keys):
+            longest[k] = max(longest.get(k, 0), lengths[i])
+            first.setdefault(k, i)
+        order = sorted(range(len(lengths)), key=lambda i: (-longest[keys[i]], first[keys[i]], -lengths[i]))
     groups: list[list[int]] = []
+    widest = 0
     for i in order:
         g = groups[-1] if groups else None
-        if g and len(g) < rows and (len(g) + 1) * (lengths[g[0]] + max_new_tokens) <= positions:
+        if g and len(g) < rows and (len(g) + 1) * (max(widest, lengths[i]) + max_new_tokens) <= positions:
             g.append(i)
+            widest = max(widest, lengths[i])
         else:
             groups.append([i])
+            widest = lengths[i]
     return groups
 
 
@@ -171,7 +184,8 @@ def answer_by_prompt(lm, tokenizer, examples: list[SquadExample], batch_size: in
         stop.append(newline[0])
     replies: dict[str, str] = {}
     bar = tqdm(total=len(prompts), desc="zero-shot prompt", unit="q", disable=not progress, dynamic_ncols=True)
-    for idx in decode_groups([len(p) for p in prompts], batch_size, max_new_tokens):
+    contexts = [ex.context for ex in examples]
+    for idx in decode_groups([len(p) for p in prompts], batch_size, max_new_tokens, keys=contexts):
         outs = generate(lm, [prompts[i] for i in idx], max_new_tokens=max_new_tokens, stop_ids=stop,
                         pad_id=tokenizer.pad_token_id, amp=amp_dtype, prefill_batch=PREFILL_ROWS)
         for i, ids in zip(idx, outs):

@@ -53,3 +53,14 @@ def test_decode_groups_take_the_longest_first_within_rows_and_cache_positions():
     assert groups[0] == [10]                       # 2 x (900 + 24) > 1800: the longest decodes alone
     assert [len(g) for g in groups] == [1, 4, 4, 4, 3]
     assert decode_groups([5000], rows=4, positions=100) == [[0]]   # a prompt over the budget still gets a group
+
+
+def test_decode_groups_keep_questions_about_one_context_together():
+    lengths = [300, 120, 290, 310, 125, 118]
+    keys = ["a", "b", "c", "a", "b", "b"]
+    groups = decode_groups(lengths, rows=3, max_new_tokens=24, positions=10_000, keys=keys)
+    assert [i for g in groups for i in g] == [3, 0, 2, 4, 1, 5]   # a's questions, then c, then b's, each longest first
+    assert decode_groups(lengths, rows=2, max_new_tokens=24, positions=2 * (310 + 24), keys=keys)[0] == [3, 0]
+    # The cache budget counts the group's longest prompt, which need not be its first.
+    assert decode_groups([200, 50, 150, 140], rows=3, max_new_tokens=0, positions=300,
+                         keys=["a", "a", "b", "b"]) == [[0], [1, 2], [3]]
