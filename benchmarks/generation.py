@@ -2,7 +2,7 @@
 transformers' `generate`, same weights, prompts, batches and stop tokens, in the same run.
 
     python benchmarks/generation.py [--questions 96] [--batch 16] [--decode-rows 64] [--prefill-rows 16]
-        [--study 4000] [--threads 1] [--json out.json]
+        [--study 4000] [--rows recipe,recipe-prefix-only,prefix,plain] [--threads 1] [--json out.json]
 
 Prompts are SQuAD dev questions spread evenly over the file (`--first`: the file's first ones, which come from
 a few articles with short contexts; `--study N`: the first of the 1,000 test questions of `train_squad.py --n N`,
@@ -10,8 +10,9 @@ which share paragraphs as that row's do) in the recipe's zero-shot prompt (`qa_p
 at most 24 new tokens, stopping at EOS or a newline. transformers and the plain llama_ft rows decode batches of
 `--batch`; the recipe's row groups them as `answer_by_prompt` does (`decode_groups`: up to `--decode-rows`
 prompts decode together, questions about one paragraph next to each other, prefilled `--prefill-rows` at a
-time). Prints a table and JSON: seconds per question, ratios (> 1: llama_ft faster) and the share of identical
-replies.
+time; `recipe-prefix-only`: the same with only the prefix every prompt starts with shared, as before
+`prefix_runs`). Prints a table and JSON: seconds per question, ratios (> 1: llama_ft faster) and the share of
+identical replies.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import llama_ft  # noqa: E402
 from benchmarks.forward import hf_twin  # noqa: E402
+from llama_ft.model import generate as gen  # noqa: E402
 from llama_ft.model.generate import generate, shared_prefix_length  # noqa: E402
 from llama_ft.tasks.squad.data import load_squad, study_split  # noqa: E402
 from llama_ft.tasks.squad.zero_shot import DECODE_ROWS, PREFILL_ROWS, decode_groups, qa_prompt  # noqa: E402
@@ -37,9 +39,18 @@ DEV = DATA / "dev-v1.1-open.json.zip"
 TRAIN = DATA / "train-v1.1-rebuilt.json.zip"
 
 
-def batches(prompts: list[list[int]], size: int) -> list[list[list[int]]]:
+def batches(prompts: list[list[int]], size: int) -> list[list[int]]:
+    """Prompt indices, longest first, in batches of `size`."""
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    return [[prompts[i] for i in order[k:k + size]] for k in range(0, len(order), size)]
+    return [order[k:k + size] for k in range(0, len(order), size)]
+
+
+def in_prompt_order(groups: list[list[int]], replies: list) -> list:
+    """Replies produced group by group, put back in the prompts' order."""
+    out = [None] * len(replies)
+    for i, r in zip((i for g in groups for i in g), replies):
+        out[i] = r
+    return out
 
 
 def run_ours(lm, groups, stop, pad, share: bool, prefill_rows: int | None = None) -> tuple[float, list]:
@@ -66,6 +77,15 @@ def run_hf(ref, groups, stop, pad) -> tuple[float, list]:
     return time.perf_counter() - t, out
 
 
+def prefix_only(run, *args):
+    """`run(*args)` with prefill sharing only the prefix every prompt of a batch starts with."""
+    gen.SHARE_RUNS = False
+    try:
+        return run(*args)
+    finally:
+        gen.SHARE_RUNS = True
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--questions", type=int, default=96)
@@ -74,6 +94,9 @@ def main(argv=None) -> int:
     ap.add_argument("--decode-rows", type=int, default=DECODE_ROWS, help="the recipe row's decode_groups rows")
     ap.add_argument("--prefill-rows", type=int, default=PREFILL_ROWS, help="the recipe row's prefill batch")
     ap.add_argument("--study", type=int, metavar="N", help="the test questions of train_squad.py --n N")
+    ap.add_argument("--rows", type=lambda v: v.split(","), default=["recipe", "prefix", "plain"],
+                    help="llama_ft's rows to run, comma-separated: recipe, recipe-prefix-only, prefix, plain "
+                         "(transformers always runs)")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--data", help="the SQuAD file (default: dev-open; with --study, the train file)")
     ap.add_argument("--json")
@@ -91,20 +114,30 @@ def main(argv=None) -> int:
         examples = every[::step][:args.questions]
     prompts = [qa_prompt(tok, ex.context, ex.question) for ex in examples]
     stop = list(tok.eos_token_ids) + tok.encode("\n", add_special_tokens=False)[:1]
-    groups = batches(prompts, args.batch)
+    order = batches(prompts, args.batch)
+    groups = [[prompts[i] for i in g] for g in order]
     run_ours(lm, groups[-1:], stop, tok.pad_token_id, True)   # warm-up: first-call allocations
     times = {}
     contexts = [ex.context for ex in examples]
-    wide = [[prompts[i] for i in g] for g in decode_groups([len(p) for p in prompts], args.decode_rows, keys=contexts)]
+    wide_order = decode_groups([len(p) for p in prompts], args.decode_rows, keys=contexts)
+    wide = [[prompts[i] for i in g] for g in wide_order]
     recipe = f"llama_ft (recipe: decode up to {args.decode_rows}, prefill {args.prefill_rows})"
-    runs = [(recipe, lambda: run_ours(lm, wide, stop, tok.pad_token_id, True, args.prefill_rows)),
-            ("llama_ft (shared prefix)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, True)),
-            ("llama_ft (no sharing)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, False)),
-            ("transformers generate", lambda: run_hf(ref, groups, stop, tok.pad_token_id))]
-    for name, fn in runs:
-        times[name] = fn()
+    runs = {"recipe": (recipe, lambda: run_ours(lm, wide, stop, tok.pad_token_id, True, args.prefill_rows)),
+            "recipe-prefix-only": (f"{recipe}, only the common prefix shared (SHARE_RUNS off)",
+                                   lambda: prefix_only(run_ours, lm, wide, stop, tok.pad_token_id, True,
+                                                       args.prefill_rows)),
+            "prefix": ("llama_ft (shared prefix)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, True)),
+            "plain": ("llama_ft (no sharing)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, False)),
+            "transformers": ("transformers generate", lambda: run_hf(ref, groups, stop, tok.pad_token_id))}
+    unknown = set(args.rows) - set(runs)
+    if unknown:
+        ap.error(f"--rows {','.join(sorted(unknown))}: choose from {','.join(runs)}")
+    for key in [k for k in runs if k in args.rows or k == "transformers"]:
+        name, fn = runs[key]
+        sec, out = fn()
+        times[name] = sec, in_prompt_order(wide_order if key.startswith("recipe") else order, out)
     base = times["transformers generate"]
-    unshared = times["llama_ft (no sharing)"][1]
+    unshared = times.get("llama_ft (no sharing)", (None, None))[1]
     res = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            "questions": len(prompts), "contexts": len(set(contexts)), "spread": not args.first,
            "study_n": args.study, "batch": args.batch,
@@ -114,7 +147,8 @@ def main(argv=None) -> int:
         same = sum(a == b for a, b in zip(out, base[1])) / len(out)
         res["rows"].append({"run": name, "seconds": sec, "s_per_question": sec / len(prompts),
                             "ratio_vs_transformers": base[0] / sec, "same_replies_as_transformers": same,
-                            "same_replies_as_no_sharing": sum(a == b for a, b in zip(out, unshared)) / len(out)})
+                            "same_replies_as_no_sharing": None if unshared is None else
+                            sum(a == b for a, b in zip(out, unshared)) / len(out)})
     print(json.dumps(res, indent=1))
     print(f"\n{len(prompts)} questions ({len(set(contexts))} paragraphs), batch {args.batch}, "
           f"{res['threads']} thread(s), prompt "
@@ -125,7 +159,8 @@ def main(argv=None) -> int:
           "|---|---:|---:|---:|---:|")
     for r in res["rows"]:
         print(f"| {r['run']} | {r['s_per_question']:.3f} | {r['ratio_vs_transformers']:.2f} | "
-              f"{r['same_replies_as_transformers']:.1%} | {r['same_replies_as_no_sharing']:.1%} |")
+              f"{r['same_replies_as_transformers']:.1%} | "
+              f"{'-' if r['same_replies_as_no_sharing'] is None else format(r['same_replies_as_no_sharing'], '.1%')} |")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return 0

@@ -11,6 +11,9 @@ from llama_ft.model.llama import KVCache, LlamaForCausalLM
 
 # A shared prefix shorter than this is not worth a separate forward.
 MIN_SHARED_PREFIX = 8
+# Off: prefill shares only the prefix every prompt starts with, not what consecutive prompts share beyond it
+# (prefix_runs; benchmarks/generation.py compares the two).
+SHARE_RUNS = True
 
 
 def shared_prefix_length(prompts: list[list[int]]) -> int:
@@ -63,7 +66,8 @@ def prefill(model: LlamaForCausalLM, prompts: list[list[int]], pad: int, amp: to
     if shared:
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             model.model(torch.tensor([prompts[0][:shared]], device=device), kv_cache=prefix)
-    runs = prefix_runs(prompts, shared) if share_prefix else [(i, i + 1, len(p)) for i, p in enumerate(prompts)]
+    runs = (prefix_runs(prompts, shared) if share_prefix and SHARE_RUNS
+            else [(i, i + 1, len(p)) for i, p in enumerate(prompts)])
     step = batch_size or len(prompts)
     parts = []
     for i in range(0, len(runs), step):
