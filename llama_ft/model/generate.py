@@ -74,13 +74,13 @@ def prefill(model: LlamaForCausalLM, prompts: list[list[int]], pad: int, amp: to
         alone = [a for a, b, _ in runs[i:i + step] if b - a == 1]
         together = [r for r in runs[i:i + step] if r[1] - r[0] > 1]
         if alone:
-            parts.append((_prefill_rows(model, [prompts[a][shared:] for a in alone], pad, amp,
-                                        _expand(prefix, len(alone)), shared, device), alone))
+            parts.append((*_prefill_rows(model, [prompts[a][shared:] for a in alone], pad, amp,
+                                         _expand(prefix, len(alone)), shared, device), alone))
         if together:
-            parts.append((_prefill_runs(model, prompts, together, pad, amp, prefix, shared, device),
+            parts.append((*_prefill_runs(model, prompts, together, pad, amp, prefix, shared, device),
                           [j for a, b, _ in together for j in range(a, b)]))
     if len(parts) == 1:
-        (logits, cache, mask), _ = parts[0]  # its rows are the prompts in order
+        logits, cache, mask, _ = parts[0]  # its rows are the prompts in order
         if reserve:
             cache.reserve(reserve)
         return logits, cache, mask
@@ -131,28 +131,26 @@ def _prefill_runs(model, prompts, runs: list[tuple[int, int, int]], pad, amp, pr
                          common_mask[run_of], device)
 
 
-def _join(parts: list[tuple[tuple[Tensor, KVCache, Tensor], list[int]]], reserve: int
-          ) -> tuple[Tensor, KVCache, Tensor]:
-    """One batch from several prefilled ones, each with the prompt index of each of its rows: the row of prompt
-    i is row i, right-aligned (more left padding for the narrower batches, which the mask hides and positions
-    skip), in buffers with room for `reserve` more positions."""
-    width = max(m.shape[1] for (_, _, m), _ in parts)
-    rows = sum(len(idx) for _, idx in parts)
-    first = parts[0][0][1]
-    device = parts[0][0][2].device
-    where = [torch.tensor(idx, device=device) for _, idx in parts]
+def _join(parts: list[tuple[Tensor, KVCache, Tensor, list[int]]], reserve: int) -> tuple[Tensor, KVCache, Tensor]:
+    """One batch from several prefilled ones (logits, cache, mask, and the prompt index of each row): the row of
+    prompt i is row i, right-aligned (more left padding for the narrower batches, which the mask hides and
+    positions skip), in buffers with room for `reserve` more positions."""
+    first_logits, first, first_mask, _ = parts[0]
+    width = max(m.shape[1] for _, _, m, _ in parts)
+    rows = sum(len(idx) for *_, idx in parts)
+    where = [torch.tensor(idx, device=first_mask.device) for *_, idx in parts]
     cache = KVCache(len(first.layers))
     for i, kv in enumerate(first.layers):
         bufs = tuple(x.new_zeros(rows, x.shape[1], width + reserve, x.shape[3]) for x in kv)
-        for ((_, c, m), _), at in zip(parts, where):
+        for (_, c, m, _), at in zip(parts, where):
             w = m.shape[1]
             for b, x in zip(bufs, c.layers[i]):
                 b[at, :, width - w:width] = x
             c.layers[i] = None  # the batch's own copy can go now
         cache.use_buffers(i, bufs, width)
-    mask = parts[0][0][2].new_zeros(rows, width)
-    logits = parts[0][0][0].new_empty(rows, parts[0][0][0].shape[-1])
-    for ((lg, _, m), _), at in zip(parts, where):
+    mask = first_mask.new_zeros(rows, width)
+    logits = first_logits.new_empty(rows, first_logits.shape[-1])
+    for (lg, _, m, _), at in zip(parts, where):
         mask[at, width - m.shape[1]:] = m
         logits[at] = lg
     return logits, cache, mask
