@@ -122,20 +122,23 @@ def main(argv=None) -> int:
     wide_order = decode_groups([len(p) for p in prompts], args.decode_rows, keys=contexts)
     wide = [[prompts[i] for i in g] for g in wide_order]
     recipe = f"llama_ft (recipe: decode up to {args.decode_rows}, prefill {args.prefill_rows})"
-    runs = {"recipe": (recipe, lambda: run_ours(lm, wide, stop, tok.pad_token_id, True, args.prefill_rows)),
+    # key: (row name, the run, the prompt indices of its groups, in the order it returns replies)
+    runs = {"recipe": (recipe, lambda: run_ours(lm, wide, stop, tok.pad_token_id, True, args.prefill_rows),
+                       wide_order),
             "recipe-prefix-only": (f"{recipe}, only the common prefix shared (SHARE_RUNS off)",
                                    lambda: prefix_only(run_ours, lm, wide, stop, tok.pad_token_id, True,
-                                                       args.prefill_rows)),
-            "prefix": ("llama_ft (shared prefix)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, True)),
-            "plain": ("llama_ft (no sharing)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, False)),
-            "transformers": ("transformers generate", lambda: run_hf(ref, groups, stop, tok.pad_token_id))}
+                                                       args.prefill_rows), wide_order),
+            "prefix": ("llama_ft (shared prefix)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, True),
+                       order),
+            "plain": ("llama_ft (no sharing)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, False), order),
+            "transformers": ("transformers generate", lambda: run_hf(ref, groups, stop, tok.pad_token_id), order)}
     unknown = set(args.rows) - set(runs)
     if unknown:
         ap.error(f"--rows {','.join(sorted(unknown))}: choose from {','.join(runs)}")
     for key in [k for k in runs if k in args.rows or k == "transformers"]:
-        name, fn = runs[key]
+        name, fn, made_in = runs[key]
         sec, out = fn()
-        times[name] = sec, in_prompt_order(wide_order if key.startswith("recipe") else order, out)
+        times[name] = sec, in_prompt_order(made_in, out)
     base = times["transformers generate"]
     unshared = times.get("llama_ft (no sharing)", (None, None))[1]
     res = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),

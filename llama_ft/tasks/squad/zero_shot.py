@@ -146,25 +146,20 @@ def decode_groups(lengths: list[int], rows: int = DECODE_ROWS, max_new_tokens: i
     stays within `positions` (a single prompt always forms a group). `keys` (each question's context): prompts
     with the same key come one after another, where the longest of them would come, so that prefill runs the
     part they share once (generate.prefix_runs)."""
-    if keys is None:
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    else:
-        longest: dict = {}
-        first: dict = {}
-        for i, k in enumerate(keys):
-            longest[k] = max(longest.get(k, 0), lengths[i])
-            first.setdefault(k, i)
-        order = sorted(range(len(lengths)), key=lambda i: (-longest[keys[i]], first[keys[i]], -lengths[i]))
+    keys = range(len(lengths)) if keys is None else keys   # no keys: every prompt on its own
+    longest: dict = {}
+    first: dict = {}
+    for i, k in enumerate(keys):
+        longest[k] = max(longest.get(k, 0), lengths[i])
+        first.setdefault(k, i)
+    order = sorted(range(len(lengths)), key=lambda i: (-longest[keys[i]], first[keys[i]], -lengths[i]))
     groups: list[list[int]] = []
-    widest = 0
     for i in order:
         g = groups[-1] if groups else None
-        if g and len(g) < rows and (len(g) + 1) * (max(widest, lengths[i]) + max_new_tokens) <= positions:
+        if g and len(g) < rows and (len(g) + 1) * (max(lengths[j] for j in [*g, i]) + max_new_tokens) <= positions:
             g.append(i)
-            widest = max(widest, lengths[i])
         else:
             groups.append([i])
-            widest = lengths[i]
     return groups
 
 
