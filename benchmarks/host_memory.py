@@ -12,6 +12,7 @@ tokens, global batch 32, compiled by `auto`) on `--n 1000 --test-size 100 --no-z
   unmapped when freed (no fragmentation, a page fault for every page of every new tensor);
 - any of them with `/cap=N`: `--micro-batch-tokens N` instead of the recipe's 1,536;
 - with `/micro`: heap.EACH_MICRO_BATCH, a trim after every micro-batch's backward as well;
+- with `/growth=MIB`: heap.STEP_GROWTH, a step trims once the resident set grew this many MiB (0: every step);
 - with `/onednn=N`: ONEDNN_PRIMITIVE_CACHE_CAPACITY=N, oneDNN's cache of matmul kernels (one per shape) held at N
   shapes instead of llama_ft's bound (llama_ft.heap.ONEDNN_PRIMITIVE_CACHE; 1024 is oneDNN's own default);
 - with `/thp`: THP_MEM_ALLOC_ENABLE=1, torch's CPU allocator asks for transparent huge pages (2 MiB) for tensors
@@ -41,6 +42,9 @@ import llama_ft.heap
 setting = sys.argv[1]
 llama_ft.heap.TRIM = setting == "trim"
 llama_ft.heap.EACH_MICRO_BATCH = sys.argv.pop(2) == "micro"
+growth = sys.argv.pop(2)
+if growth != "-":
+    llama_ft.heap.STEP_GROWTH = int(growth) * 2**20
 if setting == "mmap":
     ctypes.CDLL("libc.so.6").mallopt({param}, 128 * 1024)
 sys.argv = ["train_squad.py"] + sys.argv[2:]
@@ -52,15 +56,17 @@ def one(setting: str, steps: int, threads: int | None, data: Path, compile_flag:
     heap, *mods = setting.split("/")
     cap = next((m.removeprefix("cap=") for m in mods if m.startswith("cap=")), None)
     kernels = next((m.removeprefix("onednn=") for m in mods if m.startswith("onednn=")), None)
-    if heap not in HEAPS or any(m not in ("micro", "thp") and not m.startswith(("cap=", "onednn=")) for m in mods):
+    growth = next((m.removeprefix("growth=") for m in mods if m.startswith("growth=")), "-")
+    if heap not in HEAPS or any(m not in ("micro", "thp") and not m.startswith(("cap=", "onednn=", "growth="))
+                                for m in mods):
         raise SystemExit(f"--settings {setting}: use trim, glibc or mmap, optionally with /cap=TOKENS, "
-                         "/onednn=SHAPES, /micro, /thp")
+                         "/onednn=SHAPES, /growth=MIB, /micro, /thp")
     with tempfile.TemporaryDirectory() as out:
         env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
                **({"THP_MEM_ALLOC_ENABLE": "1"} if "thp" in mods else {}),
                **({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": kernels} if kernels else {})}
         cmd = [sys.executable, "-c", CHILD.format(param=M_MMAP_THRESHOLD, recipe=str(ROOT / "train_squad.py")),
-               heap, "micro" if "micro" in mods else "-", *(["--micro-batch-tokens", cap] if cap else []),
+               heap, "micro" if "micro" in mods else "-", growth, *(["--micro-batch-tokens", cap] if cap else []),
                "--n", "1000", "--test-size", "100",
                "--no-zero-shot", "--max-steps", str(steps), *([compile_flag] if compile_flag else []),
                "--model", "smollm2-135m", "--data", str(data), "--output-dir", out, "--overwrite"]

@@ -20,6 +20,11 @@ TRIM = True
 # lowers the step's peak (the next micro-batch starts from a trimmed heap) at the cost of faulting the pages in
 # again (BENCHMARKS.md, "Host memory").
 EACH_MICRO_BATCH = False
+# After its update a step trims only once the resident set has grown this much since the last trim. A short step
+# (a batch of SST-2 sentences) frees little, and the next step reuses those pages where they are; handing them
+# back after every step made each step fault them in again (BENCHMARKS.md, session 13). A long step's activations
+# fragment the heap and pass this at once, so such steps trim as before.
+STEP_GROWTH = 512 * 2**20
 
 # oneDNN, which runs the CPU's matrix multiplies, keeps a compiled kernel with its own buffers for each matmul
 # shape it has seen, 1,024 of them by default. A training step needs a few dozen; with length-grouped batches
@@ -45,6 +50,32 @@ def release_free_memory() -> bool:
         return False
     trim(0)
     return True
+
+
+def resident_bytes() -> int | None:
+    """The process's resident set in bytes (Linux's /proc), None where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class StepTrim:
+    """Called after each training step: release_free_memory once the resident set has grown by `growth` bytes
+    (STEP_GROWTH) since the last release, and every time where the resident set cannot be read."""
+
+    def __init__(self, growth: int | None = None):
+        self.growth = STEP_GROWTH if growth is None else growth
+        self.mark: int | None = None
+
+    def __call__(self) -> bool:
+        now = resident_bytes()
+        if now is not None and self.mark is not None and now - self.mark < self.growth:
+            return False
+        released = release_free_memory()
+        self.mark = resident_bytes() if released else None
+        return released
 
 
 def bound_onednn_cache(capacity: int = ONEDNN_PRIMITIVE_CACHE) -> bool:

@@ -7,12 +7,7 @@ import sys
 import pytest
 import torch
 
-from llama_ft.heap import release_free_memory
-
-
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
+from llama_ft.heap import release_free_memory, resident_bytes
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
@@ -38,12 +33,33 @@ def test_a_cpu_step_trims_after_its_update_and_optionally_after_each_micro_batch
     from tiny import dataset, tiny_model, train_config
 
     calls = []
-    monkeypatch.setattr(loop, "release_free_memory", lambda *a: calls.append("trim"))
+    monkeypatch.setattr(loop, "release_free_memory", lambda *a: calls.append("micro-batch") or True)
+    monkeypatch.setattr(heap, "release_free_memory", lambda *a: calls.append("step") or True)
     monkeypatch.setattr(heap, "EACH_MICRO_BATCH", each_micro_batch)
+    monkeypatch.setattr(heap, "STEP_GROWTH", 0)  # as a step whose activations grow the heap past the bound
     # 16 examples, global batch 8 in micro-batches of 2: 2 steps of 4 micro-batches each.
     res = train(tiny_model(), dataset(n=16), train_config(epochs=1, batch_size=2, global_batch=8, policy="full"))
     assert res.steps == 2
-    assert len(calls) == 2 * (4 if each_micro_batch else 1)
+    assert calls.count("step") == 2
+    assert calls.count("micro-batch") == (2 * 3 if each_micro_batch else 0)
+
+
+def test_a_step_trims_only_once_the_resident_set_has_grown(monkeypatch):
+    """Short steps reuse the pages the previous one freed: trimming after each would fault them in again."""
+    from llama_ft import heap
+
+    calls = []
+    monkeypatch.setattr(heap, "release_free_memory", lambda: calls.append("trim") or True)
+    trim = heap.StepTrim(growth=64 * 2**20)
+    assert trim()  # the first step: nothing to compare with yet
+    assert not trim()
+    grown = torch.ones(32 * 2**20)  # 128 MiB, written, so resident
+    assert trim()
+    assert not trim()
+    assert calls == ["trim", "trim"]
+    assert grown[-1] == 1
+    monkeypatch.setattr(heap, "resident_bytes", lambda: None)  # no /proc: every step trims, as before
+    assert trim() and trim()
 
 
 CACHE_PROBE = """

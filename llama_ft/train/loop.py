@@ -508,7 +508,7 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
     min_seconds = cfg.compile_min_seconds if cfg.compile_min_seconds is not None else auto_min_seconds(device.type)
     compiler = Compiler(work, False if sharded else cfg.compile, min_seconds, lambda s: all_reduce_sum(
         torch.tensor(s, device=device)).item() / world)
-    epoch_t0, batches = time.perf_counter(), {}
+    epoch_t0, batches, trim = time.perf_counter(), {}, heap.StepTrim()
     try:
         while step < geo.total_steps:
             epoch, k = divmod(step, geo.steps_per_epoch)
@@ -527,7 +527,7 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
             except NonFiniteError as e:
                 raise stopped(NonFiniteError, log, step + 1, str(e), ckpts.last_good, lr=lr) from None
             if device.type == "cpu":  # the next step's activations differ in size: hand this step's back
-                release_free_memory()
+                trim()
             dt, step = time.perf_counter() - t0, step + 1
             if why := guard.diverged(loss, gnorm):
                 raise stopped(DivergenceError, log, step, why, ckpts.last_good, loss=loss, grad_norm=gnorm, lr=lr)
