@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llama_ft import LlamaConfig
+from llama_ft.heap import resident_bytes
 from llama_ft.hf.loading import build_model, random_model
 from llama_ft.model.lora import TARGETS as LORA_TARGETS
 from llama_ft.model.params import count_parameters
@@ -74,23 +75,20 @@ class Setting:
         return resolve_frozen_dtype("auto", self.amp)
 
 
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
 
 
 class PeakRSS:
     """Samples the resident set every 2 ms in a thread; .peak is the highest seen."""
 
     def __enter__(self):
-        self.peak, self._stop = rss(), False
+        self.peak, self._stop = resident_bytes(), False
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
         return self
 
     def _run(self):
         while not self._stop:
-            self.peak = max(self.peak, rss())
+            self.peak = max(self.peak, resident_bytes())
             time.sleep(0.002)
 
     def __exit__(self, *exc):
@@ -275,7 +273,7 @@ def step_memory(fn, b: dict, device: torch.device) -> int:
         fn(b)
         sync(device)
         return torch.cuda.max_memory_allocated(device) - base
-    base = rss()
+    base = resident_bytes()
     with PeakRSS() as mem:
         fn(b)
     return max(0, mem.peak - base)

@@ -65,10 +65,7 @@ def test_a_step_trims_only_once_the_resident_set_has_grown(monkeypatch):
 CACHE_PROBE = """
 import os, torch
 import llama_ft
-from llama_ft.heap import release_free_memory
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
+from llama_ft.heap import release_free_memory, resident_bytes as rss
 w = torch.randn(1536, 576, dtype=torch.bfloat16)
 torch.nn.functional.linear(torch.randn(8, 576, dtype=torch.bfloat16), w)
 release_free_memory()

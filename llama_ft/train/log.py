@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 from pathlib import Path
 
 import torch
 
 from llama_ft.files import write_atomic
+from llama_ft.heap import resident_bytes
 
 
 def memory_bytes(device: torch.device) -> dict[str, int]:
@@ -17,12 +17,8 @@ def memory_bytes(device: torch.device) -> dict[str, int]:
     if device.type == "cuda":
         return {"current": torch.cuda.memory_allocated(device), "peak": torch.cuda.max_memory_allocated(device)}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    try:
-        with open("/proc/self/statm") as f:
-            current = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        current = peak
-    return {"current": current, "peak": peak}
+    current = resident_bytes()
+    return {"current": peak if current is None else current, "peak": peak}
 
 
 class JsonlLog:
