@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -22,6 +23,26 @@ def shared_prefix_length(prompts: list[list[int]]) -> int:
     n = len(os.path.commonprefix(prompts)) if len(prompts) > 1 else 0
     n = min(n, min(len(p) for p in prompts) - 1)
     return n if n >= MIN_SHARED_PREFIX else 0
+
+
+@dataclass
+class SharedPrefix:
+    """The tokens every prompt of a set starts with and their keys and values at batch 1 (computed by
+    shared_prefix): a caller that prefills the set in several calls passes it to each, and the prefix runs once."""
+    tokens: list[int]
+    cache: KVCache
+
+
+@torch.inference_mode()
+def shared_prefix(model: LlamaForCausalLM, prompts: list[list[int]], amp: torch.dtype | None = None) -> SharedPrefix:
+    """The prefix all `prompts` share (shared_prefix_length; none when shorter than MIN_SHARED_PREFIX), run once."""
+    n = shared_prefix_length(prompts)
+    cache = KVCache(model.config.num_hidden_layers)
+    if n:
+        device = next(model.parameters()).device
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            model.model(torch.tensor([prompts[0][:n]], device=device), kv_cache=cache)
+    return SharedPrefix(list(prompts[0][:n]), cache)
 
 
 def prefix_runs(prompts: list[list[int]], shared: int) -> list[tuple[int, int, int]]:
@@ -46,7 +67,7 @@ def prefix_runs(prompts: list[list[int]], shared: int) -> list[tuple[int, int, i
 
 def prefill(model: LlamaForCausalLM, prompts: list[list[int]], pad: int, amp: torch.dtype | None = None,
             share_prefix: bool = True, batch_size: int | None = None,
-            reserve: int = 0) -> tuple[Tensor, KVCache, Tensor]:
+            reserve: int = 0, prefix: SharedPrefix | None = None) -> tuple[Tensor, KVCache, Tensor]:
     """(next-token logits after each prompt [B, vocab], the KV cache, the attention mask over it [B, past]).
 
     With `share_prefix`, tokens that several prompts start with run once. The tokens all prompts start with (a
@@ -58,14 +79,19 @@ def prefill(model: LlamaForCausalLM, prompts: list[list[int]], pad: int, amp: to
     final column. `batch_size`: the prompts (where consecutive ones share a run: the runs) go through the model
     this many at a time (a wider batch pads more), and their caches are joined into one batch to decode, a row
     per prompt in the prompts' order. `reserve`: room for this many more positions in the cache
-    (KVCache.reserve).
+    (KVCache.reserve). `prefix`: shared_prefix() of a set these prompts belong to, which then does not run again
+    (with `share_prefix`; every prompt must start with its tokens and have one of its own after them).
     """
     device = next(model.parameters()).device
-    shared = shared_prefix_length(prompts) if share_prefix else 0
-    prefix = KVCache(model.config.num_hidden_layers)
-    if shared:
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            model.model(torch.tensor([prompts[0][:shared]], device=device), kv_cache=prefix)
+    if not share_prefix:
+        prefix = SharedPrefix([], KVCache(model.config.num_hidden_layers))
+    elif prefix is None:
+        prefix = shared_prefix(model, prompts, amp)
+    elif (bad := next((i for i, p in enumerate(prompts)
+                       if len(p) <= len(prefix.tokens) or p[:len(prefix.tokens)] != prefix.tokens), None)) is not None:
+        raise ValueError(f"prefill(prefix=...): prompt {bad} does not start with the prefix's {len(prefix.tokens)} "
+                         "tokens and a token of its own after them; pass shared_prefix() of a set it belongs to.")
+    shared, prefix = len(prefix.tokens), prefix.cache
     runs = (prefix_runs(prompts, shared) if share_prefix and SHARE_RUNS
             else [(i, i + 1, len(p)) for i, p in enumerate(prompts)])
     step = batch_size or len(prompts)

@@ -356,6 +356,31 @@ def test_generate_runs_what_consecutive_prompts_share_once_with_the_same_replies
             assert mask.sum(1).tolist() == [len(p) for p in prompts] and cache.seq_len == mask.shape[1]
 
 
+def test_a_prefix_computed_once_serves_several_prefill_calls_with_the_same_logits():
+    """shared_prefix runs a set's common prefix once; prefill calls for parts of the set reuse it (the SST-2
+    zero-shot row: one instruction, a batch of reviews at a time) and give the logits of running it each time."""
+    from llama_ft.model.generate import prefill, shared_prefix
+    torch.manual_seed(9)
+    model = LlamaForCausalLM(LlamaConfig.from_dict(CONFIGS["gqa-untied"])).eval()
+    fixed = list(range(20, 32))
+    prompts = [fixed + [33, 34, 11], fixed + [5], fixed + [40, 41], fixed + [7, 8, 9, 10]]
+    prefix = shared_prefix(model, prompts)
+    assert prefix.tokens == fixed and prefix.cache.seq_len == len(fixed)
+    calls = []
+    hook = model.model.register_forward_pre_hook(lambda m, args: calls.append(tuple(args[0].shape)))
+    with torch.no_grad():
+        parts = [prefill(model, prompts[i:i + 2], pad=0, prefix=prefix)[0] for i in (0, 2)]
+        hook.remove()
+        assert calls == [(2, 3), (2, 4)]   # each call ran only its prompts' own tokens
+        plain, _, _ = prefill(model, prompts, pad=0, share_prefix=False)
+        torch.testing.assert_close(torch.cat(parts), plain, rtol=1e-4, atol=1e-5)
+        assert prefix.cache.seq_len == len(fixed)   # the calls left the prefix as it was
+        with pytest.raises(ValueError, match="prompt 1 does not start with the prefix"):
+            prefill(model, [prompts[0], [20, 21, 5]], pad=0, prefix=prefix)
+        with pytest.raises(ValueError, match="prompt 0 does not start"):
+            prefill(model, [fixed], pad=0, prefix=prefix)   # no token of its own after the prefix
+
+
 def test_causal_mask_for_a_cached_prefix_is_built_on_the_inputs_device():
     from llama_ft.model.llama import attention_mask_4d
     mask = attention_mask_4d(None, q_len=3, past_len=2, device=torch.device("meta"))

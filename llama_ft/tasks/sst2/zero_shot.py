@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from llama_ft.model.generate import prefill
+from llama_ft.model.generate import prefill, shared_prefix
 from llama_ft.train.config import resolve_amp
 
 INSTRUCTION = "Is the sentiment of this movie review positive or negative? Answer with one word."
@@ -51,7 +51,7 @@ def label_token_ids(tokenizer) -> list[list[int]]:
 
 
 @torch.inference_mode()
-def classify_by_prompt(lm, tokenizer, sentences: list[str], batch_size: int = 32,
+def classify_by_prompt(lm, tokenizer, sentences: list[str], batch_size: int = 64,
                        amp: str = "bf16", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(predicted labels [N], P(positive) renormalised over the two label sets [N]) for each sentence; `amp`:
     the autocast dtype by name (bf16, fp16 on CUDA, none), as for training and `predict`."""
@@ -62,10 +62,11 @@ def classify_by_prompt(lm, tokenizer, sentences: list[str], batch_size: int = 32
     order = np.argsort([len(p) for p in prompts], kind="stable")
     p_pos = np.zeros(len(sentences))
     pad = lm.config.pad_token_id or 0
+    prefix = shared_prefix(lm, prompts, amp_dtype)  # the instruction: once for all batches
     for start in tqdm(range(0, len(order), batch_size), desc="zero-shot prompt", disable=not progress,
                       unit="batch"):
         idx = order[start:start + batch_size]
-        logits, _, _ = prefill(lm, [prompts[i] for i in idx], pad, amp_dtype)
+        logits, _, _ = prefill(lm, [prompts[i] for i in idx], pad, amp_dtype, prefix=prefix)
         logits = logits.float()
         probs = logits.softmax(-1)
         neg = probs[:, label_ids[0]].sum(-1)
