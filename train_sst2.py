@@ -44,8 +44,10 @@ from llama_ft.plots import confusion_matrix_plot, loss_curve
 from llama_ft.tasks.sst2 import data as sst2
 from llama_ft.tasks.sst2.scoring import CALIBRATED, PROMPTED, prompted_rows
 from llama_ft.tasks.text import data as text
-from llama_ft.tasks.text.scoring import probabilities, score_rows, write_predictions
-from llama_ft.train import train
+from llama_ft.tasks.text.scoring import probabilities, score_rows, score_versions, write_predictions
+from llama_ft.train import apply_training_policy, train
+from llama_ft.train.checkpoint import trainable_state
+from llama_ft.train.versions import shares_bottom
 from llama_ft.train.distributed import close_distributed
 
 RANDOM_HEAD = "pre-trained (random head)"
@@ -204,7 +206,13 @@ def run(args) -> int:
         # config.json's id2label / label2id come from the model config (llama_ft.hf.export.labels_of).
         model.config.extra.update(id2label={str(i): n for i, n in labels.id2label.items()},
                                   label2id={n: i for i, n in labels.id2label.items()})
-        if not args.no_zero_shot:
+        cfg = train_config(args, out, device, amp)
+        apply_training_policy(model, cfg)
+        # Where the policy freezes a bottom (last:4), the random head is scored after training, from the same
+        # pass through the bottom as the fine-tuned model, with the trainable weights as they start.
+        initial = trainable_state(model) if not args.no_zero_shot and shares_bottom(model) else None
+        after = initial is not None
+        if not args.no_zero_shot and not after:
             with phase("random_head"):
                 rows[RANDOM_HEAD] = score_rows(model, test_rows, tokenizer, args.max_length, amp, args.compile)
 
@@ -212,11 +220,18 @@ def run(args) -> int:
             eval_set = text.encode(held_rows, tokenizer, args.max_length) if held_rows else None
             eval_fn = (lambda m: {k: score_rows(m, held_rows, tokenizer, args.max_length, amp, args.compile)[k]
                                   for k in ("accuracy", "f1")}) if held_rows else None
-            result = train(model, text.encode(train_rows, tokenizer, args.max_length),
-                           train_config(args, out, device, amp), eval_set=eval_set, eval_fn=eval_fn)
+            result = train(model, text.encode(train_rows, tokenizer, args.max_length), cfg, eval_set=eval_set,
+                           eval_fn=eval_fn)
+        finetuned = f"fine-tuned ({args.policy})"
         with phase("test"):
-            finetuned = f"fine-tuned ({args.policy})"
-            rows[finetuned] = score_rows(model, test_rows, tokenizer, args.max_length, amp, args.compile)
+            if after:
+                (rows[finetuned], rows[RANDOM_HEAD]), scores = score_versions(
+                    model, test_rows, [None, initial], tokenizer, args.max_length, amp, args.compile)
+                del initial
+            else:
+                rows[finetuned] = score_rows(model, test_rows, tokenizer, args.max_length, amp, args.compile)
+        if after:
+            phase.carve("random_head", scores.seconds[1], out_of="test")
         extra = ({args.eval_file: score_rows(model, files["eval"], tokenizer, args.max_length, amp, args.compile)}
                  if "eval" in files else {})
         probs = (probabilities(model, files["predict"], tokenizer, args.max_length, amp, args.compile)

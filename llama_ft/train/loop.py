@@ -146,15 +146,24 @@ def train_step(loss_model: nn.Module, micro_batches: list[dict], optimizer: torc
     return loss_mean, grad_norm
 
 
-def prepare_model(model: nn.Module, cfg: TrainConfig, frozen_dtype: torch.dtype, device: torch.device) -> None:
-    """Apply the policy (once), move to `device`, trainable weights fp32 masters, frozen ones `frozen_dtype`."""
+def apply_training_policy(model: nn.Module, cfg: TrainConfig) -> TrunkSplit:
+    """Apply cfg.policy to `model` as train() does (LoRA adapters initialised under cfg.seed), unless the model
+    carries it already; returns where its frozen bottom ends. Called before train(), it lets the caller read the
+    trainable weights as they start (trainable_state), which train() then trains as they are."""
     policy = parse_policy(cfg.policy)
     current = getattr(model, "policy", None)
     if current is None:
+        torch.manual_seed(cfg.seed)  # LoRA adapters' initialisation
         apply_policy(model, policy)
     elif current != policy:
         raise ValueError(f"the model already carries policy {current} but TrainConfig.policy is {policy}; "
                          "build a fresh model or train with the same policy.")
+    return find_split(model)
+
+
+def prepare_model(model: nn.Module, cfg: TrainConfig, frozen_dtype: torch.dtype, device: torch.device) -> None:
+    """Apply the policy (once), move to `device`, trainable weights fp32 masters, frozen ones `frozen_dtype`."""
+    apply_training_policy(model, cfg)
     model.to(device)
     for p in model.parameters():
         p.data = p.data.to(torch.float32 if p.requires_grad else frozen_dtype)
@@ -464,7 +473,7 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
     amp_dtype = resolve_amp(cfg.amp, device)
     frozen_dtype = resolve_frozen_dtype(cfg.frozen_dtype, amp_dtype)
     feature_dtype = torch.bfloat16 if amp_dtype is not None else torch.float32
-    torch.manual_seed(cfg.seed)  # LoRA adapters' initialisation
+    torch.manual_seed(cfg.seed)
     prepare_model(model, cfg, frozen_dtype, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # the step log's peak_memory is this run's
@@ -568,12 +577,15 @@ MERGE_MIN_TOKENS = 4096
 
 @torch.inference_mode()
 def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: str = "bf16",
-            device: str | torch.device | None = None, progress: str | None = None, compile: bool | str = "auto"):
+            device: str | torch.device | None = None, progress: str | None = None, compile: bool | str = "auto",
+            trunk: TrunkCache | None = None):
     """Model outputs in dataset order: classification -> [N, num_labels] fp32 tensor; QA -> list of
     (start_logits, end_logits) fp32 1-D tensors trimmed to each example's length. Length-sorted batches,
     inference mode, autocast `amp` (bf16, fp16 on CUDA, none); `progress`: a progress bar with this title;
     `compile`: the decoder blocks compiled for this pass (True, False, or `auto`: when it pays, InferenceCompiler).
-    LoRA adapters are merged into copies of their weights for a pass of MERGE_MIN_TOKENS or more (merged_adapters)."""
+    LoRA adapters are merged into copies of their weights for a pass of MERGE_MIN_TOKENS or more (merged_adapters).
+    `trunk`: the frozen bottom's output for `dataset` (a TrunkCache of this model): only the trainable top runs
+    (llama_ft.train.versions scores several versions of the top this way)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     amp_dtype = resolve_amp(amp, device)
     if amp_dtype is None and any(p.dtype != torch.float32 for p in model.parameters()):
@@ -582,6 +594,8 @@ def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: st
     was_training = model.training
     model.eval()
     lengths = example_lengths(dataset)
+    if trunk is not None:
+        check_trunk(model, trunk, lengths)
     pad = model.config.pad_token_id
     results: list = [None] * len(dataset)
     bar = tqdm(total=len(dataset), desc=progress, unit="example", disable=progress is None, dynamic_ncols=True)
@@ -591,8 +605,10 @@ def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: st
         for idx in batches:
             t0 = time.perf_counter()
             b = collate([dataset[i] for i in idx], pad)
+            ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
             with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                out = model(b["input_ids"].to(device), b["attention_mask"].to(device))
+                out = (model(ids, mask) if trunk is None
+                       else top_forward(model, trunk.split, None, mask, trunk.batch(idx, device)))
             if model.task == "classification":
                 for row, i in enumerate(idx):
                     results[i] = out[row].float().cpu()
@@ -609,3 +625,16 @@ def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: st
     if model.task == "classification":
         return torch.stack(results) if results else torch.empty(0, model.num_labels)
     return results
+
+
+def check_trunk(model: nn.Module, trunk: TrunkCache, lengths: np.ndarray) -> None:
+    """Refuse a trunk cache of another dataset, or of another split of the model than its policy's now."""
+    if trunk.store is None:
+        raise ValueError("predict(trunk=...) got a closed TrunkCache; build it again for this pass.")
+    if len(trunk.lengths) != len(lengths) or (trunk.lengths != lengths).any():
+        raise ValueError(f"predict(trunk=...): the cache holds {len(trunk.lengths):,} examples of other lengths than "
+                         f"the {len(lengths):,} given; build the TrunkCache from this dataset.")
+    if (split := find_split(model)) != trunk.split:
+        raise ValueError(f"predict(trunk=...): the cache holds the {trunk.split.kind} features entering layer "
+                         f"{trunk.split.start}, but the model's policy now trains from {split.kind} / layer "
+                         f"{split.start}; build the TrunkCache after applying the policy.")

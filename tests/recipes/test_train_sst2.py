@@ -35,8 +35,11 @@ def test_whole_recipe_on_a_tiny_slice(tmp_path, tiny_model_dir, tiny_tsv):
         assert (out / name).is_file(), name
     m = json.loads((out / "metrics.json").read_text())
     assert m["split"] == {"kind": "study", "train": 64, "test": 16}
-    peaks = [m["peak_memory_bytes"][p] for p in ("zero_shot_prompt", "random_head", "train", "test")]
+    peaks = [m["peak_memory_bytes"][p] for p in ("zero_shot_prompt", "train", "test")]
     assert peaks == sorted(peaks) and peaks[0] > 2**20  # the process's peak so far, after each phase
+    # last:1 freezes a bottom: the random head is scored after training, in the test pass through that bottom
+    assert m["peak_memory_bytes"]["random_head"] == m["peak_memory_bytes"]["test"]
+    assert m["timings"]["random_head_seconds"] > 0 and m["timings"]["test_seconds"] > 0
     assert set(m["rows"]) == {"pre-trained (random head)", "zero-shot (prompt)", "zero-shot (prompt, batch-calibrated)",
                               "fine-tuned (last:1)"}
     for row in m["rows"].values():
@@ -53,6 +56,16 @@ def test_whole_recipe_on_a_tiny_slice(tmp_path, tiny_model_dir, tiny_tsv):
     again = run("--model", tiny_model_dir, "--data", tiny_tsv, "--output-dir", out, check=False)
     assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
     assert json.loads((out / "metrics.json").read_text()) == m  # the previous run is untouched
+
+
+def test_the_random_head_is_scored_before_training_when_no_bottom_is_frozen(tmp_path, tiny_model_dir, tiny_tsv):
+    out = tmp_path / "run"
+    run("--model", tiny_model_dir, "--data", tiny_tsv, "--epochs", "1", "--batch-size", "8", "--train", "lora:2",
+        "--output-dir", out)
+    m = json.loads((out / "metrics.json").read_text())
+    assert list(m["timings"]) == ["zero_shot_prompt_seconds", "random_head_seconds", "train_seconds", "test_seconds",
+                                  "total_seconds"]
+    assert {"pre-trained (random head)", "fine-tuned (lora:2)"} <= set(m["rows"])
 
 
 def test_bad_data_leaves_no_result_files(tmp_path, tiny_model_dir):

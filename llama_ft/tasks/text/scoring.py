@@ -8,7 +8,7 @@ import torch
 from llama_ft.files import write_atomic
 from llama_ft.metrics import classification_report
 from llama_ft.tasks.text.data import LabelSet, TextExample, encode
-from llama_ft.train import predict
+from llama_ft.train import VersionScores, predict, predict_versions
 from llama_ft.train.distributed import map_sharded
 
 
@@ -32,6 +32,26 @@ def score_rows(model, rows: list[TextExample], tokenizer, max_length: int = 128,
     (sharded over processes: logits_of)."""
     logits = logits_of(model, rows, tokenizer, max_length, amp, compile)
     return classification_report([r.label for r in rows], logits.argmax(-1).tolist())
+
+
+def score_versions(model, rows: list[TextExample], versions: list, tokenizer, max_length: int = 128,
+                   amp: str = "bf16", compile: bool | str = "auto") -> tuple[list[dict], VersionScores]:
+    """score_rows of `model` under each version of its trainable weights (None: those it holds; see
+    llama_ft.train.predict_versions, which runs a frozen bottom they share once), and this process's timings.
+    Sharded over processes like score_rows."""
+    timings: list[VersionScores] = []
+
+    def part(shard: list[TextExample]) -> torch.Tensor:
+        scores = predict_versions(model, encode(shard, tokenizer, max_length), versions, batch_size=64, amp=amp,
+                                  progress="score", compile=compile)
+        timings.append(scores)
+        return torch.cat(scores.outputs, dim=1)  # one row per example, so that the shards join by rows
+
+    logits = map_sharded(part, rows)
+    gold = [r.label for r in rows]
+    reports = [classification_report(gold, x.argmax(-1).tolist()) for x in logits.chunk(len(versions), dim=1)]
+    timings[0].outputs = []
+    return reports, timings[0]
 
 
 def write_predictions(path: str | Path, rows: list[TextExample], probs: torch.Tensor, labels: LabelSet) -> Path:

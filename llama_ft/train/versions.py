@@ -1,0 +1,93 @@
+"""Scoring several versions of a model's trainable weights over one pass of its frozen bottom.
+
+A recipe scores its test set twice: before training (the study's random-head row) and after. When the policy
+freezes a deterministic bottom (`last:K`, `head`, LoRA on the top K blocks), both passes compute the same
+bottom output: the weights below the first trainable block never change. Here that output is computed once
+(a TrunkCache of the test set, as training caches its training set) and each version of the weights runs only
+the trainable top from it. The versions are swapped into the model in turn, and the model ends with the weights
+it came with.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from llama_ft.heap import release_free_memory
+from llama_ft.train.batching import example_lengths
+from llama_ft.train.checkpoint import load_trainable, trainable_state
+from llama_ft.train.config import resolve_amp
+from llama_ft.train.loop import predict
+from llama_ft.train.trunk import TrunkCache, find_split, is_deterministic
+
+
+@dataclass
+class VersionScores:
+    """predict()'s output for each version, in the order given; `trunk_seconds`: the pass through the frozen
+    bottom (0 when there was none to share); `seconds`: each version's own pass."""
+    outputs: list = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    trunk_seconds: float = 0.0
+    shared: bool = False
+
+
+def shares_bottom(model: nn.Module) -> bool:
+    """True when the model's policy (already applied) leaves a frozen deterministic bottom above the embeddings
+    that versions of its trainable weights can share."""
+    split = find_split(model)
+    return split.has_frozen_bottom and (split.start > 0 or not split.per_token) and is_deterministic(model, split)
+
+
+def _checked(model: nn.Module, version: Mapping[str, Tensor], i: int) -> dict[str, Tensor]:
+    """`version` as a dict, once it names exactly the model's trainable parameters in their shapes."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if odd := sorted(set(version) ^ set(params)):
+        raise ValueError(f"versions[{i}] names {odd[:3]}{'...' if len(odd) > 3 else ''}, not exactly the model's "
+                         f"{len(params)} trainable parameters; pass trainable_state(model) taken under the same "
+                         "policy (llama_ft.train.apply_training_policy), or None for the weights it holds.")
+    for n, t in version.items():
+        if tuple(t.shape) != tuple(params[n].shape):
+            raise ValueError(f"versions[{i}][{n!r}] has shape {tuple(t.shape)}, the model's {tuple(params[n].shape)}; "
+                             "pass trainable_state() of this model.")
+    return dict(version)
+
+
+def predict_versions(model: nn.Module, dataset: list[dict], versions: Sequence[Mapping[str, Tensor] | None],
+                     batch_size: int = 64, amp: str = "bf16", progress: str | None = None,
+                     compile: bool | str = "auto") -> VersionScores:
+    """predict(model, dataset) under each version of the trainable weights: None for the weights the model holds,
+    or every trainable parameter's tensor by name (trainable_state() of the model before training). With more
+    than one version and a policy that leaves a shared bottom (shares_bottom), the bottom runs once; otherwise
+    each version is a whole predict pass. The model keeps its own weights afterwards, whatever happens."""
+    held = trainable_state(model) if any(v is not None for v in versions) else None
+    device = next(model.parameters()).device
+    amp_dtype = resolve_amp(amp, device)
+    res = VersionScores(shared=len(versions) > 1 and shares_bottom(model))
+    trunk = None
+    try:
+        if res.shared:
+            t0 = time.perf_counter()
+            trunk = TrunkCache(model, find_split(model), dataset, example_lengths(dataset), batch_size=batch_size,
+                               device=device, amp_dtype=amp_dtype,
+                               dtype=torch.bfloat16 if amp_dtype is not None else torch.float32,
+                               ram_bytes=float("inf"), tmp_dir=None, show_progress=progress is not None,
+                               compile=compile)
+            res.trunk_seconds = time.perf_counter() - t0
+        for i, version in enumerate(versions):
+            t0 = time.perf_counter()
+            if held is not None:
+                load_trainable(model, held if version is None else _checked(model, version, i), f"versions[{i}]")
+            res.outputs.append(predict(model, dataset, batch_size=batch_size, amp=amp, progress=progress,
+                                       compile=compile, trunk=trunk))
+            res.seconds.append(time.perf_counter() - t0)
+    finally:
+        if held is not None:
+            load_trainable(model, held, "the model's own weights")
+        if trunk is not None:
+            trunk.close()
+            if device.type == "cpu":
+                release_free_memory()
+    return res
