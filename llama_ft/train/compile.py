@@ -92,13 +92,25 @@ def frames_compiled() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+def projected_step_seconds(probe: list[tuple[float, int]], mean_step_tokens: float) -> float:
+    """An eager step's seconds over the rest of the run, from the probe steps' (seconds, tokens): their time per
+    token times the epoch's mean tokens per step. Length-grouped batches of short texts vary
+    several-fold in length, so the first steps' own mean says little about the rest (an SST-2 run of 1,000 steps
+    stayed eager because its first batch was 160 tokens long); without token counts, their mean time."""
+    seconds, tokens = sum(s for s, _ in probe), sum(t for _, t in probe)
+    if tokens > 0 and mean_step_tokens > 0:
+        return seconds / tokens * mean_step_tokens
+    return seconds / len(probe)
+
+
 class Compiler:
     """TrainConfig.compile during a run: now (True), never (False), or `auto`, after AUTO_PROBE_STEPS eager
-    steps, when compile_pays on their mean time (averaged over processes, so all of them decide alike)."""
+    steps, when compile_pays on their projected time (projected_step_seconds, averaged over processes, so all of
+    them decide alike)."""
 
     def __init__(self, model: nn.Module, mode: bool | str, min_seconds: float, reduce_mean):
         self.model, self.mode, self.min_seconds, self.reduce_mean = model, mode, min_seconds, reduce_mean
-        self.probe: list[float] = []
+        self.probe: list[tuple[float, int]] = []
         self.stats: CompileStats | None = None
         if mode is True:
             self._start(0)
@@ -108,7 +120,10 @@ class Compiler:
         self.stats = CompileStats(at_step=step, frames_before=frames_compiled())
         compile_blocks(self.model, dynamic=DYNAMIC)
 
-    def after_step(self, step: int, seconds: float, total_steps: int) -> None:
+    def after_step(self, step: int, seconds: float, total_steps: int, tokens: int = 0,
+                   mean_step_tokens: float = 0.0) -> None:
+        """Count a finished step of `tokens` real tokens (all processes) that took `seconds`; `mean_step_tokens`:
+        the real tokens of the epoch's mean step."""
         s = self.stats
         if s is not None:
             if step == s.at_step + 1:  # the step that compiled forward and backward
@@ -116,9 +131,9 @@ class Compiler:
             return
         if self.mode != "auto" or len(self.probe) == AUTO_PROBE_STEPS:
             return
-        self.probe.append(seconds)
+        self.probe.append((seconds, tokens))
         if len(self.probe) == AUTO_PROBE_STEPS:
-            per_step = self.reduce_mean(sum(self.probe) / len(self.probe))
+            per_step = self.reduce_mean(projected_step_seconds(self.probe, mean_step_tokens))
             if compile_pays(per_step, total_steps - step, self.min_seconds):
                 self._start(step)
                 self.stats.eager_step_seconds = per_step

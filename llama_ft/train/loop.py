@@ -521,7 +521,9 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
     try:
         while step < geo.total_steps:
             epoch, k = divmod(step, geo.steps_per_epoch)
-            batches = batches if epoch in batches else {epoch: geo.epoch(lengths, epoch, cfg, world)}
+            if epoch not in batches:
+                batches = {epoch: geo.epoch(lengths, epoch, cfg, world)}
+                step_tokens = padding_waste(lengths, batches[epoch])[0] / max(len(batches[epoch]), 1)
             batch = batches[epoch][k]
             all_pieces = [p for r in range(world)
                           for p in split_batch(batch, geo.n_micro, r, world, lengths, cfg.micro_batch_tokens)]
@@ -541,7 +543,7 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
             if why := guard.diverged(loss, gnorm):
                 raise stopped(DivergenceError, log, step, why, ckpts.last_good, loss=loss, grad_norm=gnorm, lr=lr)
             guard.record(loss, gnorm)
-            compiler.after_step(step, dt, geo.total_steps)
+            compiler.after_step(step, dt, geo.total_steps, real, step_tokens)
             steplog(res, step=step, epoch=epoch, loss=loss, lr=lr, grad_norm=gnorm, real=real, padded=padded,
                     seconds=dt, flops=flops.of_lengths(lengths[np.concatenate(all_pieces)]))
             if geo.end_of_epoch(step):

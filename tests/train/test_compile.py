@@ -25,6 +25,28 @@ def test_auto_rule():
     assert compile_pays(1.0, 10, min_seconds=5.0)
 
 
+def test_auto_projects_the_rest_of_the_run_per_token():
+    """The probe steps' time per token times the epoch's mean tokens per step: an SST-2 run's first two batches
+    (152 and 939 tokens of a mean 400) say 0.21 s a step, not their mean 0.29 s."""
+    from llama_ft.train.compile import projected_step_seconds
+    probe = [(0.128, 152), (0.457, 939)]
+    assert projected_step_seconds(probe, 400.0) == pytest.approx(0.585 / 1091 * 400)
+    assert projected_step_seconds(probe, 0.0) == pytest.approx(0.2925)           # no token counts: the mean
+    assert projected_step_seconds([(1.0, 0), (2.0, 0)], 400.0) == pytest.approx(1.5)
+
+
+def test_the_loop_hands_the_probe_its_tokens(monkeypatch):
+    seen = []
+    real = compile_mod.projected_step_seconds
+    monkeypatch.setattr(compile_mod, "projected_step_seconds", lambda probe, mean: seen.append((probe, mean))
+                        or real(probe, mean))
+    data = dataset("classification", n=40)
+    run("auto", task="classification", epochs=1)
+    (probe, mean), = seen
+    lengths = sorted(len(d["input_ids"]) for d in data)
+    assert all(0 < t <= 8 * lengths[-1] for _, t in probe) and lengths[0] * 8 <= mean <= lengths[-1] * 8
+
+
 def test_auto_threshold_follows_the_device():
     """A GPU compiles in seconds (BENCHMARKS.md, "GPU"), so shorter runs repay it there than on a CPU; a device
     not measured gets the CPU's cautious threshold."""
