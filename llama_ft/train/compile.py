@@ -15,9 +15,11 @@ import torch
 from torch import nn
 
 # `auto` compiles once the first eager steps project at least this much more training, per device type: the
-# warm-up (BENCHMARKS.md: about a minute on a 2-core CPU, seconds on a GPU) is then repaid at the speed-up
-# compile gives the step there (rule: eager seconds left > warm-up x speed-up / (speed-up - 1)).
-AUTO_MIN_SECONDS = {"cpu": 300.0, "cuda": 60.0}
+# warm-up is then repaid at the speed-up compile gives the step there (rule: eager seconds left > warm-up x
+# speed-up / (speed-up - 1)). On a 2-core CPU the training blocks' warm-up is about 50 s with an empty inductor
+# cache (9 s with a filled one) for a 1.3x to 1.4x faster step: 200 s. On a GPU it takes seconds (BENCHMARKS.md,
+# sessions 7 and 14).
+AUTO_MIN_SECONDS = {"cpu": 200.0, "cuda": 60.0}
 AUTO_PROBE_STEPS = 2
 # Inference passes (predict, the trunk cache) compile when the rest of the pass would take at least this long
 # eagerly: the warm-up of the inference graphs (BENCHMARKS.md, "Inference forward") is then repaid.

@@ -37,7 +37,7 @@ class TrainConfig:
         compile_min_seconds (the warm-up, BENCHMARKS.md, is then repaid); False: eager. One graph serves
         every block; a new batch length recompiles once, then lengths are dynamic. The blocks are eager again
         when train() returns; names, state dict and exports are unchanged.
-    compile_min_seconds: `auto`'s threshold, in projected eager seconds (None: the device's, 300 s on CPU and
+    compile_min_seconds: `auto`'s threshold, in projected eager seconds (None: the device's, 200 s on CPU and
         60 s on CUDA, llama_ft.train.compile.AUTO_MIN_SECONDS).
     trunk_cache: store the frozen trunk's output once and train every epoch from it; `auto` does so when the
         policy leaves a frozen deterministic bottom and the run has more than one epoch; True insists.
