@@ -50,9 +50,9 @@ from llama_ft.train.trunk import (
     TrunkCache,
     TrunkSplit,
     bottom_forward,
+    can_cache,
     find_split,
     flop_ratio,
-    is_deterministic,
     top_forward,
 )
 
@@ -146,10 +146,10 @@ def train_step(loss_model: nn.Module, micro_batches: list[dict], optimizer: torc
     return loss_mean, grad_norm
 
 
-def apply_training_policy(model: nn.Module, cfg: TrainConfig) -> TrunkSplit:
+def apply_training_policy(model: nn.Module, cfg: TrainConfig) -> None:
     """Apply cfg.policy to `model` as train() does (LoRA adapters initialised under cfg.seed), unless the model
-    carries it already; returns where its frozen bottom ends. Called before train(), it lets the caller read the
-    trainable weights as they start (trainable_state), which train() then trains as they are."""
+    carries it already. Called before train(), it lets the caller read the trainable weights as they start
+    (trainable_state), which train() then trains as they are."""
     policy = parse_policy(cfg.policy)
     current = getattr(model, "policy", None)
     if current is None:
@@ -158,7 +158,6 @@ def apply_training_policy(model: nn.Module, cfg: TrainConfig) -> TrunkSplit:
     elif current != policy:
         raise ValueError(f"the model already carries policy {current} but TrainConfig.policy is {policy}; "
                          "build a fresh model or train with the same policy.")
-    return find_split(model)
 
 
 def prepare_model(model: nn.Module, cfg: TrainConfig, frozen_dtype: torch.dtype, device: torch.device) -> None:
@@ -287,7 +286,7 @@ def start_trunk_cache(model: nn.Module, split: TrunkSplit, train_set: list[dict]
                       show_progress: bool) -> tuple[TrunkCache | None, dict | None]:
     """(cache, its report) when cfg.trunk_cache asks for it and the policy leaves a frozen deterministic bottom:
     the bottom's output once, then every epoch trains the top alone. (None, None) otherwise."""
-    usable = split.has_frozen_bottom and (split.start > 0 or not split.per_token) and is_deterministic(model, split)
+    usable = can_cache(model, split)
     if cfg.trunk_cache is True and not usable:
         raise ValueError(f"trunk_cache=True but policy {cfg.policy} leaves no frozen deterministic bottom to "
                          "cache (the embeddings or layer 0 train); use trunk_cache='auto' or False.")
@@ -597,7 +596,7 @@ def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: st
     model.eval()
     lengths = example_lengths(dataset)
     if trunk is not None:
-        check_trunk(model, trunk, lengths)
+        trunk.check(model, lengths)
     pad = model.config.pad_token_id
     results: list = [None] * len(dataset)
     bar = tqdm(total=len(dataset), desc=progress, unit="example", disable=progress is None, dynamic_ncols=True)
@@ -628,15 +627,3 @@ def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: st
         return torch.stack(results) if results else torch.empty(0, model.num_labels)
     return results
 
-
-def check_trunk(model: nn.Module, trunk: TrunkCache, lengths: np.ndarray) -> None:
-    """Refuse a trunk cache of another dataset, or of another split of the model than its policy's now."""
-    if trunk.store is None:
-        raise ValueError("predict(trunk=...) got a closed TrunkCache; build it again for this pass.")
-    if len(trunk.lengths) != len(lengths) or (trunk.lengths != lengths).any():
-        raise ValueError(f"predict(trunk=...): the cache holds {len(trunk.lengths):,} examples of other lengths than "
-                         f"the {len(lengths):,} given; build the TrunkCache from this dataset.")
-    if (split := find_split(model)) != trunk.split:
-        raise ValueError(f"predict(trunk=...): the cache holds the {trunk.split.kind} features entering layer "
-                         f"{trunk.split.start}, but the model's policy now trains from {split.kind} / layer "
-                         f"{split.start}; build the TrunkCache after applying the policy.")

@@ -68,6 +68,12 @@ def is_deterministic(model: nn.Module, split: TrunkSplit) -> bool:
     return all(not (isinstance(m, nn.Dropout) and m.p > 0) for mod in mods for m in mod.modules())
 
 
+def can_cache(model: nn.Module, split: TrunkSplit) -> bool:
+    """True when the split leaves a frozen deterministic bottom above the embeddings whose output can be stored
+    (for `hidden` features, one decoder layer at least: caching the embeddings alone saves nothing)."""
+    return split.has_frozen_bottom and (split.start > 0 or not split.per_token) and is_deterministic(model, split)
+
+
 def bottom_forward(model: nn.Module, split: TrunkSplit, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """The frozen trunk's output (call it under no_grad or inference_mode)."""
     bb = model.backbone
@@ -138,6 +144,19 @@ class TrunkCache:
                         self.store[self.offsets[i]:self.offsets[i + 1]].copy_(feats[row, :lengths[i]])
                 compiler.after_batch(time.perf_counter() - t0, ids.numel())
         model.train(was_training)
+
+    def check(self, model: nn.Module, lengths: np.ndarray) -> None:
+        """Refuse to serve a closed cache, another dataset (`lengths`: the examples' lengths), or a model whose
+        policy now splits elsewhere."""
+        if self.store is None:
+            raise ValueError("predict(trunk=...) got a closed TrunkCache; build it again for this pass.")
+        if len(self.lengths) != len(lengths) or (self.lengths != lengths).any():
+            raise ValueError(f"predict(trunk=...): the cache holds {len(self.lengths):,} examples of other lengths "
+                             f"than the {len(lengths):,} given; build the TrunkCache from this dataset.")
+        if (split := find_split(model)) != self.split:
+            raise ValueError(f"predict(trunk=...): the cache holds the {self.split.kind} features entering layer "
+                             f"{self.split.start}, but the model's policy now trains from {split.kind} / layer "
+                             f"{split.start}; build the TrunkCache after applying the policy.")
 
     def batch(self, indices: np.ndarray, device: torch.device) -> Tensor:
         if self.split.kind == "pooled":

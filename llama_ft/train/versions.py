@@ -21,7 +21,7 @@ from llama_ft.train.batching import example_lengths
 from llama_ft.train.checkpoint import load_trainable, trainable_state
 from llama_ft.train.config import resolve_amp
 from llama_ft.train.loop import predict
-from llama_ft.train.trunk import TrunkCache, find_split, is_deterministic
+from llama_ft.train.trunk import TrunkCache, can_cache, find_split
 
 
 @dataclass
@@ -37,8 +37,7 @@ class VersionScores:
 def shares_bottom(model: nn.Module) -> bool:
     """True when the model's policy (already applied) leaves a frozen deterministic bottom above the embeddings
     that versions of its trainable weights can share."""
-    split = find_split(model)
-    return split.has_frozen_bottom and (split.start > 0 or not split.per_token) and is_deterministic(model, split)
+    return can_cache(model, find_split(model))
 
 
 def _checked(model: nn.Module, version: Mapping[str, Tensor], i: int) -> dict[str, Tensor]:
