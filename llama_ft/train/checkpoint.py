@@ -14,6 +14,8 @@ the two renames).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import json
 import os
 import random
@@ -42,12 +44,17 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
             if p.requires_grad}
 
 
-def load_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
-    params = dict(model.named_parameters())
-    wanted = {n for n, p in params.items() if p.requires_grad}
-    if set(tensors) != wanted:
-        raise ValueError(f"{where} holds {sorted(set(tensors) ^ wanted)[:5]}... that do not match the model's "
-                         "trainable parameters; resume with the same policy, or delete the checkpoint.")
+def load_trainable(model: nn.Module, tensors: Mapping[str, torch.Tensor], where: str,
+                   fix: str = "resume with the same policy, or delete the checkpoint.") -> None:
+    """Copy `tensors` into the model's trainable parameters, once they name exactly those parameters in their
+    shapes; otherwise nothing is copied and the error names `where` and ends with `fix`."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if odd := sorted(set(tensors) ^ set(params)):
+        raise ValueError(f"{where} names {odd[:3]}{'...' if len(odd) > 3 else ''}, not exactly the model's "
+                         f"{len(params)} trainable parameters; {fix}")
+    for n, t in tensors.items():
+        if tuple(t.shape) != tuple(params[n].shape):
+            raise ValueError(f"{where}[{n!r}] has shape {tuple(t.shape)}, the model's {tuple(params[n].shape)}; {fix}")
     with torch.no_grad():
         for n, t in tensors.items():
             params[n].copy_(t)

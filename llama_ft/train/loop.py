@@ -51,6 +51,7 @@ from llama_ft.train.trunk import (
     TrunkSplit,
     bottom_forward,
     can_cache,
+    feature_dtype,
     find_split,
     flop_ratio,
     top_forward,
@@ -471,7 +472,7 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
     rank, world, device = init_distributed(resolve_device(cfg.device))
     amp_dtype = resolve_amp(cfg.amp, device)
     frozen_dtype = resolve_frozen_dtype(cfg.frozen_dtype, amp_dtype)
-    feature_dtype = torch.bfloat16 if amp_dtype is not None else torch.float32
+    features_in = feature_dtype(amp_dtype)
     torch.manual_seed(cfg.seed)
     prepare_model(model, cfg, frozen_dtype, device)
     if device.type == "cuda":
@@ -487,7 +488,7 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
         model.to("cpu")
     # FSDP2 turns the modules it shards into its own classes: it gets a copy, and `model` the trained weights.
     work = copy.deepcopy(model) if sharded else model
-    task_module = TaskLoss(work, split, feature_dtype)
+    task_module = TaskLoss(work, split, features_in)
     loss_model = wrap(task_module, world, device, cfg.shard, list(work.backbone.layers), amp_dtype)
     # Under FSDP every forward pass runs inside the root's, which gathers the weights outside the blocks.
     def through(fn, *args):
@@ -506,7 +507,7 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
     log = JsonlLog(ckpts.writer / "train_log.jsonl" if ckpts.writer else None, resume_step=res.resumed_from)
     res.paths.update({"log": str(ckpts.writer / "train_log.jsonl")} if ckpts.writer else {})
     cache, res.trunk_cache = through(start_trunk_cache, work, split, train_set, lengths, cfg, geo.n_epochs, device,
-                                     amp_dtype, feature_dtype, ckpts.out_dir, cfg.progress and rank == 0)
+                                     amp_dtype, features_in, ckpts.out_dir, cfg.progress and rank == 0)
     flops = training_flops(model, cached_layers=split.start if cache is not None else 0)
     res.peak_flops = resolve_peak(cfg.peak_flops, device, amp_dtype)
     steplog = StepLog(log, cfg, geo.total_steps, step, cfg.progress and rank == 0, device,

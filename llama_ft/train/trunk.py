@@ -68,6 +68,12 @@ def is_deterministic(model: nn.Module, split: TrunkSplit) -> bool:
     return all(not (isinstance(m, nn.Dropout) and m.p > 0) for mod in mods for m in mod.modules())
 
 
+def feature_dtype(amp_dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype the trunk's features are kept in: bf16 under any autocast (its range holds fp16 runs' hidden
+    states too), fp32 without one."""
+    return torch.bfloat16 if amp_dtype is not None else torch.float32
+
+
 def can_cache(model: nn.Module, split: TrunkSplit) -> bool:
     """True when the split leaves a frozen deterministic bottom above the embeddings whose output can be stored
     (for `hidden` features, one decoder layer at least: caching the embeddings alone saves nothing)."""

@@ -13,7 +13,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor, nn
 
 from llama_ft.heap import release_free_memory
@@ -21,7 +20,11 @@ from llama_ft.train.batching import example_lengths
 from llama_ft.train.checkpoint import load_trainable, trainable_state
 from llama_ft.train.config import resolve_amp
 from llama_ft.train.loop import predict
-from llama_ft.train.trunk import TrunkCache, can_cache, find_split
+from llama_ft.train.trunk import TrunkCache, can_cache, feature_dtype, find_split
+
+
+VERSION_FIX = ("pass trainable_state(model) taken under the same policy (llama_ft.train.apply_training_policy), "
+               "or None for the weights it holds.")
 
 
 @dataclass
@@ -38,20 +41,6 @@ def shares_bottom(model: nn.Module) -> bool:
     """True when the model's policy (already applied) leaves a frozen deterministic bottom above the embeddings
     that versions of its trainable weights can share."""
     return can_cache(model, find_split(model))
-
-
-def _checked(model: nn.Module, version: Mapping[str, Tensor], i: int) -> dict[str, Tensor]:
-    """`version` as a dict, once it names exactly the model's trainable parameters in their shapes."""
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if odd := sorted(set(version) ^ set(params)):
-        raise ValueError(f"versions[{i}] names {odd[:3]}{'...' if len(odd) > 3 else ''}, not exactly the model's "
-                         f"{len(params)} trainable parameters; pass trainable_state(model) taken under the same "
-                         "policy (llama_ft.train.apply_training_policy), or None for the weights it holds.")
-    for n, t in version.items():
-        if tuple(t.shape) != tuple(params[n].shape):
-            raise ValueError(f"versions[{i}][{n!r}] has shape {tuple(t.shape)}, the model's {tuple(params[n].shape)}; "
-                             "pass trainable_state() of this model.")
-    return dict(version)
 
 
 def predict_versions(model: nn.Module, dataset: list[dict], versions: Sequence[Mapping[str, Tensor] | None],
@@ -71,14 +60,14 @@ def predict_versions(model: nn.Module, dataset: list[dict], versions: Sequence[M
             t0 = time.perf_counter()
             trunk = TrunkCache(model, find_split(model), dataset, example_lengths(dataset), batch_size=batch_size,
                                device=device, amp_dtype=amp_dtype,
-                               dtype=torch.bfloat16 if amp_dtype is not None else torch.float32,
+                               dtype=feature_dtype(amp_dtype),
                                ram_bytes=float("inf"), tmp_dir=None, show_progress=progress is not None,
                                compile=compile)
             res.trunk_seconds = time.perf_counter() - t0
         for i, version in enumerate(versions):
             t0 = time.perf_counter()
             if held is not None:
-                load_trainable(model, held if version is None else _checked(model, version, i), f"versions[{i}]")
+                load_trainable(model, held if version is None else version, f"versions[{i}]", fix=VERSION_FIX)
             res.outputs.append(predict(model, dataset, batch_size=batch_size, amp=amp, progress=progress,
                                        compile=compile, trunk=trunk))
             res.seconds.append(time.perf_counter() - t0)
