@@ -16,14 +16,16 @@ from torch import nn
 
 # `auto` compiles once the first eager steps project at least this much more training, per device type: the
 # warm-up is then repaid at the speed-up compile gives the step there (rule: eager seconds left > warm-up x
-# speed-up / (speed-up - 1)). On a 2-core CPU the training blocks' warm-up is about 50 s with an empty inductor
-# cache (9 s with a filled one) for a 1.3x to 1.4x faster step: 200 s. On a GPU it takes seconds (BENCHMARKS.md,
+# speed-up / (speed-up - 1); the warm-up and speed-up measured with an empty inductor cache are in BENCHMARKS.md,
 # sessions 7 and 14).
 AUTO_MIN_SECONDS = {"cpu": 200.0, "cuda": 60.0}
 AUTO_PROBE_STEPS = 2
 # Inference passes (predict, the trunk cache) compile when the rest of the pass would take at least this long
-# eagerly: the warm-up of the inference graphs (BENCHMARKS.md, "Inference forward") is then repaid.
-AUTO_MIN_INFERENCE_SECONDS = 60.0
+# eagerly, per machine kind (machine_kind), by the same rule. With bf16 matrix units (AMX, a GPU's tensor cores)
+# compiling fuses the elementwise work around fast matmuls and its warm-up is short; on a CPU without them the
+# matmuls dominate the pass, compiling gains little and its warm-up on a fresh machine pays only on passes of
+# several minutes (BENCHMARKS.md, sessions 5 and 15). A kind not measured gets the cautious CPU value.
+AUTO_MIN_INFERENCE_SECONDS = {"cpu-amx": 60.0, "cpu": 450.0, "cuda": 60.0}
 # torch.compile's `dynamic` for the blocks (benchmarks/compile_shapes.py measures both settings).
 DYNAMIC: bool | None = None
 # The blocks' forward sees several input variants in one run, each a graph of its own: the first trainable
@@ -81,6 +83,18 @@ def raise_recompile_limit() -> None:
 def auto_min_seconds(device_type: str) -> float:
     """`auto`'s threshold on this device type (a device not measured gets the CPU's, the cautious one)."""
     return AUTO_MIN_SECONDS.get(device_type, AUTO_MIN_SECONDS["cpu"])
+
+
+def machine_kind(device_type: str) -> str:
+    """`cuda`, `cpu-amx` (a CPU with AMX bf16 matrix units) or `cpu` (any other CPU), as the auto rules see it."""
+    if device_type != "cpu":
+        return device_type
+    return "cpu-amx" if torch.cpu.get_capabilities().get("amx_bf16", False) else "cpu"
+
+
+def auto_min_inference_seconds(device_type: str) -> float:
+    """The inference passes' `auto` threshold on this machine (AUTO_MIN_INFERENCE_SECONDS)."""
+    return AUTO_MIN_INFERENCE_SECONDS.get(machine_kind(device_type), AUTO_MIN_INFERENCE_SECONDS["cpu"])
 
 
 def compile_pays(step_seconds: float, steps_left: int, min_seconds: float = AUTO_MIN_SECONDS["cpu"]) -> bool:
@@ -157,13 +171,15 @@ class Compiler:
 class InferenceCompiler:
     """Compiled decoder blocks for one long inference pass over length-sorted batches: now (True), never (False),
     or `auto`, after the first batch, when the remaining tokens at its speed would take at least `min_seconds`
-    eagerly. The blocks compile with dynamic shapes, so every batch length and size shares one graph (two with
-    and without a padding mask). On exit the blocks are as they were (eager, or training's compiled blocks)."""
+    eagerly (None: auto_min_inference_seconds for the model's device). The blocks compile with dynamic shapes, so
+    every batch length and size shares one graph (two with and without a padding mask). On exit the blocks are as
+    they were (eager, or training's compiled blocks)."""
 
-    def __init__(self, model: nn.Module, mode: bool | str, total_tokens: int,
-                 min_seconds: float = AUTO_MIN_INFERENCE_SECONDS):
+    def __init__(self, model: nn.Module, mode: bool | str, total_tokens: int, min_seconds: float | None = None):
         if mode not in ("auto", True, False):
             raise ValueError(f"compile={mode!r}; use auto, True or False.")
+        if min_seconds is None:
+            min_seconds = auto_min_inference_seconds(next(model.parameters()).device.type)
         self.layers = list(model.backbone.layers)
         self.mode, self.left, self.min_seconds = mode, total_tokens, min_seconds
         self.saved: list | None = None

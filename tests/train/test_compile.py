@@ -2,6 +2,7 @@
 repay the warm-up."""
 import numpy as np
 import pytest
+import torch
 from tiny import dataset, tiny_model
 
 from llama_ft.train import TrainConfig, predict, train
@@ -126,6 +127,22 @@ def test_inference_auto_compiles_when_the_rest_of_the_pass_would_take_long_enoug
     assert not is_compiled(model)  # eager again afterwards
     with pytest.raises(ValueError, match="compile='yes'"):
         InferenceCompiler(model, "yes", 10)
+
+
+@pytest.mark.parametrize("amx, compiles", [(True, True), (False, False)])
+def test_inference_auto_threshold_follows_the_cpu_kind(monkeypatch, amx, compiles):
+    """A pass projected at 100 s eagerly compiles on a CPU with AMX (where the warm-up is short and the gain large)
+    and stays eager on one without it (where it would not repay a fresh machine's warm-up)."""
+    from types import MappingProxyType
+    caps = dict(torch.cpu.get_capabilities(), amx_bf16=amx)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: MappingProxyType(caps))
+    assert compile_mod.machine_kind("cpu") == ("cpu-amx" if amx else "cpu")
+    assert compile_mod.machine_kind("cuda") == "cuda"
+    model = tiny_model("qa")
+    with InferenceCompiler(model, "auto", total_tokens=1100) as c:
+        c.after_batch(seconds=10.0, tokens=100)  # 1,000 tokens left at 10 a second: 100 s
+        assert c.compiled == compiles == is_compiled(model)
+    assert not is_compiled(model)
 
 
 @pytest.mark.slow
