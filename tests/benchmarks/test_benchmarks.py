@@ -89,3 +89,10 @@ def test_decode_attention_forms_agree_and_print_a_table(tmp_path, capsys):
     rows = json.loads(out.read_text())["ms_per_call"]
     assert [(r["rows"], r["positions"]) for r in rows] == [(2, 8), (4, 8)]
     assert "| rows | positions |" in capsys.readouterr().out
+
+
+def test_inference_compile_break_even_repays_the_warm_up_and_is_never_without_a_speed_up():
+    from benchmarks.inference_compile import break_even
+    # 30 s of warm-up at 1.5x: a pass of 90 s eagerly takes 60 s compiled, 90 s with the warm-up.
+    assert break_even(30.0, 1.5) == pytest.approx(90.0)
+    assert break_even(30.0, 1.0) == float("inf") and break_even(30.0, 0.9) == float("inf")
