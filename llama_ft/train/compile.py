@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -86,11 +87,23 @@ def auto_min_seconds(device_type: str) -> float:
     return AUTO_MIN_SECONDS.get(device_type, AUTO_MIN_SECONDS["cpu"])
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX bf16 matrix units: torch.cpu.get_capabilities, or /proc/cpuinfo's flags under a
+    torch that predates it (setup.cfg allows torch 2.5)."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is not None:
+        return bool(capabilities().get("amx_bf16", False))
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: no flags to read, and the cautious CPU rule applies
+        return False
+
+
 def machine_kind(device_type: str) -> str:
     """`cuda`, `cpu-amx` (a CPU with AMX bf16 matrix units) or `cpu` (any other CPU), as the auto rules see it."""
     if device_type != "cpu":
         return device_type
-    return "cpu-amx" if torch.cpu.get_capabilities().get("amx_bf16", False) else "cpu"
+    return "cpu-amx" if cpu_has_amx() else "cpu"
 
 
 def auto_min_inference_seconds(device_type: str) -> float:

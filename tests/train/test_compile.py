@@ -145,6 +145,13 @@ def test_inference_auto_threshold_follows_the_cpu_kind(monkeypatch, amx, compile
     assert not is_compiled(model)
 
 
+def test_a_torch_without_get_capabilities_reads_the_cpu_flags(monkeypatch):
+    from pathlib import Path
+    monkeypatch.delattr(torch.cpu, "get_capabilities")
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    assert compile_mod.machine_kind("cpu") == ("cpu-amx" if "amx_bf16" in flags else "cpu")
+
+
 @pytest.mark.slow
 def test_compiled_predict_equals_eager_over_every_length_with_one_graph_and_restores_the_blocks():
     """Dynamic shapes: batches of every length and size share the padded and the unpadded graph."""
