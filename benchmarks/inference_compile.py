@@ -41,18 +41,16 @@ def sst2_trunk(n: int):
     import numpy as np
 
     import llama_ft
-    from llama_ft.model.policies import apply_policy
     from llama_ft.tasks.sst2.data import load_sst2
     from llama_ft.tasks.text.data import TextExample, encode
+    from llama_ft.train import TrainConfig
+    from llama_ft.train.loop import prepare_model
     from llama_ft.train.trunk import TrunkCache, find_split
 
     rows = load_sst2(DATA / "sst2")["train"][:n]
     examples = encode([TextExample(r.sentence, r.label) for r in rows], llama_ft.load_tokenizer("smollm2-135m"), 128)
     model = llama_ft.from_pretrained("smollm2-135m", task="classification", num_labels=2, seed=0)
-    apply_policy(model, "last:4")
-    for p in model.parameters():
-        if not p.requires_grad:
-            p.data = p.data.to(torch.bfloat16)
+    prepare_model(model, TrainConfig(policy="last:4"), torch.bfloat16, torch.device("cpu"))
     split, lengths = find_split(model), np.array([len(e["input_ids"]) for e in examples])
 
     def run(compile: bool) -> None:

@@ -192,7 +192,7 @@ class InferenceCompiler:
     def __init__(self, model: nn.Module, mode: bool | str, total_tokens: int, min_seconds: float | None = None):
         if mode not in ("auto", True, False):
             raise ValueError(f"compile={mode!r}; use auto, True or False.")
-        if min_seconds is None:
+        if min_seconds is None and mode == "auto":
             min_seconds = auto_min_inference_seconds(next(model.parameters()).device.type)
         self.layers = list(model.backbone.layers)
         self.mode, self.left, self.min_seconds = mode, total_tokens, min_seconds
