@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# `auto` compiles once the first eager steps project at least this much more training, per device type: the
+# `auto` compiles once the first eager steps project at least this much more training, per machine (threshold_for): the
 # warm-up is then repaid at the speed-up compile gives the step there (rule: eager seconds left > warm-up x
 # speed-up / (speed-up - 1); the warm-up and speed-up measured with an empty inductor cache are in BENCHMARKS.md,
 # sessions 7 and 14).
@@ -83,8 +83,8 @@ def raise_recompile_limit() -> None:
 
 
 def auto_min_seconds(device_type: str) -> float:
-    """`auto`'s threshold on this device type (a device not measured gets the CPU's, the cautious one)."""
-    return AUTO_MIN_SECONDS.get(device_type, AUTO_MIN_SECONDS["cpu"])
+    """`auto`'s threshold for training on this machine (AUTO_MIN_SECONDS)."""
+    return threshold_for(AUTO_MIN_SECONDS, device_type)
 
 
 def cpu_has_amx() -> bool:
@@ -106,9 +106,15 @@ def machine_kind(device_type: str) -> str:
     return "cpu-amx" if cpu_has_amx() else "cpu"
 
 
+def threshold_for(table: dict[str, float], device_type: str) -> float:
+    """A threshold table's value for this machine: its kind (machine_kind), else its device type, else the CPU's
+    (the cautious value for a kind not measured)."""
+    return table.get(machine_kind(device_type), table.get(device_type, table["cpu"]))
+
+
 def auto_min_inference_seconds(device_type: str) -> float:
     """The inference passes' `auto` threshold on this machine (AUTO_MIN_INFERENCE_SECONDS)."""
-    return AUTO_MIN_INFERENCE_SECONDS.get(machine_kind(device_type), AUTO_MIN_INFERENCE_SECONDS["cpu"])
+    return threshold_for(AUTO_MIN_INFERENCE_SECONDS, device_type)
 
 
 def compile_pays(step_seconds: float, steps_left: int, min_seconds: float = AUTO_MIN_SECONDS["cpu"]) -> bool:
