@@ -211,16 +211,31 @@ class LlamaDecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+# Right-padded rows without a past run plain causal attention: each real token attends only to the real tokens
+# before it either way, so every real position's output is the same, and the kernels skip the masked half and
+# read no mask (training, scoring and the trunk cache all pad on the right). Only the outputs at padding
+# positions differ, which no loss or prediction reads. Off: such batches carry the padding mask.
+CAUSAL_FOR_RIGHT_PADDING = True
+
+
+def right_padded(attention_mask: Tensor) -> bool:
+    """Whether no row of a boolean [B, T] mask has a real token after a padding one."""
+    return not bool((attention_mask[:, 1:] & ~attention_mask[:, :-1]).any())
+
+
 def attention_mask_4d(attention_mask: Tensor | None, q_len: int, past_len: int = 0,
                       device: torch.device | None = None) -> Tensor | None:
-    """Boolean [B, 1, q_len, past_len + q_len] mask (True = attend), or None when plain causal suffices."""
+    """Boolean [B, 1, q_len, past_len + q_len] mask (True = attend), or None when plain causal attention gives
+    every real position the same output: no padding, or right padding without a past (CAUSAL_FOR_RIGHT_PADDING;
+    the outputs at padding positions are then not those of the mask)."""
     if attention_mask is None:
         if past_len == 0 or q_len == 1:
             return None
         attention_mask_bool = None
     else:
         attention_mask_bool = attention_mask.bool()
-        if past_len == 0 and bool(attention_mask_bool.all()):
+        if past_len == 0 and (bool(attention_mask_bool.all())
+                              or (CAUSAL_FOR_RIGHT_PADDING and right_padded(attention_mask_bool))):
             return None
     s = past_len + q_len
     device = attention_mask.device if attention_mask is not None else device

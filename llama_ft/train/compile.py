@@ -31,8 +31,9 @@ AUTO_MIN_INFERENCE_SECONDS = {"cpu-amx": 60.0, "cpu": 200.0, "cuda": 60.0}
 # torch.compile's `dynamic` for the blocks (benchmarks/compile_shapes.py measures both settings).
 DYNAMIC: bool | None = None
 # The blocks' forward sees several input variants in one run, each a graph of its own: the first trainable
-# block's input needs no gradient and the others' do, batches with and without padding (a mask, or none), static
-# then dynamic lengths, micro-batch sizes split by micro_batch_tokens. Past dynamo's default limit (8 graphs
+# block's input needs no gradient and the others' do, static then dynamic lengths, micro-batch sizes split by
+# micro_batch_tokens, and a padding mask for batches that are not right-padded (the engine's are, and run without
+# one: llama.CAUSAL_FOR_RIGHT_PADDING). Past dynamo's default limit (8 graphs
 # per function) the blocks would silently run eagerly for the rest of the run.
 RECOMPILE_LIMIT = 64
 
@@ -192,8 +193,8 @@ class InferenceCompiler:
     """Compiled decoder blocks for one long inference pass over length-sorted batches: now (True), never (False),
     or `auto`, after the first batch, when the remaining tokens at its speed would take at least `min_seconds`
     eagerly (None: auto_min_inference_seconds for the model's device). The blocks compile with dynamic shapes, so
-    every batch length and size shares one graph (two with and without a padding mask). On exit the blocks are as
-    they were (eager, or training's compiled blocks)."""
+    every batch length and size shares one graph (right-padded batches need no mask; a left-padded one would
+    add a second graph). On exit the blocks are as they were (eager, or training's compiled blocks)."""
 
     def __init__(self, model: nn.Module, mode: bool | str, total_tokens: int, min_seconds: float | None = None):
         if mode not in ("auto", True, False):

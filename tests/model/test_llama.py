@@ -87,6 +87,28 @@ def test_left_padding_equals_no_padding():
     assert torch.isfinite(padded).all()
 
 
+def test_right_padding_runs_plain_causal_attention(monkeypatch):
+    """Right-padded rows without a past need no mask: the real positions' outputs equal those under the padding
+    mask. Left padding, a padding hole and a past keep the mask."""
+    from llama_ft.model import llama
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    assert llama.attention_mask_4d(right, 4) is None
+    assert llama.attention_mask_4d(right.flip(-1), 4) is not None
+    assert llama.attention_mask_4d(torch.tensor([[1, 0, 1, 1]]), 4) is not None
+    assert llama.attention_mask_4d(right, 2, past_len=2) is not None
+    torch.manual_seed(4)
+    ours = LlamaForQuestionAnswering(LlamaConfig.from_dict(CONFIGS["gqa-untied"])).eval()
+    ids, mask = batch(ours.config.vocab_size, 2)
+    with torch.no_grad():
+        causal = ours(ids, mask)
+        monkeypatch.setattr(llama, "CAUSAL_FOR_RIGHT_PADDING", False)
+        masked = ours(ids, mask)
+    real = mask.bool()
+    for a, b in zip(causal, masked, strict=True):
+        assert (a[real] - b[real]).abs().max().item() < 1e-5
+        assert not torch.equal(a[~real], b[~real])  # two paths were taken: only the padding positions tell
+
+
 @pytest.mark.parametrize("left", [False, True])
 @pytest.mark.parametrize("name", ["gqa-untied", "llama3-rope"])
 def test_classification_matches_transformers(name, left):
