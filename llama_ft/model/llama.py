@@ -180,8 +180,12 @@ class LlamaAttention(nn.Module):
             # inductor fuses (llama_ft/model/attention.py). Eager, that backward is slower than the flash one.
             y = causal_attention(q, k, v, mask)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-                                               enable_gqa=gqa)
+            # A branch, not `is_causal=mask is None and T > 1`: with dynamic shapes that expression is symbolic,
+            # which SDPA does not take (a graph break in every compiled block); a branch guards on it.
+            causal = False
+            if mask is None and T > 1:
+                causal = True
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
