@@ -216,9 +216,10 @@ class LlamaDecoderLayer(nn.Module):
 
 
 # Right-padded rows without a past run plain causal attention: each real token attends only to the real tokens
-# before it either way, so every real position's output is the same, and the kernels skip the masked half and
-# read no mask (training, scoring and the trunk cache all pad on the right). Only the outputs at padding
-# positions differ, which no loss or prediction reads. Off: such batches carry the padding mask.
+# before it either way, so every real position's output is the same. No mask is built or read, and compiled
+# blocks need one graph for padded and unpadded batches (training, scoring and the trunk cache all pad on the
+# right; BENCHMARKS.md, session 16). Only the outputs at padding positions differ, which no loss or prediction
+# reads. Off: such batches carry the padding mask.
 CAUSAL_FOR_RIGHT_PADDING = True
 
 

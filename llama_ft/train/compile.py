@@ -33,8 +33,8 @@ DYNAMIC: bool | None = None
 # The blocks' forward sees several input variants in one run, each a graph of its own: the first trainable
 # block's input needs no gradient and the others' do, static then dynamic lengths, micro-batch sizes split by
 # micro_batch_tokens, and a padding mask for batches that are not right-padded (the engine's are, and run without
-# one: llama.CAUSAL_FOR_RIGHT_PADDING). Past dynamo's default limit (8 graphs
-# per function) the blocks would silently run eagerly for the rest of the run.
+# one: llama.CAUSAL_FOR_RIGHT_PADDING). Past dynamo's default limit (8 graphs per function) the blocks would
+# silently run eagerly for the rest of the run.
 RECOMPILE_LIMIT = 64
 
 
