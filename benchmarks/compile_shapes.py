@@ -30,6 +30,13 @@ from llama_ft.train import TrainConfig, train
 TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad_v1.1" / "train-v1.1-rebuilt.json.zip"
 
 
+def training_examples(steps: int) -> list[dict]:
+    """The recipe's 384 / 128 training windows of the first steps x 32 + 64 SQuAD training questions."""
+    tok = llama_ft.load_tokenizer("smollm2-135m")
+    questions = load_squad(TRAIN).examples[:steps * 32 + 64]
+    return QuestionSet("train", questions, tok, 384, 128, progress=False).training_examples()
+
+
 def one(setting: str, examples: list[dict], steps: int) -> dict:
     """`setting`: eager, static-then-dynamic or dynamic, optionally `/cap=N` (TrainConfig.micro_batch_tokens)."""
     torch._dynamo.reset()
@@ -62,11 +69,11 @@ def main(argv=None) -> int:
     ap.add_argument("--settings", nargs="+", default=["eager", "static-then-dynamic", "dynamic"])
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    if args.steps < 2:
+        ap.error(f"--steps {args.steps}: use 2 or more (the speed is measured over the steps after the first).")
     if args.threads:
         torch.set_num_threads(args.threads)
-    tok = llama_ft.load_tokenizer("smollm2-135m")
-    questions = [q for q in load_squad(TRAIN).examples[:args.steps * 32 + 64]]
-    examples = QuestionSet("train", questions, tok, 384, 128, progress=False).training_examples()
+    examples = training_examples(args.steps)
     rows = []
     for setting in args.settings:
         counters = torch._dynamo.utils.counters

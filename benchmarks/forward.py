@@ -23,17 +23,17 @@ import torch
 import llama_ft
 
 
-def hf_twin(ours, dtype):
-    """transformers' LlamaForCausalLM holding exactly our weights."""
+def hf_twin(ours, dtype, cls: str = "LlamaForCausalLM"):
+    """transformers' `cls` (LlamaForCausalLM, LlamaForQuestionAnswering, ...) holding exactly our weights."""
     import transformers
     d = {k: v for k, v in ours.config.to_dict().items() if k != "architectures"}
     with torch.device("meta"):
-        ref = transformers.LlamaForCausalLM(transformers.LlamaConfig(**d))
+        ref = getattr(transformers, cls)(transformers.LlamaConfig(**d))
     ref.load_state_dict(ours.state_dict(), strict=False, assign=True)
-    if ours.config.tie_word_embeddings:
-        ref.lm_head.weight = ref.model.embed_tokens.weight
+    if hasattr(ref, "lm_head") and ours.config.tie_word_embeddings:
+        ref.lm_head.weight = ref.base_model.embed_tokens.weight
     # The rope buffer is not in the state dict: rebuild that module off the meta device.
-    ref.model.rotary_emb = type(ref.model.rotary_emb)(config=ref.config)
+    ref.base_model.rotary_emb = type(ref.base_model.rotary_emb)(config=ref.config)
     return ref.to(dtype).eval()
 
 

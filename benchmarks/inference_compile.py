@@ -59,16 +59,23 @@ def sst2_trunk(n: int):
     return run, int(lengths.sum())
 
 
-def squad_test(n: int):
-    """A function that scores the random-head row's windows once, and the pass's real tokens."""
+def squad_test_windows(n: int) -> list[dict]:
+    """The windows of the first `n` test questions of the `--n 4000` study split, as predict takes them."""
     import llama_ft
     from llama_ft.tasks.squad.data import load_squad, study_split
     from llama_ft.tasks.squad.scoring import QuestionSet
-    from llama_ft.train import predict
 
     test = study_split(load_squad(DATA / "squad_v1.1" / "train-v1.1-rebuilt.json.zip").examples, 4000)[1][:n]
     tokenizer = llama_ft.load_tokenizer("smollm2-135m")
-    windows = [w.as_example() for w in QuestionSet("test", test, tokenizer, progress=False).windows]
+    return [w.as_example() for w in QuestionSet("test", test, tokenizer, progress=False).windows]
+
+
+def squad_test(n: int):
+    """A function that scores the random-head row's windows once, and the pass's real tokens."""
+    import llama_ft
+    from llama_ft.train import predict
+
+    windows = squad_test_windows(n)
     model = llama_ft.from_pretrained("smollm2-135m", task="qa", seed=0)
 
     def run(compile: bool) -> None:

@@ -47,17 +47,14 @@ def timed(fn) -> tuple[float, object]:
 
 def squad_test(n: int, reps: int) -> dict:
     import llama_ft
-    from benchmarks.inference_compile import DATA
-    from llama_ft.tasks.squad.data import load_squad, study_split
-    from llama_ft.tasks.squad.scoring import QuestionSet
+    from benchmarks.forward import hf_twin
+    from benchmarks.inference_compile import squad_test_windows
     from llama_ft.train import predict
     from llama_ft.train.batching import collate, sorted_batches
 
-    test = study_split(load_squad(DATA / "squad_v1.1" / "train-v1.1-rebuilt.json.zip").examples, 4000)[1][:n]
-    windows = [w.as_example() for w in QuestionSet("test", test, llama_ft.load_tokenizer("smollm2-135m"),
-                                                   progress=False).windows]
+    windows = squad_test_windows(n)
     model = llama_ft.from_pretrained("smollm2-135m", task="qa", seed=0)
-    peer = hf_qa(model)
+    peer = hf_twin(model, torch.float32, "LlamaForQuestionAnswering")  # fp32 weights, as predict's model
     pad = model.config.pad_token_id
     lengths = np.array([len(w["input_ids"]) for w in windows])
     batches = [collate([windows[i] for i in idx], pad) for idx in sorted_batches(lengths, 32)]
@@ -85,17 +82,6 @@ def squad_test(n: int, reps: int) -> dict:
             "padding_share": 1 - real / padded, "seconds": seconds, "max_abs_diff_real_positions": diff}
 
 
-def hf_qa(ours):
-    """transformers' LlamaForQuestionAnswering holding our weights (fp32, as predict's model)."""
-    import transformers
-    d = {k: v for k, v in ours.config.to_dict().items() if k != "architectures"}
-    ref = transformers.LlamaForQuestionAnswering(transformers.LlamaConfig(**d))
-    missing, unexpected = ref.load_state_dict(ours.state_dict(), strict=False)
-    if unexpected or missing:
-        raise SystemExit(f"transformers' QA model does not take llama_ft's names: {missing} {unexpected}")
-    return ref.eval()
-
-
 def sst2_trunk(n: int, reps: int) -> dict:
     from benchmarks.inference_compile import sst2_trunk as build
     run, tokens = build(n)
@@ -111,14 +97,9 @@ def train_child(setting: str, steps: int) -> dict:
     """compile_shapes' engine run with the padding mask or without, in this process."""
     import torch._dynamo
 
-    import llama_ft
-    from benchmarks.compile_shapes import TRAIN, one
-    from llama_ft.tasks.squad.data import load_squad
-    from llama_ft.tasks.squad.scoring import QuestionSet
+    from benchmarks.compile_shapes import one, training_examples
     llama.CAUSAL_FOR_RIGHT_PADDING = SETTINGS[setting]
-    tok = llama_ft.load_tokenizer("smollm2-135m")
-    questions = load_squad(TRAIN).examples[:steps * 32 + 64]
-    examples = QuestionSet("train", questions, tok, 384, 128, progress=False).training_examples()
+    examples = training_examples(steps)
     torch._dynamo.utils.counters.clear()
     return one("static-then-dynamic/cap=1536", examples, steps)
 

@@ -239,8 +239,9 @@ def attention_mask_4d(attention_mask: Tensor | None, q_len: int, past_len: int =
         attention_mask_bool = None
     else:
         attention_mask_bool = attention_mask.bool()
-        if past_len == 0 and (bool(attention_mask_bool.all())
-                              or (CAUSAL_FOR_RIGHT_PADDING and right_padded(attention_mask_bool))):
+        # An unpadded mask is right-padded too, so one check covers both.
+        if past_len == 0 and (right_padded(attention_mask_bool) if CAUSAL_FOR_RIGHT_PADDING
+                              else bool(attention_mask_bool.all())):
             return None
     s = past_len + q_len
     device = attention_mask.device if attention_mask is not None else device
