@@ -73,6 +73,28 @@ def test_compiled_training_equals_eager_with_lora_trunk_cache_and_checkpointing(
 
 
 @pytest.mark.slow
+def test_compiled_lora_blocks_share_one_graph_whatever_the_depth():
+    """The blocks' adapters are stacked by position (llama_ft.model.lora.project), not by module identity: every
+    block runs the graphs the first one compiled. A guard on identity would compile a graph per block."""
+    import torch._dynamo
+
+    from llama_ft.model.policies import apply_policy
+    ids = torch.randint(3, 101, (4, 12), generator=torch.Generator().manual_seed(0))
+    frames = []
+    for layers in (2, 4):
+        torch._dynamo.reset()
+        model = tiny_model("qa", num_hidden_layers=layers)
+        apply_policy(model, "lora:4")
+        for layer in model.backbone.layers:  # dynamo's guards decide the graphs: no need for inductor's code
+            layer.compile(backend="eager")
+        before = frames_compiled()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            start, end = model(ids, torch.ones_like(ids))
+        (start.float().sum() + end.float().sum()).backward()
+        frames.append(frames_compiled() - before)
+    assert frames[0] == frames[1] >= 1
+
+
 def test_auto_compiles_after_the_probe_steps_when_the_run_is_long_enough(monkeypatch):
     # The device's own threshold (TrainConfig.compile_min_seconds left at None), lowered so this run passes it.
     monkeypatch.setitem(compile_mod.AUTO_MIN_SECONDS, "cpu", 0.0)
