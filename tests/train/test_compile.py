@@ -72,7 +72,6 @@ def test_compiled_training_equals_eager_with_lora_trunk_cache_and_checkpointing(
     np.testing.assert_allclose(compiled.losses, eager.losses, rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.slow
 def test_compiled_lora_blocks_share_one_graph_whatever_the_depth():
     """Every block runs the graphs the first one compiled: nothing in a block's forward may guard on a module's
     identity (an adapter looked up by id(), say), which would compile a graph per block and make the warm-up
@@ -96,6 +95,7 @@ def test_compiled_lora_blocks_share_one_graph_whatever_the_depth():
     assert frames[0] == frames[1] >= 1
 
 
+@pytest.mark.slow
 def test_auto_compiles_after_the_probe_steps_when_the_run_is_long_enough(monkeypatch):
     # The device's own threshold (TrainConfig.compile_min_seconds left at None), lowered so this run passes it.
     monkeypatch.setitem(compile_mod.AUTO_MIN_SECONDS, "cpu", 0.0)
