@@ -5,6 +5,7 @@ import pytest
 import torch
 from tiny import dataset, tiny_model
 
+from llama_ft.model.policies import apply_policy
 from llama_ft.train import TrainConfig, predict, train
 from llama_ft.train import compile as compile_mod
 from llama_ft.train.compile import (InferenceCompiler, auto_min_seconds, compile_blocks, compile_pays, frames_compiled,
@@ -78,7 +79,6 @@ def test_compiled_lora_blocks_share_one_graph_whatever_the_depth():
     grow with the depth."""
     import torch._dynamo
 
-    from llama_ft.model.policies import apply_policy
     ids = torch.randint(3, 101, (4, 12), generator=torch.Generator().manual_seed(0))
     frames = []
     for layers in (2, 4):
