@@ -1,13 +1,15 @@
 """Score predictions and print the study's tables.
 
     python evaluate.py squad --dataset DATA.json[.zip] --predictions PRED.json [--na-probs NA.json]
-        [--before PRED0.json [--before-na-probs NA0.json]] [--json OUT.json]
+        [--before PRED0.json [--before-na-probs NA0.json]] [--only-predicted] [--json OUT.json]
     python evaluate.py classification --gold GOLD --predictions PRED [--before PRED0] [--json OUT.json]
 
 SQuAD files use the official formats (predictions {question_id: answer_text}). A question without prediction
 scores 0 in exact_match/f1 and is scored as '' by the other metrics; the count is printed. Label files are a
 JSON list, a JSON object {id: label}, or a TSV with a `label` or `prediction` column (see
-llama_ft/metrics/inputs.py). METEOR needs the NLTK data built once by `python -m llama_ft.metrics.nltk_data`.
+llama_ft/metrics/inputs.py). With --before, a SQuAD table is followed by the paired difference of exact match
+and F1 over the same questions, with its bootstrap interval: whether two runs differ by more than the draw of
+questions. METEOR needs the NLTK data built once by `python -m llama_ft.metrics.nltk_data`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from llama_ft.metrics.inputs import (
     load_predictions,
     load_squad_dataset,
 )
+from llama_ft.metrics.paired import format_paired, paired_squad
+from llama_ft.metrics.squad import squad_em_f1_per_question
 
 
 def _squad(args: argparse.Namespace) -> dict:
@@ -39,9 +43,16 @@ def _squad(args: argparse.Namespace) -> dict:
     runs = {"after": (args.predictions, args.na_probs)}
     if args.before:
         runs = {"before": (args.before, args.before_na_probs), **runs}
+    loaded = {name: load_predictions(path) for name, (path, _) in runs.items()}
+    if args.only_predicted:  # e.g. train_squad.py --eval-limit 1000 answered the file's first 1,000 questions
+        references = {qid: golds for qid, golds in references.items() if qid in loaded["after"]}
+        if not references:
+            raise InputError(f"{args.predictions}: none of its question ids is in {args.dataset}; "
+                             "--only-predicted leaves nothing to score. Is it the right dataset?")
+        print(f"--only-predicted: scoring the {len(references):,} questions {args.predictions} answers")
     reports = {}
     for name, (path, na_path) in runs.items():
-        predictions = load_predictions(path)
+        predictions = loaded[name]
         if predictions and not any(qid in references for qid in predictions):
             raise InputError(
                 f"{path}: none of its {len(predictions)} question ids is in {args.dataset} "
@@ -61,6 +72,12 @@ def _squad(args: argparse.Namespace) -> dict:
                 "and were ignored"
             )
     print(format_squad_table(reports.get("before"), reports["after"]))
+    if args.before:  # which of the two is better, beyond the luck of which questions were drawn
+        scores = {name: squad_em_f1_per_question(loaded[name], references) for name in runs}
+        reports["paired"] = paired_squad(scores["before"], scores["after"], seed=args.seed)
+        print(f"\nAfter - before, paired over the same questions (percentile bootstrap, "
+              f"{reports['paired']['f1']['resamples']:,} resamples):\n")
+        print(format_paired(reports["paired"]))
     return reports
 
 
@@ -92,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     squad.add_argument("--na-probs", help="{question_id: no-answer probability} JSON for --predictions")
     squad.add_argument("--before", help="predictions before fine-tuning: adds the Before column")
     squad.add_argument("--before-na-probs", help="no-answer probabilities for --before")
+    squad.add_argument("--only-predicted", action="store_true",
+                       help="score only the questions --predictions answers (a run with --eval-limit), "
+                            "not the whole --dataset")
+    squad.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap (with --before)")
     squad.add_argument("--json", help="also write the reports to this JSON file")
     classification = tasks.add_parser("classification", help="SST-2: accuracy, weighted precision/recall/F1")
     classification.add_argument("--gold", required=True, help="true labels: JSON list/object or TSV")

@@ -56,19 +56,44 @@ def squad_v1(predictions: Mapping[str, str], references: Mapping[str, Sequence[s
     """Return {'exact_match', 'f1'} (0-100): best over the gold answers; no prediction scores 0."""
     if not references:
         raise ValueError("squad_v1: no reference questions to score")
-    exact = f1 = 0.0
+    scores = squad_v1_per_question(predictions, references)
+    return {"exact_match": 100.0 * sum(em for em, _ in scores.values()) / len(references),
+            "f1": 100.0 * sum(f1 for _, f1 in scores.values()) / len(references)}
+
+
+def squad_v1_per_question(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]
+                          ) -> dict[str, tuple[float, float]]:
+    """{question_id: (exact match, F1)} (0-1) by the official v1.1 rules; `squad_v1` is their mean."""
+    scores = {}
     for qid, golds in references.items():
         if not golds:
             raise ValueError(
                 f"squad_v1: question {qid!r} has no gold answer; SQuAD v1.1 needs at least one "
                 "(score unanswerable questions with squad_v2)"
             )
-        if qid not in predictions:
+        if qid not in predictions:  # the official rule: a question without prediction scores 0
+            scores[qid] = (0.0, 0.0)
             continue
         prediction = predictions[qid]
-        exact += max(exact_match_score(prediction, gold) for gold in golds)
-        f1 += max(f1_score(prediction, gold) for gold in golds)
-    return {"exact_match": 100.0 * exact / len(references), "f1": 100.0 * f1 / len(references)}
+        scores[qid] = (max(exact_match_score(prediction, gold) for gold in golds),
+                       max(f1_score(prediction, gold) for gold in golds))
+    return scores
+
+
+def squad_em_f1_per_question(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]
+                             ) -> dict[str, tuple[float, float]]:
+    """{question_id: (exact match, F1)} (0-1) by the rules `squad_em_f1` picks; its scores are these means
+    x 100. Paired comparisons of two runs (`llama_ft.metrics.paired`) resample these."""
+    if all(references.values()):
+        return squad_v1_per_question(predictions, references)
+    return {qid: _v2_raw(predictions.get(qid, ""), golds) for qid, golds in references.items()}
+
+
+def _v2_raw(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
+    """One question's (exact, F1) by the v2.0 script: the gold answers that normalise to nothing count as ''."""
+    golds = [gold for gold in golds if normalize_answer(gold)] or [""]
+    return (max(exact_match_score(prediction, gold) for gold in golds),
+            max(f1_score_v2(prediction, gold) for gold in golds))
 
 
 def squad_em_f1(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> dict[str, float]:
@@ -115,9 +140,7 @@ def squad_v2(
 
     exact_raw, f1_raw = {}, {}
     for qid, golds in references.items():
-        golds = [gold for gold in golds if normalize_answer(gold)] or [""]
-        exact_raw[qid] = max(exact_match_score(predictions[qid], gold) for gold in golds)
-        f1_raw[qid] = max(f1_score_v2(predictions[qid], gold) for gold in golds)
+        exact_raw[qid], f1_raw[qid] = _v2_raw(predictions[qid], golds)
 
     def thresholded(raw: dict[str, float]) -> dict[str, float]:
         return {

@@ -59,7 +59,7 @@ def test_squad_table_before_after_and_json(squad_files, capsys):
         folder / "out.json",
     )
     assert code == 0 and err == ""
-    lines = out.splitlines()
+    lines = out.split("\n\n")[0].splitlines()  # the study's table; the paired differences follow it
     assert lines[0] == "| Metric | Sub-Metric | Before Fine-Tuning | After Fine-Tuning |"
     assert [line.split(" | ")[:2] for line in lines[2:10]] == [
         ["| bleu", "-"],
@@ -81,6 +81,38 @@ def test_squad_table_before_after_and_json(squad_files, capsys):
     )
     assert reports["after"]["squad_v2"]["total"] == len(references) == reports["after"]["questions"]
     assert f"| {reports['after']['f1']:.4f} |" in out
+    paired = reports["paired"]
+    for metric in ("exact_match", "f1"):
+        assert paired[metric]["mean_difference"] == pytest.approx(
+            reports["after"][metric] - reports["before"][metric], abs=1e-9)
+        assert paired[metric]["n"] == len(references)
+        assert paired[metric]["low"] <= paired[metric]["mean_difference"] <= paired[metric]["high"]
+    assert "| f1 | " in out.split("paired over the same questions")[1]
+
+
+def test_only_predicted_scores_the_questions_a_limited_run_answered(squad_files, capsys, tmp_path):
+    """A run with --eval-limit answers the first questions of its file: --only-predicted scores those alone,
+    and the paired difference of two such runs covers the same questions."""
+    folder, after = squad_files
+    first = dict(list(after.items())[:40])
+    (tmp_path / "limited.json").write_text(json.dumps(first))
+    (tmp_path / "other.json").write_text(json.dumps({qid: "the" for qid in first}))
+    code, out, err = run(capsys, "squad", "--dataset", folder / "dev.json", "--predictions", tmp_path / "limited.json",
+                         "--before", tmp_path / "other.json", "--only-predicted", "--json", tmp_path / "out.json")
+    assert code == 0 and err == ""
+    assert "scoring the 40 questions" in out and "had no prediction" not in out
+    reports = json.loads((tmp_path / "out.json").read_text())
+    references = {qid: golds for qid, golds in load_squad_dataset(folder / "dev.json").items() if qid in first}
+    assert reports["after"]["questions"] == 40 == reports["paired"]["f1"]["n"]
+    assert reports["after"]["f1"] == pytest.approx(squad_v1(first, references)["f1"], abs=1e-9)
+    # Without the flag the same file is scored against every question, the unanswered ones at 0.
+    code, out, _ = run(capsys, "squad", "--dataset", folder / "dev.json", "--predictions", tmp_path / "limited.json")
+    assert code == 0 and "had no prediction and score 0" in out
+    # Predictions from another dataset leave nothing to score: one clear error.
+    (tmp_path / "alien.json").write_text(json.dumps({"no-such-id": "x"}))
+    code, _, err = run(capsys, "squad", "--dataset", folder / "dev.json", "--predictions", tmp_path / "alien.json",
+                       "--only-predicted")
+    assert code == 2 and "right dataset" in err
 
 
 def test_missing_and_unknown_ids_are_counted(squad_files, capsys, tmp_path):
