@@ -56,9 +56,7 @@ def squad_v1(predictions: Mapping[str, str], references: Mapping[str, Sequence[s
     """Return {'exact_match', 'f1'} (0-100): best over the gold answers; no prediction scores 0."""
     if not references:
         raise ValueError("squad_v1: no reference questions to score")
-    scores = squad_v1_per_question(predictions, references)
-    return {"exact_match": 100.0 * sum(em for em, _ in scores.values()) / len(references),
-            "f1": 100.0 * sum(f1 for _, f1 in scores.values()) / len(references)}
+    return _percentages(squad_v1_per_question(predictions, references))
 
 
 def squad_v1_per_question(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]
@@ -100,10 +98,15 @@ def squad_em_f1(predictions: Mapping[str, str], references: Mapping[str, Sequenc
     """{'exact_match', 'f1'} (0-100) by the rules the data needs: SQuAD v1.1's when every question has a gold
     answer (a missing prediction scores 0); v2.0's when any has none (`squad_v2`'s exact and f1: the empty
     answer to an unanswerable question scores 1 in both, and a missing prediction counts as that answer)."""
-    if all(references.values()):
-        return squad_v1(predictions, references)
-    scores = squad_v2({qid: predictions.get(qid, "") for qid in references}, references)
-    return {"exact_match": scores["exact"], "f1": scores["f1"]}
+    if not references:
+        raise ValueError("squad_em_f1: no reference questions to score")
+    return _percentages(squad_em_f1_per_question(predictions, references))
+
+
+def _percentages(scores: Mapping[str, tuple[float, float]]) -> dict[str, float]:
+    """The mean per-question (exact match, F1) as {'exact_match', 'f1'} in 0-100."""
+    return {"exact_match": 100.0 * sum(em for em, _ in scores.values()) / len(scores),
+            "f1": 100.0 * sum(f1 for _, f1 in scores.values()) / len(scores)}
 
 
 def squad_v2(

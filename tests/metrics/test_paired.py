@@ -30,7 +30,7 @@ def dev():
 
 def test_per_question_scores_average_to_the_official_scores(dev):
     references, before, after = dev
-    del after[next(iter(after))]  # a missing prediction scores 0 under v1.1
+    after = dict(list(after.items())[1:])  # a missing prediction scores 0 under v1.1 (a copy: the fixture is shared)
     for predictions in (before, after):
         per = squad_em_f1_per_question(predictions, references)
         assert list(per) == list(references)
