@@ -429,7 +429,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=2, help="steps per timed repetition")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--amp", default="bf16", choices=("bf16", "fp16"))
+    ap.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "none"),
+                    help="autocast dtype of both libraries' steps (none: fp32, as on a CPU without bf16 dot products)")
     ap.add_argument("--full-1b", action="store_true", help="also run Llama-1B `full` on CPU (~25 GiB; sequential)")
     ap.add_argument("--no-hf", action="store_true", help="ours only")
     ap.add_argument("--threads", type=int, default=None)
@@ -442,7 +443,7 @@ def main(argv=None) -> int:
         args.batch, args.seq, args.steps, args.reps = 2, 64, 1, 3
     if args.threads:
         torch.set_num_threads(args.threads)
-    s = Setting(torch.device(args.device), {"bf16": torch.bfloat16, "fp16": torch.float16}[args.amp],
+    s = Setting(torch.device(args.device), {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp],
                 args.batch, args.seq, args.steps, args.reps, common=not args.no_common, compile=args.compile,
                 compile_mode=args.compile_mode)
     rows, skipped = [], []

@@ -5,7 +5,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "llama_ft"
 # Bottom to top; a module may import its own layer and those below it, never above.
 LAYERS = [
-    {"llama_ft.metrics", "llama_ft.files", "llama_ft.dtypes", "llama_ft.tokenizer", "llama_ft.plots", "llama_ft.heap"},
+    {"llama_ft.metrics", "llama_ft.files", "llama_ft.dtypes", "llama_ft.tokenizer", "llama_ft.plots", "llama_ft.heap",
+     "llama_ft.hardware"},
     {"llama_ft.sources"},
     {"llama_ft.model"},
     {"llama_ft.hf", "llama_ft.train"},

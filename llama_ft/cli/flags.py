@@ -53,7 +53,9 @@ def add_shared_flags(ap: argparse.ArgumentParser, *, presets: dict[str, dict], o
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     run.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
                      help="autocast dtype; auto = fp16 on CUDA under --preset study (as the study), else bf16 "
-                          "(fp16 on a GPU without bf16)")
+                          "where the device computes it (a GPU with bf16, fp16 on one without; a CPU with "
+                          "avx512_bf16 or amx_bf16), none (fp32) on any other CPU, where bf16 is several times "
+                          "slower")
     run.add_argument("--shard", choices=("none", "fsdp"), default="none",
                      help="under torchrun: none = a full model per process (DDP); fsdp = weights, gradients and "
                           "optimizer state sharded over the processes (FSDP2)")

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
+
+from llama_ft.hardware import cpu_has_amx
 
 # `auto` compiles once the first eager steps project at least this much more training, per machine (threshold_for): the
 # warm-up is then repaid at the speed-up compile gives the step there (rule: eager seconds left > warm-up x
@@ -86,18 +87,6 @@ def raise_recompile_limit() -> None:
 def auto_min_seconds(device_type: str) -> float:
     """`auto`'s threshold for training on this machine (AUTO_MIN_SECONDS)."""
     return threshold_for(AUTO_MIN_SECONDS, device_type)
-
-
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX bf16 matrix units: torch.cpu.get_capabilities, or /proc/cpuinfo's flags under a
-    torch that predates it (setup.cfg allows torch 2.5)."""
-    capabilities = getattr(torch.cpu, "get_capabilities", None)
-    if capabilities is not None:
-        return bool(capabilities().get("amx_bf16", False))
-    try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text().split()
-    except OSError:  # not Linux: no flags to read, and the cautious CPU rule applies
-        return False
 
 
 def machine_kind(device_type: str) -> str:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from llama_ft.dtypes import DTYPES
+from llama_ft.hardware import cpu_has_bf16_dot
 
 AMP_DTYPES = {"bf16": DTYPES["bf16"], "fp16": DTYPES["fp16"], "none": None}
 
@@ -28,8 +30,9 @@ class TrainConfig:
         difference (must be a multiple of batch_size * world size). None: batch_size * world size.
     epochs / max_steps: max_steps, when set, caps the optimizer steps (and the schedule length).
     max_grad_norm: clip the global gradient norm (None or 0: no clipping, the norm is still logged).
-    amp: `bf16` (CPU and CUDA), `fp16` (CUDA only, with a GradScaler), `none` (fp32), `auto` (bf16 on a
-        device that runs it, else none).
+    amp: `bf16` (CPU and CUDA), `fp16` (CUDA only, with a GradScaler), `none` (fp32), `auto` (bf16 where the
+        device computes it in hardware: a GPU with bf16, a CPU with AVX512-BF16 or AMX; fp16 on an older GPU;
+        none on any other CPU, resolve_amp).
     grad_checkpointing: recompute each trainable decoder block in backward (non-reentrant).
     compile: `torch.compile` the trainable decoder blocks in place (llama_ft.train.compile): fuses the norms,
         rotary, SwiGLU and residual adds around the matmuls and keeps fewer activations for backward. True: from
@@ -145,16 +148,35 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `amp` on `device` (None: fp32); a dtype the device cannot run is an error."""
+    """The autocast dtype for `amp` on `device` (None: fp32); a dtype the device cannot run is an error. `auto` is
+    the fastest there: bf16 on a GPU that has it (fp16 on one without) and on a CPU with bf16 dot products
+    (AVX512-BF16, AMX), fp32 on any other CPU, where bf16 matmuls run several times slower than fp32 ones."""
     if amp == "auto":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return torch.float16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu" and not cpu_has_bf16_dot():
+            return None
         return torch.bfloat16
+    if amp == "bf16" and device.type == "cpu" and not cpu_has_bf16_dot():
+        warnings.warn("amp='bf16' on a CPU without bf16 dot products (no avx512_bf16 or amx_bf16 in its flags): "
+                      "its matmuls run several times slower than in fp32. Use amp='auto' or 'none' (--amp auto) "
+                      "unless you want bf16's numerics.", stacklevel=2)
     if amp == "fp16" and device.type != "cuda":
         raise ValueError("amp='fp16' needs CUDA (fp16 autocast with a gradient scaler); on CPU use amp='bf16'.")
     if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("amp='bf16' is not supported by this GPU (pre-Ampere); use amp='fp16'.")
     return AMP_DTYPES[amp]
+
+
+def inference_amp(amp: str, model: torch.nn.Module, device: torch.device) -> torch.dtype | None:
+    """resolve_amp for a forward pass over `model` as it is held: under `auto`, a model with bf16 or fp16 weights
+    (bf16 frozen weights after training, a half-precision load) runs in that dtype, the only one its fp32
+    activations can meet them in; an fp32 model gets resolve_amp's choice for the device."""
+    if amp == "auto":
+        held = {p.dtype for p in model.parameters() if p.is_floating_point()} - {torch.float32}
+        if held:
+            amp = "bf16" if torch.bfloat16 in held else "fp16"
+    return resolve_amp(amp, device)
 
 
 def resolve_frozen_dtype(frozen_dtype: str, amp_dtype: torch.dtype | None) -> torch.dtype:

@@ -39,7 +39,7 @@ from llama_ft.train.checkpoint import (
     write_weights,
 )
 from llama_ft.train.compile import Compiler, InferenceCompiler, auto_min_seconds
-from llama_ft.train.config import TrainConfig, resolve_amp, resolve_device, resolve_frozen_dtype
+from llama_ft.train.config import TrainConfig, inference_amp, resolve_amp, resolve_device, resolve_frozen_dtype
 from llama_ft.train.distributed import all_reduce_sum, barrier, init_distributed, no_sync, wrap
 from llama_ft.train.divergence import DivergenceError, DivergenceGuard, NonFiniteError, TrainingError, chance_loss
 from llama_ft.train.fsdp import check_fsdp, full_tensor, load_sharded, save_sharded
@@ -578,18 +578,19 @@ MERGE_MIN_TOKENS = 4096
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: str = "bf16",
+def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: str = "auto",
             device: str | torch.device | None = None, progress: str | None = None, compile: bool | str = "auto",
             trunk: TrunkCache | None = None):
     """Model outputs in dataset order: classification -> [N, num_labels] fp32 tensor; QA -> list of
     (start_logits, end_logits) fp32 1-D tensors trimmed to each example's length. Length-sorted batches,
-    inference mode, autocast `amp` (bf16, fp16 on CUDA, none); `progress`: a progress bar with this title;
-    `compile`: the decoder blocks compiled for this pass (True, False, or `auto`: when it pays, InferenceCompiler).
+    inference mode, autocast `amp` (auto, bf16, fp16 on CUDA, none; inference_amp); `progress`: a progress bar
+    with this title; `compile`: the decoder blocks compiled for this pass (True, False, or `auto`: when it pays,
+    InferenceCompiler).
     LoRA adapters are merged into copies of their weights for a pass of MERGE_MIN_TOKENS or more (merged_adapters).
     `trunk`: the frozen bottom's output for `dataset` (a TrunkCache of this model): only the trainable top runs
     (llama_ft.train.versions scores several versions of the top this way)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    amp_dtype = resolve_amp(amp, device)
+    amp_dtype = inference_amp(amp, model, device)
     if amp_dtype is None and any(p.dtype != torch.float32 for p in model.parameters()):
         raise ValueError("predict(amp='none') on a model with non-fp32 (e.g. bf16 frozen) weights; "
                          "use amp='bf16' or cast the model with model.float().")

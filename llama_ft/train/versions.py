@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from llama_ft.heap import release_free_memory
 from llama_ft.train.batching import example_lengths
 from llama_ft.train.checkpoint import load_trainable, trainable_state
-from llama_ft.train.config import resolve_amp
+from llama_ft.train.config import inference_amp
 from llama_ft.train.loop import predict
 from llama_ft.train.trunk import TrunkCache, can_cache, feature_dtype, find_split
 
@@ -44,7 +44,7 @@ def shares_bottom(model: nn.Module) -> bool:
 
 
 def predict_versions(model: nn.Module, dataset: list[dict], versions: Sequence[Mapping[str, Tensor] | None],
-                     batch_size: int = 64, amp: str = "bf16", progress: str | None = None,
+                     batch_size: int = 64, amp: str = "auto", progress: str | None = None,
                      compile: bool | str = "auto") -> VersionScores:
     """predict(model, dataset) under each version of the trainable weights: None for the weights the model holds,
     or every trainable parameter's tensor by name (trainable_state() of the model before training). With more
@@ -52,7 +52,7 @@ def predict_versions(model: nn.Module, dataset: list[dict], versions: Sequence[M
     each version is a whole predict pass. The model keeps its own weights afterwards, whatever happens."""
     held = trainable_state(model) if any(v is not None for v in versions) else None
     device = next(model.parameters()).device
-    amp_dtype = resolve_amp(amp, device)
+    amp_dtype = inference_amp(amp, model, device)
     res = VersionScores(shared=len(versions) > 1 and shares_bottom(model))
     trunk = None
     try:

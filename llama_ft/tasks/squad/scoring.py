@@ -25,12 +25,13 @@ from llama_ft.train.distributed import map_sharded
 class QuestionSet:
     """One set of questions, windowed once for one tokenizer; `decode`/`score` work with any model state.
 
-    amp: the autocast dtype by name (bf16, fp16 on CUDA, none); n_best / max_answer_tokens: see decode;
+    amp: the autocast dtype by name (auto, bf16, fp16 on CUDA, none; llama_ft.train.config.inference_amp);
+    n_best / max_answer_tokens: see decode;
     qa_format: the windows' input format (windows.QA_FORMATS), `pair` decoded by transformers' pipeline rule;
     compile: predict's, for every pass over the set (auto: when the pass is long enough to repay the warm-up)."""
 
     def __init__(self, name: str, examples: list[SquadExample], tokenizer, max_length: int = 384,
-                 stride: int = 128, *, amp: str = "bf16", n_best: int = N_BEST,
+                 stride: int = 128, *, amp: str = "auto", n_best: int = N_BEST,
                  max_answer_tokens: int = MAX_ANSWER_TOKENS, progress: bool = True, qa_format: str = "template",
                  compile: bool | str = "auto"):
         self.name, self.examples, self.tokenizer, self.amp, self.compile = name, examples, tokenizer, amp, compile
@@ -89,7 +90,7 @@ def score_sets(model, sets: dict[str, QuestionSet], calibration: QuestionSet | N
     return reports, texts
 
 
-def prompted_answers(lm, tokenizer, examples: list[SquadExample], amp: str = "bf16"
+def prompted_answers(lm, tokenizer, examples: list[SquadExample], amp: str = "auto"
                      ) -> tuple[dict, dict[str, str], dict[str, str]]:
     """(report, cleaned answers, raw replies) of a causal LM prompted zero-shot on `examples`; the report's
     `unsnapped` entry scores the cleaned replies before they are snapped to the context. Under torchrun each

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from llama_ft.metrics.squad import normalize_answer
 from llama_ft.model.generate import generate
 from llama_ft.tasks.squad.data import SquadExample
-from llama_ft.train.config import resolve_amp
+from llama_ft.train.config import inference_amp
 
 INSTRUCTION = "Answer the question using a short span copied exactly from the context. Reply with the answer only."
 UNANSWERABLE_INSTRUCTION = ' If the context does not contain the answer, reply "unanswerable".'
@@ -165,13 +165,13 @@ def decode_groups(lengths: list[int], rows: int = DECODE_ROWS, max_new_tokens: i
 
 @torch.inference_mode()
 def answer_by_prompt(lm, tokenizer, examples: list[SquadExample], batch_size: int = DECODE_ROWS,
-                     max_new_tokens: int = 24, amp: str = "bf16", progress: bool = True,
+                     max_new_tokens: int = 24, amp: str = "auto", progress: bool = True,
                      unanswerable: bool = False, demonstration: bool = True) -> dict[str, str]:
     """{qid: raw generated reply} for each question (greedy, stops at EOS or a newline); `amp`: the autocast
-    dtype by name (bf16, fp16 on CUDA, none); `unanswerable`: the SQuAD v2 prompt, which allows the reply
-    "unanswerable"; `demonstration`: see qa_prompt; `batch_size`: at most this many prompts decode together
-    (decode_groups)."""
-    amp_dtype = resolve_amp(amp, next(lm.parameters()).device)
+    dtype by name (auto, bf16, fp16 on CUDA, none; inference_amp); `unanswerable`: the SQuAD v2 prompt, which
+    allows the reply "unanswerable"; `demonstration`: see qa_prompt; `batch_size`: at most this many prompts
+    decode together (decode_groups)."""
+    amp_dtype = inference_amp(amp, lm, next(lm.parameters()).device)
     prompts = [qa_prompt(tokenizer, ex.context, ex.question, unanswerable, demonstration) for ex in examples]
     stop = list(tokenizer.eos_token_ids)
     newline = tokenizer.encode("\n", add_special_tokens=False)

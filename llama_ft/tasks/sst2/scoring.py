@@ -13,7 +13,7 @@ PROMPTED = "zero-shot (prompt)"
 CALIBRATED = "zero-shot (prompt, batch-calibrated)"
 
 
-def prompted_rows(lm, tokenizer, rows: list[Example], amp: str = "bf16") -> dict[str, dict]:
+def prompted_rows(lm, tokenizer, rows: list[Example], amp: str = "auto") -> dict[str, dict]:
     """{row name: report} of a causal LM prompted zero-shot on `rows`: as it answers, and batch-calibrated
     (which needs at least two rows). Under torchrun each process prompts its shard of the rows and all of them
     score the whole set, so the calibration sees every sentence (every process must call it)."""

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from llama_ft.model.generate import prefill, shared_prefix
-from llama_ft.train.config import resolve_amp
+from llama_ft.train.config import inference_amp
 
 INSTRUCTION = "Is the sentiment of this movie review positive or negative? Answer with one word."
 LABEL_WORDS = (("negative", "Negative", " negative", " Negative"), ("positive", "Positive", " positive", " Positive"))
@@ -52,11 +52,12 @@ def label_token_ids(tokenizer) -> list[list[int]]:
 
 @torch.inference_mode()
 def classify_by_prompt(lm, tokenizer, sentences: list[str], batch_size: int = 64,
-                       amp: str = "bf16", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                       amp: str = "auto", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(predicted labels [N], P(positive) renormalised over the two label sets [N]) for each sentence; `amp`:
-    the autocast dtype by name (bf16, fp16 on CUDA, none), as for training and `predict`."""
+    the autocast dtype by name (auto, bf16, fp16 on CUDA, none; llama_ft.train.config.inference_amp), as for
+    training and `predict`."""
     device = next(lm.parameters()).device
-    amp_dtype = resolve_amp(amp, device)
+    amp_dtype = inference_amp(amp, lm, device)
     label_ids = label_token_ids(tokenizer)
     prompts = [sentiment_prompt(tokenizer, s) for s in sentences]
     order = np.argsort([len(p) for p in prompts], kind="stable")

@@ -12,7 +12,7 @@ from llama_ft.train import VersionScores, predict, predict_versions
 from llama_ft.train.distributed import map_sharded
 
 
-def logits_of(model, rows: list[TextExample], tokenizer, max_length: int = 128, amp: str = "bf16",
+def logits_of(model, rows: list[TextExample], tokenizer, max_length: int = 128, amp: str = "auto",
               compile: bool | str = "auto") -> torch.Tensor:
     """Logits [len(rows), num_labels] of `model` on `rows`; under torchrun each process predicts its shard of
     the rows and all receive the whole (every process must call it). `compile`: predict's."""
@@ -20,13 +20,13 @@ def logits_of(model, rows: list[TextExample], tokenizer, max_length: int = 128, 
                                             progress="score", compile=compile), rows)
 
 
-def probabilities(model, rows: list[TextExample], tokenizer, max_length: int = 128, amp: str = "bf16",
+def probabilities(model, rows: list[TextExample], tokenizer, max_length: int = 128, amp: str = "auto",
                   compile: bool | str = "auto") -> torch.Tensor:
     """Class probabilities [len(rows), num_labels] of `model` on `rows` (sharded over processes: logits_of)."""
     return logits_of(model, rows, tokenizer, max_length, amp, compile).float().softmax(-1)
 
 
-def score_rows(model, rows: list[TextExample], tokenizer, max_length: int = 128, amp: str = "bf16",
+def score_rows(model, rows: list[TextExample], tokenizer, max_length: int = 128, amp: str = "auto",
                compile: bool | str = "auto") -> dict:
     """classification_report (accuracy, weighted P/R/F1, confusion matrix) of `model` on labelled `rows`
     (sharded over processes: logits_of)."""
@@ -35,7 +35,7 @@ def score_rows(model, rows: list[TextExample], tokenizer, max_length: int = 128,
 
 
 def score_versions(model, rows: list[TextExample], versions: list, tokenizer, max_length: int = 128,
-                   amp: str = "bf16", compile: bool | str = "auto") -> tuple[list[dict], VersionScores]:
+                   amp: str = "auto", compile: bool | str = "auto") -> tuple[list[dict], VersionScores]:
     """score_rows of `model` under each version of its trainable weights (None: those it holds; see
     llama_ft.train.predict_versions, which runs a frozen bottom they share once), and this process's timings.
     Sharded over processes like score_rows."""
