@@ -34,14 +34,15 @@ def step_flops(cfg: LlamaConfig, policy: str, seq: int, task: str = "classificat
             "attention": "causal" if causal else "full square"}
 
 
-def peaks(device: torch.device, quick: bool) -> dict:
+def peaks(device: torch.device, quick: bool, smoke: bool = False) -> dict:
     """{"measured": {dtype: FLOP/s}, "spec": ... or None, "mfu_peak": {dtype: FLOP/s MFU divides by}}.
-    On CPU the measured peak is the best over matmul sizes (2048 and, unless quick, 4096)."""
+    On CPU the measured peak is the best over matmul sizes (2048 and, unless quick, 4096; `smoke`: 256 only, a
+    check of the plumbing, since a 2048^3 bf16 matmul takes seconds on a CPU without bf16 dot products)."""
     if device.type == "cuda":
         sizes, reps = (8192,), 10
         kinds = (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32))
     else:
-        sizes, reps = ((2048,) if quick else (2048, 4096)), 5
+        sizes, reps = ((256,) if smoke else (2048,) if quick else (2048, 4096)), 5
         kinds = (("bf16", torch.bfloat16), ("fp32", torch.float32))
     measured = {k: max(matmul_peak(dt, device, n, reps) for n in sizes) for k, dt in kinds}
     spec = spec_peak(device)

@@ -146,7 +146,7 @@ class Suite:
 
     # ------------------------------------------------------------------------------------------ sections
     def peaks(self) -> None:
-        self.res["peaks"] = mfu.peaks(self.device, quick=self.args.quick or self.args.smoke)
+        self.res["peaks"] = mfu.peaks(self.device, quick=self.args.quick, smoke=self.args.smoke)
         self.log(self.res["peaks"])
         self.save()
 
@@ -160,7 +160,7 @@ class Suite:
         """Measure the peaks again at the end; MFU everywhere divides by the higher of the two."""
         if "peaks" not in self.res:
             return
-        end = mfu.peaks(self.device, quick=self.args.quick or self.args.smoke)
+        end = mfu.peaks(self.device, quick=self.args.quick, smoke=self.args.smoke)
         self.res["peaks_start"], self.res["peaks_end"] = self.res["peaks"]["measured"], end["measured"]
         self.res["peaks"] = mfu.merge_peaks(self.res["peaks"], end)
         self.add_mfu()
