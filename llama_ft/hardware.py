@@ -1,7 +1,7 @@
 """What this CPU computes in hardware, as the dtype and compile rules need it: bf16 dot products and AMX tiles.
 
-Without bf16 dot-product instructions (AVX512-BF16 or AMX-BF16: most laptops, AMD before Zen 4, Intel before
-Cooper Lake), PyTorch runs a bf16 matmul through a slow generic path, several times slower than the same matmul in
+Without bf16 dot-product instructions (AVX512-BF16 or AMX-BF16: most laptops, AMD before Zen 4, most Intel CPUs before
+Sapphire Rapids), PyTorch runs a bf16 matmul through a slow generic path, several times slower than the same matmul in
 fp32 (BENCHMARKS.md, session 19), so bf16 autocast there costs speed instead of buying it.
 """
 from __future__ import annotations

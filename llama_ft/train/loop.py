@@ -449,11 +449,13 @@ def finish(res: TrainResult, step: int, world: int, t_start: float) -> TrainResu
     return res
 
 
-def resolve_peak(peak_flops: float | str | None, device: torch.device, amp_dtype: torch.dtype | None) -> float | None:
-    """The FLOP/s MFU divides by, per process (TrainConfig.peak_flops)."""
+def resolve_peak(peak_flops: float | str | None, device: torch.device, amp_dtype: torch.dtype | None,
+                 again: bool = False) -> float | None:
+    """The FLOP/s MFU divides by, per process (TrainConfig.peak_flops). again: after training, the fastest of a
+    new probe and the first (device_peak): the first runs as training starts, beside whatever starts with it."""
     if peak_flops is None or not isinstance(peak_flops, str):
         return peak_flops
-    return device_peak(device, amp_dtype or torch.float32)
+    return device_peak(device, amp_dtype or torch.float32, again=again)
 
 
 def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: list[dict] | None = None,
@@ -565,6 +567,7 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
         if cache is not None:
             cache.close()
         model.to(home)
+    res.peak_flops = resolve_peak(cfg.peak_flops, device, amp_dtype, again=True)
     if evaluate.best_weights is not None:
         load_trainable(model, evaluate.best_weights, "best weights")
     elif sharded:

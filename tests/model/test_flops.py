@@ -7,6 +7,7 @@ import torch
 from tiny import dataset, tiny_model
 from torch.utils.flop_counter import FlopCounterMode
 
+from llama_ft.model import flops
 from llama_ft.model.flops import device_peak, training_flops
 from llama_ft.model.policies import apply_policy
 from llama_ft.train.batching import collate
@@ -55,10 +56,25 @@ def test_attention_and_per_sequence_terms():
     assert f.of_lengths(lengths) == pytest.approx(sum(f.at(n) * n for n in lengths))
 
 
-def test_peak_probe_is_short_and_measured_once():
-    device_peak(torch.device("cpu"), torch.float32)
+def test_peak_probe_is_short_and_measured_once(monkeypatch):
+    from llama_ft.train.config import resolve_amp
+    monkeypatch.setattr(flops, "_PROBED", {})
+    # the dtype a run on this CPU computes in (a bf16 probe takes seconds on a CPU without bf16 dot products)
+    dtype = resolve_amp("auto", torch.device("cpu")) or torch.float32
     t0 = time.perf_counter()
-    first = device_peak(torch.device("cpu"), torch.bfloat16)
+    first = device_peak(torch.device("cpu"), dtype)
     took = time.perf_counter() - t0
     assert first > 1e8 and took < 1.0
-    assert device_peak(torch.device("cpu"), torch.bfloat16) == first
+    assert device_peak(torch.device("cpu"), dtype) == first
+
+
+def test_probing_again_keeps_the_fastest_probe(monkeypatch):
+    """A probe beside other work reads low, never high: probing again can only raise the peak."""
+    readings = iter([2e9, 5e9, 3e9])
+    monkeypatch.setattr(flops, "matmul_peak", lambda *a, **k: next(readings))
+    monkeypatch.setattr(flops, "_PROBED", {})
+    cpu = torch.device("cpu")
+    assert device_peak(cpu, torch.float32) == 2e9
+    assert device_peak(cpu, torch.float32) == 2e9  # measured once
+    assert device_peak(cpu, torch.float32, again=True) == 5e9
+    assert device_peak(cpu, torch.float32, again=True) == 5e9  # the slower third probe does not lower it

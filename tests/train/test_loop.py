@@ -187,6 +187,17 @@ def test_every_step_line_has_tokens_per_s_and_mfu_of_what_ran(tmp_path, trunk_ca
     assert (training_flops(model, cached_layers=cached).per_token < training_flops(model).per_token) == trunk_cache
 
 
+def test_mfu_divides_by_the_faster_probe_of_the_start_and_the_end_of_training(monkeypatch):
+    """The first probe runs as training starts, beside whatever starts with it (compile workers, the trunk
+    cache's last pages): when it reads low, the run's MFU divides by the probe after training instead."""
+    from llama_ft.model import flops
+    readings = iter([1e9, 4e9])
+    monkeypatch.setattr(flops, "matmul_peak", lambda *a, **k: next(readings))
+    monkeypatch.setattr(flops, "_PROBED", {})
+    r = train(tiny_model(), dataset(n=16), train_config(policy="head", epochs=1))
+    assert r.peak_flops == 4e9 and r.mfu == pytest.approx(r.model_flops / r.train_seconds / 4e9)
+
+
 def test_mfu_peak_auto_probes_and_none_logs_no_mfu(tmp_path):
     data = dataset(n=16)
     auto = train(tiny_model(), data, train_config(policy="head", epochs=1, output_dir=str(tmp_path / "a")))

@@ -22,7 +22,9 @@ def test_trunk_cache_gives_the_same_losses(task, policy, amp):
     assert runs[0].trunk_cache is None and runs[1].trunk_cache is not None
     assert runs[1].trunk_cache["kind"] == {"head": "pooled" if task == "classification" else "normed",
                                            "last:2": "hidden"}[policy]
-    tol = 1e-6 if amp == "none" else 2e-3  # fp32: only batch-shape rounding differs
+    # fp32: only the rounding of the matmuls' blocking differs (batch shapes): up to 1.5e-6 relative after 3
+    # epochs with AVX2's fp32 kernels (a Zen 3 EPYC), under 1e-6 with AVX-512's.
+    tol = 1e-5 if amp == "none" else 2e-3
     np.testing.assert_allclose(runs[1].losses, runs[0].losses, rtol=tol, atol=tol)
 
 
