@@ -449,6 +449,12 @@ def finish(res: TrainResult, step: int, world: int, t_start: float) -> TrainResu
     return res
 
 
+# Runs that trained at least this long probe the matmul peak again at the end (resolve_peak): the probe takes well
+# under a second in a dtype the hardware computes, seconds in bf16 on a CPU without bf16 dot products, which short
+# runs (the tests) should not pay on every call.
+REPROBE_MIN_SECONDS = 60.0
+
+
 def resolve_peak(peak_flops: float | str | None, device: torch.device, amp_dtype: torch.dtype | None,
                  again: bool = False) -> float | None:
     """The FLOP/s MFU divides by, per process (TrainConfig.peak_flops). again: after training, the fastest of a
@@ -567,7 +573,8 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
         if cache is not None:
             cache.close()
         model.to(home)
-    res.peak_flops = resolve_peak(cfg.peak_flops, device, amp_dtype, again=True)
+    if res.train_seconds >= REPROBE_MIN_SECONDS:
+        res.peak_flops = resolve_peak(cfg.peak_flops, device, amp_dtype, again=True)
     if evaluate.best_weights is not None:
         load_trainable(model, evaluate.best_weights, "best weights")
     elif sharded:

@@ -191,9 +191,13 @@ def test_mfu_divides_by_the_faster_probe_of_the_start_and_the_end_of_training(mo
     """The first probe runs as training starts, beside whatever starts with it (compile workers, the trunk
     cache's last pages): when it reads low, the run's MFU divides by the probe after training instead."""
     from llama_ft.model import flops
+    from llama_ft.train import loop
     readings = iter([1e9, 4e9])
     monkeypatch.setattr(flops, "matmul_peak", lambda *a, **k: next(readings))
     monkeypatch.setattr(flops, "_PROBED", {})
+    short = train(tiny_model(), dataset(n=16), train_config(policy="head", epochs=1))
+    assert short.peak_flops == 1e9  # a run under REPROBE_MIN_SECONDS keeps its one probe
+    monkeypatch.setattr(loop, "REPROBE_MIN_SECONDS", 0.0)  # as a long run
     r = train(tiny_model(), dataset(n=16), train_config(policy="head", epochs=1))
     assert r.peak_flops == 4e9 and r.mfu == pytest.approx(r.model_flops / r.train_seconds / 4e9)
 
