@@ -1,5 +1,6 @@
 """Shared fixtures. Data lives in ../shared beside the checkout; tests fail (never skip) when it is absent."""
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 import torch
@@ -50,3 +51,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def pretend_cpu(monkeypatch):
+    """pretend_cpu(amx_bf16=True, ...): torch.cpu.get_capabilities as on this CPU with those flags set, for the rules
+    that read it (llama_ft.hardware: the autocast dtype, the compile thresholds)."""
+    def pretend(**flags: bool) -> None:
+        caps = dict(torch.cpu.get_capabilities(), **flags)
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: MappingProxyType(caps))
+    return pretend

@@ -1,22 +1,14 @@
 """llama_ft/hardware.py and the autocast rules that follow it: bf16 by default only on a CPU that computes bf16 dot
 products, fp32 on any other CPU, and a model held in bf16 still runs in bf16 wherever it is."""
-from types import MappingProxyType
-
 import pytest
 import torch
+from tiny import tiny_model
 
 from llama_ft import hardware
 from llama_ft.train.config import inference_amp, resolve_amp, resolve_frozen_dtype
 from llama_ft.train.loop import predict
-from tests.tiny import tiny_model
 
 CPU = torch.device("cpu")
-
-
-def pretend_cpu(monkeypatch, **flags):
-    """This CPU, as torch reports it, with `flags` set (the others as they are here)."""
-    caps = dict(torch.cpu.get_capabilities(), **flags)
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: MappingProxyType(caps))
 
 
 @pytest.mark.parametrize("flags, bf16", [
@@ -24,8 +16,8 @@ def pretend_cpu(monkeypatch, **flags):
     ({"avx512_bf16": True, "amx_bf16": False}, True),    # Zen 4, Cooper Lake
     ({"avx512_bf16": False, "amx_bf16": True}, True),    # AMX alone still counts
 ])
-def test_auto_is_bf16_only_where_the_cpu_computes_it(monkeypatch, flags, bf16):
-    pretend_cpu(monkeypatch, **flags)
+def test_auto_is_bf16_only_where_the_cpu_computes_it(pretend_cpu, flags, bf16):
+    pretend_cpu(**flags)
     assert hardware.cpu_has_bf16_dot() is bf16
     assert resolve_amp("auto", CPU) == (torch.bfloat16 if bf16 else None)
     # and the frozen weights follow: bf16 beside bf16 autocast, fp32 masters' dtype otherwise
@@ -33,14 +25,14 @@ def test_auto_is_bf16_only_where_the_cpu_computes_it(monkeypatch, flags, bf16):
     assert resolve_amp("none", CPU) is None
 
 
-def test_asking_for_bf16_on_a_cpu_without_it_runs_it_and_says_why_it_is_slow(monkeypatch):
-    pretend_cpu(monkeypatch, avx512_bf16=False, amx_bf16=False)
+def test_asking_for_bf16_on_a_cpu_without_it_runs_it_and_says_why_it_is_slow(pretend_cpu):
+    pretend_cpu(avx512_bf16=False, amx_bf16=False)
     with pytest.warns(UserWarning, match="avx512_bf16 or amx_bf16.*amp='auto' or 'none'"):
         assert resolve_amp("bf16", CPU) == torch.bfloat16
 
 
-def test_asking_for_bf16_on_a_cpu_with_it_is_silent(monkeypatch, recwarn):
-    pretend_cpu(monkeypatch, avx512_bf16=True)
+def test_asking_for_bf16_on_a_cpu_with_it_is_silent(pretend_cpu, recwarn):
+    pretend_cpu(avx512_bf16=True)
     assert resolve_amp("bf16", CPU) == torch.bfloat16
     assert not [w for w in recwarn if "bf16" in str(w.message)]
 
@@ -53,10 +45,10 @@ def test_without_torch_get_capabilities_the_flags_come_from_proc_cpuinfo(monkeyp
 
 
 @pytest.mark.parametrize("bf16_cpu", [False, True])
-def test_inference_auto_follows_a_model_held_in_bf16(monkeypatch, bf16_cpu):
+def test_inference_auto_follows_a_model_held_in_bf16(pretend_cpu, bf16_cpu):
     """fp32 activations can meet bf16 weights only under bf16 autocast, so such a model runs in bf16 whatever the
     CPU; an fp32 model gets the CPU's choice."""
-    pretend_cpu(monkeypatch, avx512_bf16=bf16_cpu, amx_bf16=False)
+    pretend_cpu(avx512_bf16=bf16_cpu, amx_bf16=False)
     fp32 = tiny_model("classification")
     assert inference_amp("auto", fp32, CPU) == (torch.bfloat16 if bf16_cpu else None)
     half = tiny_model("classification").to(torch.bfloat16)

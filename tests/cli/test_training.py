@@ -8,10 +8,8 @@ from llama_ft.cli.training import device_and_amp
 
 
 @pytest.mark.parametrize("bf16_cpu", [True, False])
-def test_a_cpu_runs_bf16_by_default_where_it_computes_it_and_names_are_strings(monkeypatch, bf16_cpu):
-    from types import MappingProxyType
-    caps = dict(torch.cpu.get_capabilities(), avx512_bf16=bf16_cpu, amx_bf16=False)
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: MappingProxyType(caps))
+def test_a_cpu_runs_bf16_by_default_where_it_computes_it_and_names_are_strings(pretend_cpu, bf16_cpu):
+    pretend_cpu(avx512_bf16=bf16_cpu, amx_bf16=False)
     amp = "bf16" if bf16_cpu else "none"
     if not torch.cuda.is_available():
         assert device_and_amp("auto", "auto") == ("cpu", amp)

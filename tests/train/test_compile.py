@@ -153,12 +153,10 @@ def test_inference_auto_compiles_when_the_rest_of_the_pass_would_take_long_enoug
 
 
 @pytest.mark.parametrize("amx, compiles", [(True, True), (False, False)])
-def test_inference_auto_threshold_follows_the_cpu_kind(monkeypatch, amx, compiles):
+def test_inference_auto_threshold_follows_the_cpu_kind(pretend_cpu, amx, compiles):
     """A pass projected at 100 s eagerly compiles on a CPU with AMX (where the warm-up is short and the gain large)
     and stays eager on one without it (where it would not repay a fresh machine's warm-up)."""
-    from types import MappingProxyType
-    caps = dict(torch.cpu.get_capabilities(), amx_bf16=amx)
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: MappingProxyType(caps))
+    pretend_cpu(amx_bf16=amx)
     assert compile_mod.machine_kind("cpu") == ("cpu-amx" if amx else "cpu")
     assert compile_mod.machine_kind("cuda") == "cuda"
     model = tiny_model("qa")
