@@ -1,8 +1,10 @@
 """Forward throughput of llama_ft vs transformers (same config, weights, batch, dtype, same run), and the
 peak memory of loading a checkpoint.
 
-    python benchmarks/forward.py [--quick] [--shapes smollm2-135m,llama-3.2-1b] [--json out.json]
+    python benchmarks/forward.py [--quick] [--shapes smollm2-135m,llama-3.2-1b] [--compile] [--json out.json]
 
+--compile adds a column: our decoder blocks compiled as the recipes' long inference passes compile them
+(llama_ft.train.compile.InferenceCompiler: dynamic shapes), against transformers eager, as it is commonly run.
 Each measurement alternates ours / transformers repetitions, so background load hits both alike; the
 figure is the median over repetitions. Prints a table and JSON.
 """
@@ -46,7 +48,7 @@ def time_forward(fn, reps: int) -> list[float]:
     return out
 
 
-def bench_shape(shape: str, batch: int, seq: int, reps: int, modes: list[str]) -> list[dict]:
+def bench_shape(shape: str, batch: int, seq: int, reps: int, modes: list[str], compiled: bool = False) -> list[dict]:
     cfg = llama_ft.LlamaConfig.from_pretrained(shape)
     ids = torch.randint(0, cfg.vocab_size, (batch, seq))
     rows = []
@@ -68,10 +70,31 @@ def bench_shape(shape: str, batch: int, seq: int, reps: int, modes: list[str]) -
             t_ours += time_forward(lambda m=ours: run(m, False), 1)
             t_ref += time_forward(lambda m=ref: run(m, True), 1)
         o, r = statistics.median(t_ours), statistics.median(t_ref)
-        rows.append({"shape": shape, "mode": mode, "batch": batch, "seq": seq,
-                     "ours_tokens_per_s": batch * seq / o, "transformers_tokens_per_s": batch * seq / r,
-                     "ratio": r / o, "max_abs_logit_diff": diff, "reps": reps})
+        row = {"shape": shape, "mode": mode, "batch": batch, "seq": seq,
+               "ours_tokens_per_s": batch * seq / o, "transformers_tokens_per_s": batch * seq / r,
+               "ratio": r / o, "max_abs_logit_diff": diff, "reps": reps}
+        if compiled:
+            row.update(compiled_row(ours, lambda m=ours: run(m, False), lambda m=ref: run(m, True), a, batch * seq,
+                                    reps))
+        rows.append(row)
     return rows
+
+
+def compiled_row(ours, run, run_ref, eager_logits: torch.Tensor, tokens: int, reps: int) -> dict:
+    """Our blocks compiled (dynamic shapes, as InferenceCompiler does for a long pass) against transformers eager,
+    alternating as above: warm-up, speed, agreement with our eager logits."""
+    from llama_ft.train.compile import InferenceCompiler
+    with InferenceCompiler(ours, True, total_tokens=0):
+        t = time.perf_counter()
+        c = run().float()
+        warmup = time.perf_counter() - t
+        t_ours, t_ref = [], []
+        for _ in range(reps):
+            t_ours += time_forward(run, 1)
+            t_ref += time_forward(run_ref, 1)
+    o, r = statistics.median(t_ours), statistics.median(t_ref)
+    return {"compiled_tokens_per_s": tokens / o, "compiled_ratio": r / o, "compile_warmup_s": warmup,
+            "compiled_max_abs_logit_diff_vs_eager": (c - eager_logits).abs().max().item()}
 
 
 PEAK_CODE = """
@@ -112,12 +135,13 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="smollm2-135m,llama-3.2-1b")
     ap.add_argument("--modes", default="fp32,bf16-autocast,bf16-weights",
                     help="fp32; bf16-autocast (fp32 weights); bf16-weights (bf16 weights + autocast)")
+    ap.add_argument("--compile", action="store_true", help="add our compiled blocks (the recipes' long passes)")
     ap.add_argument("--json", help="also write the JSON here")
     args = ap.parse_args(argv)
     batch, seq, reps = (4, 128, 3) if args.quick else (8, 256, 5)
     rows = []
     for shape in args.shapes.split(","):
-        rows += bench_shape(shape, batch, seq, reps, args.modes.split(","))
+        rows += bench_shape(shape, batch, seq, reps, args.modes.split(","), args.compile)
     loads = load_checkpoints(args.quick)
     report = {"benchmark": "forward", "torch": torch.__version__, "threads": torch.get_num_threads(),
               "machine": platform.processor() or platform.machine(), "rows": rows, "load": loads}
@@ -127,6 +151,13 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['shape']} | {r['mode']} | {r['batch']}x{r['seq']} | {r['ours_tokens_per_s']:,.0f} | "
               f"{r['transformers_tokens_per_s']:,.0f} | {r['ratio']:.2f}x | {r['max_abs_logit_diff']:.2g} |")
+    if args.compile:
+        print("\n| shape | mode | batch x seq | llama_ft compiled tok/s | ratio to transformers eager | warm-up s | "
+              "max |logit diff| to our eager |\n|---|---|---|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['shape']} | {r['mode']} | {r['batch']}x{r['seq']} | {r['compiled_tokens_per_s']:,.0f} | "
+                  f"{r['compiled_ratio']:.2f}x | {r['compile_warmup_s']:.1f} | "
+                  f"{r['compiled_max_abs_logit_diff_vs_eager']:.2g} |")
     print("\n| checkpoint | loaded as | model bytes | peak RSS growth | ratio |\n|---|---|---:|---:|---:|")
     for r in loads:
         print(f"| {Path(r['checkpoint']).name} | {r['dtype']} | {r['model_bytes']:,} | {r['peak_growth_bytes']:,} | "

@@ -60,6 +60,3 @@ def _divisor(measured: dict, spec: dict | None) -> dict:
     return {"mfu_peak": {k: base[k] for k in ("bf16", "fp16", "fp32") if k in base},
             "peak_source": "spec" if base is spec else "measured matmul"}
 
-
-def amp_key(amp: torch.dtype | None) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[amp]

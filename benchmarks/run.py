@@ -25,8 +25,11 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     __package__ = "benchmarks"
 
+from llama_ft.train.config import resolve_amp
+
 from . import curves, e2e, mfu
 from .train_step import (
+    AMP_NAMES,
     POLICIES,
     Setting,
     batch,
@@ -38,13 +41,14 @@ from .train_step import (
     timed,
 )
 
-AMPS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AMPS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}  # fp32: no autocast (TrainConfig amp "none")
 
-# Sizes per mode. steps: shape -> (batch, seq, steps per repetition, repetitions, policies or None for all,
-# the "as commonly run" column); mfu: `full` (shape, batch, seq) sizes, ours alone; then the cost curves.
+# Sizes per mode. amps: the autocast dtypes measured ("auto": the one TrainConfig(amp="auto") trains in there);
+# steps: shape -> (batch, seq, steps per repetition, repetitions, policies or None for all, the "as commonly run"
+# column); mfu: `full` (shape, batch, seq) sizes, ours alone; then the cost curves.
 PLANS = {
     "cpu-quick": {
-        "amps": ["bf16"], "threads": 1,
+        "amps": ["auto"], "threads": 1,
         "steps": {"smollm2-135m": (2, 128, 1, 3, None, True), "llama-3.2-1b": (1, 64, 1, 2, ["head", "last:4"], False)},
         "mfu": [("smollm2-135m", 1, 256)], "mfu_reps": 2,
         "layers": {"shape": "smollm2-135m", "ks": [0, 1, 4, 16], "n": 16, "seq": 64, "batch": 8},
@@ -52,7 +56,7 @@ PLANS = {
         "size": {"shape": "smollm2-135m", "ns": [8, 16, 32], "seq": 64, "batch": 8},
         "grouping": {"shape": "smollm2-135m", "n": 64, "batch": 16}},
     "cpu-full": {
-        "amps": ["bf16"], "threads": None,
+        "amps": ["auto"], "threads": None,
         "steps": {"smollm2-135m": (8, 256, 1, 3, None, True), "llama-3.2-1b": (4, 128, 1, 3, None, False)},
         "mfu": [("smollm2-135m", 4, 256), ("smollm2-135m", 8, 256), ("smollm2-135m", 4, 512)], "mfu_reps": 3,
         # Long CPU runs train compiled (TrainConfig.compile="auto"), so that MFU is the one a run gets.
@@ -71,13 +75,22 @@ PLANS = {
         "size": {"shape": "llama-3.2-1b", "ns": [64, 128, 256, 512, 1024], "seq": 256, "batch": 32},
         "grouping": None},
     "smoke": {
-        "amps": ["bf16"], "threads": None, "steps": {"tiny": (2, 32, 1, 2, None, True)}, "mfu": [("tiny", 2, 64)],
+        "amps": ["auto"], "threads": None, "steps": {"tiny": (2, 32, 1, 2, None, True)}, "mfu": [("tiny", 2, 64)],
         "mfu_reps": 1, "mfu_compiled": [("tiny", 2, 64)],
         "layers": {"shape": "tiny", "ks": [0, 1, 4], "n": 8, "seq": 16, "batch": 4},
         "seq": {"shape": "tiny", "seqs": [8, 16], "n": 8, "batch": 4, "policy": "last:2"},
         "size": {"shape": "tiny", "ns": [8, 16], "seq": 16, "batch": 4, "policy": "last:2"},
         "grouping": {"shape": "tiny", "n": 32, "batch": 8, "policy": "last:2"}},
 }
+
+
+def plan_amps(plan_amps: list[str], device: torch.device, amp: str = "auto") -> list[str]:
+    """The autocast dtype names to measure: --amp's, else the plan's, where "auto" is what a training run there
+    computes in (resolve_amp: bf16 on a GPU and on a CPU with bf16 dot products, fp32 on any other CPU, where a
+    bf16 step is up to 30x slower and comparing two bf16 paths would say nothing about a real run)."""
+    names = plan_amps if amp == "auto" else [amp]
+    auto = AMP_NAMES[resolve_amp("auto", device)]
+    return list(dict.fromkeys(auto if a == "auto" else a for a in names))
 
 
 def machine(device: torch.device) -> dict:
@@ -111,12 +124,14 @@ class Suite:
         self.device = torch.device(args.device)
         self.plan = PLANS["smoke" if args.smoke else "cuda" if self.device.type == "cuda"
                           else "cpu-quick" if args.quick else "cpu-full"]
+        self.amps = plan_amps(self.plan["amps"], self.device, args.amp)
+        self.amp = self.amps[0]  # the dtype of the MFU sweep and the curves
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.t0 = time.perf_counter()
         self.res: dict = {"command": "python " + " ".join(sys.argv), "mode": next(k for k, v in PLANS.items()
                                                                            if v is self.plan),
-                          "machine": machine(self.device), "errors": [], "skipped": []}
+                          "amps": self.amps, "machine": machine(self.device), "errors": [], "skipped": []}
 
     def save(self) -> None:
         self.res["seconds"] = round(time.perf_counter() - self.t0, 1)
@@ -171,14 +186,14 @@ class Suite:
                 m = self.mfu_of(row["shape"], row["policy"], row["seq"], row.get(f"{k}_tok_s"), row["amp"])
                 if m is not None:
                     row[f"{k}_mfu"] = m
-        peak = self.res["peaks"]["mfu_peak"]["bf16"]
         for row in self.res.get("mfu", []):
             cfg, tok_s = config(row["shape"]), row["ours_tok_s"]
+            peak = self.res["peaks"]["mfu_peak"][row["amp"]]
             f = mfu.step_flops(cfg, "full", row["seq"])["per_token"]
             fc = mfu.step_flops(cfg, "full", row["seq"], causal=True)["per_token"]
             row.update(tflops=round(f * tok_s / 1e12, 3), mfu=round(f * tok_s / peak, 4),
                        mfu_causal_count=round(fc * tok_s / peak, 4),
-                       of_measured_matmul=round(f * tok_s / self.res["peaks"]["measured"]["bf16"], 4))
+                       of_measured_matmul=round(f * tok_s / self.res["peaks"]["measured"][row["amp"]], 4))
 
     def steps(self, amps: list[str]) -> None:
         rows = self.res.setdefault("steps", [])
@@ -204,10 +219,10 @@ class Suite:
                     self.save()
 
     def mfu_sweep(self, compiled: bool = False) -> None:
-        """Ours alone, policy `full`, at the plan's sizes (bf16); `compiled`: TrainConfig(compile=True), at the
+        """Ours alone, policy `full`, at the plan's sizes (in self.amp); `compiled`: TrainConfig(compile=True), at the
         plan's `mfu_compiled` sizes (run last: compiling takes a while and must not crowd out the rest)."""
         rows = self.res.setdefault("mfu", [])
-        amp = torch.bfloat16
+        amp = AMPS[self.amp]
         for shape, b, t in self.plan["mfu_compiled" if compiled else "mfu"]:
             what = f"mfu {shape} {b}x{t}" + (" compiled" if compiled else "")
             if self.over_budget(what):
@@ -234,7 +249,7 @@ class Suite:
         step(bt)  # warm-up; with `compiled`, the forward and backward graphs are built here
         warmup_s = time.perf_counter() - t0
         times = sorted(timed(step, bt, s.steps, self.device) for _ in range(s.reps))
-        row = {"shape": shape, "policy": "full", "amp": "bf16", "batch": b, "seq": t, "compiled": compiled,
+        row = {"shape": shape, "policy": "full", "amp": AMP_NAMES[amp], "batch": b, "seq": t, "compiled": compiled,
                "ours_tok_s": round(b * t / times[len(times) // 2], 1)}
         if compiled:
             row["compile_s"] = round(warmup_s, 1)
@@ -246,7 +261,7 @@ class Suite:
 
     def curves(self) -> None:
         c = self.res.setdefault("curves", {})
-        amp = "bf16"
+        amp = "none" if self.amp == "fp32" else self.amp  # TrainConfig's spelling
         p = self.plan
         for key, fn, kw in (
                 ("layers", curves.layers_curve, dict(p["layers"])),
@@ -352,6 +367,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-common", action="store_true", help="skip the transformers 'as commonly run' column")
     ap.add_argument("--e2e-runs", help="comma list of recipe output folders to tabulate (section e2e)")
     ap.add_argument("--e2e-smoke", action="store_true", help="section e2e: run both recipes on a tiny slice")
+    ap.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+                    help="autocast dtype (default auto: the plan's; on CPU the dtype TrainConfig(amp='auto') trains "
+                         "in, bf16 with bf16 dot products, else fp32)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
     ap.add_argument("--budget-s", type=float, help="skip what is left once this many seconds have passed")
     ap.add_argument("--out", help="folder for results.json and the PNGs (default benchmarks/results/<mode>)")
@@ -382,7 +400,7 @@ def main(argv=None) -> int:
     if "mfu" in sections:
         suite.mfu_sweep()
     # The first autocast dtype's rows come before the curves, any other (fp16 on CUDA) after them.
-    first, *later = suite.plan["amps"]
+    first, *later = suite.amps
     if "steps" in sections:
         suite.steps([first])
     if "curves" in sections:

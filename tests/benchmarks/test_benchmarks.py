@@ -3,10 +3,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks import e2e, mfu
 from benchmarks.curves import padding_table
-from benchmarks.run import main
+from benchmarks.run import main, plan_amps
 from benchmarks.train_step import config
 
 
@@ -63,10 +64,22 @@ def test_suite_smoke(tmp_path, capsys):
     assert not res["errors"]
     rows = {r["policy"]: r for r in res["steps"]}
     assert set(rows) == {"head", "lora:8"}
+    assert res["amps"] == plan_amps(["auto"], torch.device("cpu"))
+    assert {r["amp"] for r in rows.values()} == set(res["amps"])
     for r in rows.values():
         assert r["ours_tok_s"] > 0 and r["hf_tok_s"] > 0 and r["first_loss_diff"] < 1e-2
     assert rows["head"]["eval_max_logit_diff"] < 0.05
     assert "| tiny | head |" in capsys.readouterr().out
+
+
+def test_cpu_plans_measure_the_dtype_a_run_trains_in(pretend_cpu):
+    cpu = torch.device("cpu")
+    pretend_cpu(avx512_bf16=False, amx_bf16=False)
+    assert plan_amps(["auto"], cpu) == ["fp32"]
+    assert plan_amps(["auto"], cpu, amp="bf16") == ["bf16"]
+    pretend_cpu(amx_bf16=True)
+    assert plan_amps(["auto"], cpu) == ["bf16"]
+    assert plan_amps(["auto", "bf16"], cpu) == ["bf16"]
 
 
 @pytest.mark.slow
