@@ -31,6 +31,18 @@ def test_asking_for_bf16_on_a_cpu_without_it_runs_it_and_says_why_it_is_slow(pre
         assert resolve_amp("bf16", CPU) == torch.bfloat16
 
 
+def test_the_slow_bf16_warning_prints_once_however_many_places_ask(pretend_cpu):
+    """A recipe resolves its amp in three places (its device, the engine, predict): one warning, not three."""
+    import warnings
+    pretend_cpu(avx512_bf16=False, amx_bf16=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's own filter for a UserWarning: once per place it is issued
+        resolve_amp("bf16", CPU)
+        resolve_amp("bf16", CPU)
+        assert resolve_amp("bf16", CPU) == torch.bfloat16
+    assert len([w for w in caught if "bf16 dot products" in str(w.message)]) == 1
+
+
 def test_asking_for_bf16_on_a_cpu_with_it_is_silent(pretend_cpu, recwarn):
     pretend_cpu(avx512_bf16=True)
     assert resolve_amp("bf16", CPU) == torch.bfloat16

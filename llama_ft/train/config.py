@@ -160,7 +160,7 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "bf16" and device.type == "cpu" and not cpu_has_bf16_dot():
         warnings.warn("amp='bf16' on a CPU without bf16 dot products (no avx512_bf16 or amx_bf16 in its flags): "
                       "its matmuls run several times slower than in fp32. Use amp='auto' or 'none' (--amp auto) "
-                      "unless you want bf16's numerics.", stacklevel=2)
+                      "unless you want bf16's numerics.", stacklevel=1)  # one place: once a process, not per caller
     if amp == "fp16" and device.type != "cuda":
         raise ValueError("amp='fp16' needs CUDA (fp16 autocast with a gradient scaler); on CPU use amp='bf16'.")
     if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
