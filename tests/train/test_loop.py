@@ -192,14 +192,32 @@ def test_mfu_divides_by_the_faster_probe_of_the_start_and_the_end_of_training(mo
     cache's last pages): when it reads low, the run's MFU divides by the probe after training instead."""
     from llama_ft.model import flops
     from llama_ft.train import loop
-    readings = iter([1e9, 4e9])
+    readings = iter([1e13, 4e13])  # more than the tiny model's steps reach: no step reads above 100% MFU
     monkeypatch.setattr(flops, "matmul_peak", lambda *a, **k: next(readings))
     monkeypatch.setattr(flops, "_PROBED", {})
     short = train(tiny_model(), dataset(n=16), train_config(policy="head", epochs=1))
-    assert short.peak_flops == 1e9  # a run under REPROBE_MIN_SECONDS keeps its one probe
+    assert short.peak_flops == 1e13  # a run under REPROBE_MIN_SECONDS keeps its one probe
     monkeypatch.setattr(loop, "REPROBE_MIN_SECONDS", 0.0)  # as a long run
     r = train(tiny_model(), dataset(n=16), train_config(policy="head", epochs=1))
-    assert r.peak_flops == 4e9 and r.mfu == pytest.approx(r.model_flops / r.train_seconds / 4e9)
+    assert r.peak_flops == 4e13 and r.mfu == pytest.approx(r.model_flops / r.train_seconds / 4e13)
+
+
+def test_a_step_above_100_percent_mfu_probes_the_peak_again_once(monkeypatch, tmp_path):
+    """MFU above 100% proves that the first probe read low: the step log probes once more, between steps, and
+    that step, the later ones and the run's MFU divide by the faster probe."""
+    from llama_ft.model import flops
+    readings, calls = [1.0, 1e15, 1e16], []  # the first absurdly low; a third probe would be a second re-probe
+
+    def probe(*args, **kwargs):
+        calls.append(args)
+        return readings[len(calls) - 1]
+    monkeypatch.setattr(flops, "matmul_peak", probe)
+    monkeypatch.setattr(flops, "_PROBED", {})
+    r = train(tiny_model(), dataset(n=16), train_config(policy="head", epochs=2, output_dir=str(tmp_path)))
+    lines = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    steps = [x for x in lines if "mfu" in x]
+    assert len(calls) == 2 and len(steps) >= 2 and all(0 < x["mfu"] < 1 for x in steps)
+    assert r.peak_flops == 1e15 and r.mfu == pytest.approx(r.model_flops / r.train_seconds / 1e15)
 
 
 def test_mfu_peak_auto_probes_and_none_logs_no_mfu(tmp_path):
