@@ -84,11 +84,11 @@ PLANS = {
 }
 
 
-def plan_amps(plan_amps: list[str], device: torch.device, amp: str = "auto") -> list[str]:
+def plan_amps(planned: list[str], device: torch.device, amp: str = "auto") -> list[str]:
     """The autocast dtype names to measure: --amp's, else the plan's, where "auto" is what a training run there
     computes in (resolve_amp: bf16 on a GPU and on a CPU with bf16 dot products, fp32 on any other CPU, where a
     bf16 step is up to 30x slower and comparing two bf16 paths would say nothing about a real run)."""
-    names = plan_amps if amp == "auto" else [amp]
+    names = planned if amp == "auto" else [amp]
     auto = AMP_NAMES[resolve_amp("auto", device)]
     return list(dict.fromkeys(auto if a == "auto" else a for a in names))
 
