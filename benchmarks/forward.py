@@ -48,6 +48,15 @@ def time_forward(fn, reps: int) -> list[float]:
     return out
 
 
+def alternate(ours, ref, reps: int) -> tuple[float, float]:
+    """Median seconds of `ours` and `ref`, run in turn `reps` times, so that background load hits both alike."""
+    t_ours, t_ref = [], []
+    for _ in range(reps):
+        t_ours += time_forward(ours, 1)
+        t_ref += time_forward(ref, 1)
+    return statistics.median(t_ours), statistics.median(t_ref)
+
+
 def bench_shape(shape: str, batch: int, seq: int, reps: int, modes: list[str], compiled: bool = False) -> list[dict]:
     cfg = llama_ft.LlamaConfig.from_pretrained(shape)
     ids = torch.randint(0, cfg.vocab_size, (batch, seq))
@@ -65,11 +74,7 @@ def bench_shape(shape: str, batch: int, seq: int, reps: int, modes: list[str], c
         # One warm-up each, and a check that both compute the same thing.
         a, b = run(ours, False).float(), run(ref, True).float()
         diff = (a - b).abs().max().item()
-        t_ours, t_ref = [], []
-        for _ in range(reps):
-            t_ours += time_forward(lambda m=ours: run(m, False), 1)
-            t_ref += time_forward(lambda m=ref: run(m, True), 1)
-        o, r = statistics.median(t_ours), statistics.median(t_ref)
+        o, r = alternate(lambda m=ours: run(m, False), lambda m=ref: run(m, True), reps)
         row = {"shape": shape, "mode": mode, "batch": batch, "seq": seq,
                "ours_tokens_per_s": batch * seq / o, "transformers_tokens_per_s": batch * seq / r,
                "ratio": r / o, "max_abs_logit_diff": diff, "reps": reps}
@@ -88,11 +93,7 @@ def compiled_row(ours, run, run_ref, eager_logits: torch.Tensor, tokens: int, re
         t = time.perf_counter()
         c = run().float()
         warmup = time.perf_counter() - t
-        t_ours, t_ref = [], []
-        for _ in range(reps):
-            t_ours += time_forward(run, 1)
-            t_ref += time_forward(run_ref, 1)
-    o, r = statistics.median(t_ours), statistics.median(t_ref)
+        o, r = alternate(run, run_ref, reps)
     return {"compiled_tokens_per_s": tokens / o, "compiled_ratio": r / o, "compile_warmup_s": warmup,
             "compiled_max_abs_logit_diff_vs_eager": (c - eager_logits).abs().max().item()}
 

@@ -416,8 +416,9 @@ class StepLog:
         mem = memory_bytes(self.device)
         if self.peak and self.reprobe is not None and flops / seconds > self.peak:
             # An MFU above 100% proves that the probe ran beside other work and read low: probe once more, between
-            # steps (outside any step's seconds), and let this and later steps divide by the faster probe.
-            self.peak, self.reprobe = max(self.peak, self.reprobe()), None
+            # steps (outside any step's seconds), and let this and later steps divide by the faster probe (a
+            # peak_flops the user gave comes back unchanged).
+            self.peak, self.reprobe = self.reprobe(), None
         mfu = {"mfu": flops / seconds / self.peak} if self.peak else {}
         self.log.write(step=step, epoch=epoch, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=real / seconds,
                        **mfu, seconds=seconds, real_tokens=real, padded_tokens=padded, memory=mem["current"],
@@ -526,8 +527,7 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
     res.peak_flops = resolve_peak(cfg.peak_flops, device, amp_dtype)
     steplog = StepLog(log, cfg, geo.total_steps, step, cfg.progress and rank == 0, device,
                       res.peak_flops * world if res.peak_flops else None,
-                      (lambda: resolve_peak(cfg.peak_flops, device, amp_dtype, again=True) * world)
-                      if isinstance(cfg.peak_flops, str) else None)
+                      lambda: resolve_peak(cfg.peak_flops, device, amp_dtype, again=True) * world)
     guard = DivergenceGuard(cfg.divergence_factor, chance_loss(model.task, lengths, getattr(model, "num_labels", 2)),
                             res.losses, res.grad_norms)
     min_seconds = cfg.compile_min_seconds if cfg.compile_min_seconds is not None else auto_min_seconds(device.type)
