@@ -63,7 +63,8 @@ def resident_bytes() -> int | None:
 
 class StepTrim:
     """Called after each training step: release_free_memory once the resident set has grown by `growth` bytes
-    (STEP_GROWTH) since the last release, and every time where the resident set cannot be read."""
+    (STEP_GROWTH) since the last release, and every time where the resident set cannot be read or `growth` is 0
+    (a resident set that shrank since the last release would otherwise skip a step)."""
 
     def __init__(self, growth: int | None = None):
         self.growth = STEP_GROWTH if growth is None else growth
@@ -71,7 +72,7 @@ class StepTrim:
 
     def __call__(self) -> bool:
         now = resident_bytes()
-        if now is not None and self.mark is not None and now - self.mark < self.growth:
+        if self.growth and now is not None and self.mark is not None and now - self.mark < self.growth:
             return False
         released = release_free_memory()
         self.mark = resident_bytes() if released else None
