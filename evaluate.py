@@ -4,12 +4,13 @@
         [--before PRED0.json [--before-na-probs NA0.json]] [--only-predicted] [--json OUT.json]
     python evaluate.py classification --gold GOLD --predictions PRED [--before PRED0] [--json OUT.json]
 
-SQuAD files use the official formats (predictions {question_id: answer_text}). A question without prediction
+SQuAD files use the official formats (predictions {question_id: answer_text}), or the JSONL that
+`python -m llama_ft.predict` writes (one {"id", "answer", ...} a line). A question without prediction
 scores 0 in exact_match/f1 and is scored as '' by the other metrics; the count is printed. Label files are a
-JSON list, a JSON object {id: label}, or a TSV with a `label` or `prediction` column (see
-llama_ft/metrics/inputs.py). With --before, a SQuAD table is followed by the paired difference of exact match
-and F1 over the same questions, with its bootstrap interval: whether two runs differ by more than the draw of
-questions. METEOR needs the NLTK data built once by `python -m llama_ft.metrics.nltk_data`.
+JSON list, a JSON object {id: label}, a TSV with a `label` or `prediction` column, or llama_ft.predict's
+JSONL (see llama_ft/metrics/inputs.py). With --before, a SQuAD table is followed by the paired difference of
+exact match and F1 over the same questions, with its bootstrap interval: whether two runs differ by more than the
+draw of questions. METEOR needs the NLTK data built once by `python -m llama_ft.metrics.nltk_data`.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     tasks = parser.add_subparsers(dest="task", required=True)
     squad = tasks.add_parser("squad", help="SQuAD v1.1/v2.0: bleu, exact_match, f1, meteor, rouge, squad_v2")
     squad.add_argument("--dataset", required=True, help="official SQuAD dataset, .json or .zip")
-    squad.add_argument("--predictions", required=True, help="{question_id: answer_text} JSON")
+    squad.add_argument("--predictions", required=True,
+                       help="{question_id: answer_text} JSON, or llama_ft.predict's JSONL")
     squad.add_argument("--na-probs", help="{question_id: no-answer probability} JSON for --predictions")
     squad.add_argument("--before", help="predictions before fine-tuning: adds the Before column")
     squad.add_argument("--before-na-probs", help="no-answer probabilities for --before")
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     squad.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap (with --before)")
     squad.add_argument("--json", help="also write the reports to this JSON file")
     classification = tasks.add_parser("classification", help="SST-2: accuracy, weighted precision/recall/F1")
-    classification.add_argument("--gold", required=True, help="true labels: JSON list/object or TSV")
+    classification.add_argument("--gold", required=True, help="true labels: JSON list/object, TSV or JSONL")
     classification.add_argument("--predictions", required=True, help="predicted labels, same layout")
     classification.add_argument("--before", help="predictions before fine-tuning: adds a row")
     classification.add_argument("--json", help="also write the reports to this JSON file")

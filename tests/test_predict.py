@@ -4,12 +4,14 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
 import llama_ft
+from llama_ft.metrics.inputs import load_predictions
 from llama_ft.predict import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +70,49 @@ def test_question_answering_file(exports, tmp_path):
         question=questions, context=[CONTEXT] * 3)
     assert [(g["answer"], g["start"], g["end"]) for g in got] == [(w["answer"], w["start"], w["end"]) for w in want]
     assert all(g["answer"] == CONTEXT[g["start"]:g["end"]] for g in got)
+
+
+def squad_doc(questions: list[tuple[str, str]]) -> dict:
+    """An official-layout SQuAD document: one article, one paragraph, these (id, question) pairs."""
+    qas = [{"id": qid, "question": q, "answers": []} for qid, q in questions]  # not read: a test set may have none
+    return {"version": "1.1", "data": [{"title": "Super_Bowl_50", "paragraphs": [{"context": CONTEXT, "qas": qas}]}]}
+
+
+def test_question_answering_reads_an_official_squad_file(exports, tmp_path):
+    """A SQuAD .json or .zip is predicted question by question in file order, with its ids, as the same questions
+    given as JSONL; evaluate.py reads the output as it is."""
+    questions = [("q1", "Who won Super Bowl 50?"), ("q2", "Which season was it?"), ("q3", "What was the score?")]
+    doc = squad_doc(questions)
+    doc["data"].insert(0, {"title": "empty", "paragraphs": []})
+    (tmp_path / "dev.json").write_text(json.dumps(doc))
+    with zipfile.ZipFile(tmp_path / "dev.zip", "w") as z:
+        z.writestr("dev.json", json.dumps(doc))
+    write_jsonl(tmp_path / "in.jsonl", [{"id": i, "question": q, "context": CONTEXT} for i, q in questions])
+    outs = {}
+    for name in ("dev.json", "dev.zip", "in.jsonl"):
+        outs[name] = tmp_path / f"{name}.out.jsonl"
+        assert main([str(exports["qa"]), "--task", "question-answering", "--input", str(tmp_path / name),
+                     "--output", str(outs[name]), "--max-length", "40"]) == 0
+    got = read_jsonl(outs["dev.json"])
+    assert [g["id"] for g in got] == ["q1", "q2", "q3"]
+    assert got == read_jsonl(outs["dev.zip"]) == read_jsonl(outs["in.jsonl"])
+    assert load_predictions(outs["dev.json"]) == {g["id"]: g["answer"] for g in got}
+
+
+@pytest.mark.parametrize("doc,message", [
+    ({"version": "1.1"}, "not the official SQuAD layout"),
+    ({"data": [{"title": "x"}]}, "data[0] has no `paragraphs` list"),
+    (squad_doc([("q1", "Who?"), ("q2", "")]), "question 1 (id 'q2') has no question"),
+    (squad_doc([("q1", "Who?"), (None, "Why?")]), "question 1 (id None) has no id"),
+    ({"data": []}, "the file holds no question"),
+])
+def test_bad_squad_files_are_named(exports, tmp_path, capsys, doc, message):
+    (tmp_path / "dev.json").write_text(json.dumps(doc))
+    assert main([str(exports["qa"]), "--task", "question-answering", "--input", str(tmp_path / "dev.json"),
+                 "--output", str(tmp_path / "out.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --input {tmp_path / 'dev.json'}") and message in err, err
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 @pytest.mark.parametrize("line,message", [

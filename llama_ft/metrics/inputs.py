@@ -2,10 +2,12 @@
 
 - SQuAD dataset: the official layout {"data": [{"paragraphs": [{"qas": [{"id", "answers": [{"text"}]}]}]}]},
   as .json or as a .zip holding one .json; returns {question_id: [gold answer texts]}.
-- predictions: the official {question_id: answer_text}; no-answer probabilities: {question_id: number}.
-- classification labels: a JSON list, a JSON object {id: label}, or a TSV with a header and a `label` or
-  `prediction` column (GLUE layout; an `index` column, when present, gives the ids). Labels are ints or
-  strings; strings of digits are read as ints, so "1" in a TSV equals 1 in JSON.
+- predictions: the official {question_id: answer_text}, or the JSONL `python -m llama_ft.predict` writes (one
+  {"id", "answer", ...} a line); no-answer probabilities: {question_id: number}.
+- classification labels: a JSON list, a JSON object {id: label}, a TSV with a header and a `label` or
+  `prediction` column (GLUE layout; an `index` column, when present, gives the ids), or llama_ft.predict's JSONL
+  (one {"label", ...} a line; its "id" when every line has one, else the line's place: 0, 1, ...). Labels are
+  ints or strings; strings of digits are read as ints, so "1" in a TSV equals 1 in JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import json
 import math
 import zipfile
 from pathlib import Path
+
+from llama_ft.files import jsonl_objects
 
 
 class InputError(ValueError):
@@ -96,9 +100,40 @@ def load_squad_dataset(path: str | Path) -> dict[str, list[str]]:
     return references
 
 
+def _jsonl_rows(path: Path, field: str) -> list[tuple[int, str | None, object]]:
+    """(line, "id" or None, `field`) of each object of a JSONL file, as `python -m llama_ft.predict` writes them."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    hint = f'llama_ft.predict writes one {{"id": ..., "{field}": ...}} a line'
+    rows = []
+    for line, obj in jsonl_objects(path, InputError, hint=hint):
+        if field not in obj:
+            raise InputError(f"{path}:{line}: no \"{field}\" field; {hint}.")
+        if "id" in obj and not isinstance(obj["id"], (str, int)):
+            raise InputError(f"{path}:{line}: \"id\" is {obj['id']!r}; ids are strings or ints.")
+        rows.append((line, str(obj["id"]) if "id" in obj else None, obj[field]))
+    if not rows:
+        raise InputError(f"{path}: the file is empty")
+    seen = {}
+    for line, key, _ in rows:
+        if key is not None and seen.setdefault(key, line) != line:
+            raise InputError(f"{path}:{line}: id {key!r} again (first on line {seen[key]}); each line needs its own")
+    return rows
+
+
 def load_predictions(path: str | Path) -> dict[str, str]:
-    """Return {question_id: answer_text} from an official SQuAD predictions file."""
+    """Return {question_id: answer_text} from an official SQuAD predictions file or llama_ft.predict's JSONL."""
     path = Path(path)
+    if path.suffix.lower() == ".jsonl":
+        rows = _jsonl_rows(path, "answer")
+        for line, key, answer in rows:
+            if key is None:
+                raise InputError(f"{path}:{line}: no \"id\" field; SQuAD predictions are scored by question id: "
+                                 "predict a file whose questions have ids (a SQuAD .json, or JSONL with \"id\").")
+            if not isinstance(answer, str):
+                raise InputError(f"{path}:{line}: the answer is a {type(answer).__name__} ({answer!r:.60}); "
+                                 "every answer must be a string, '' for no answer")
+        return {key: answer for _, key, answer in rows}
     predictions = _read_json(path)
     if isinstance(predictions, list):
         raise InputError(
@@ -147,8 +182,18 @@ def _label(value, where: str, path: Path) -> int | str:
 
 
 def load_labels(path: str | Path) -> dict[str, int | str]:
-    """Return {id: label} from a JSON list (ids "0", "1", ...), a JSON object, or a TSV (label/prediction)."""
+    """Return {id: label} from a JSON list (ids "0", "1", ...), a JSON object, a TSV (label/prediction) or
+    llama_ft.predict's JSONL."""
     path = Path(path)
+    if path.suffix.lower() == ".jsonl":
+        rows = _jsonl_rows(path, "label")
+        with_ids = [key is not None for _, key, _ in rows]
+        if any(with_ids) and not all(with_ids):
+            line = rows[with_ids.index(not with_ids[0])][0]
+            raise InputError(f"{path}:{line}: some lines have an \"id\" and some do not; give every line one, "
+                             "or none (the lines are then ids 0, 1, ... in order)")
+        return {key if key is not None else str(i): _label(value, f"on line {line}", path)
+                for i, (line, key, value) in enumerate(rows)}
     if path.suffix != ".tsv":
         labels = _read_json(path)
         if isinstance(labels, list):

@@ -215,6 +215,30 @@ def test_other_bad_files(squad_files, capsys, tmp_path):
     assert code == 2 and "questions have no no-answer probability" in err
 
 
+def test_llama_ft_predict_jsonl_scores_as_the_official_predictions(squad_files, capsys, tmp_path):
+    """The JSONL `python -m llama_ft.predict` writes ({"id", "answer", "score", ...} a line) scores exactly as the
+    same answers in the official {id: answer} file; a line it could not have written is named."""
+    folder, after = squad_files
+    lines = [json.dumps({"id": qid, "answer": answer, "score": 0.5, "start": 0, "end": len(answer)})
+             for qid, answer in after.items()]
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n\n")
+    want = run(capsys, "squad", "--dataset", folder / "dev.json", "--predictions", folder / "after.json")
+    got = run(capsys, "squad", "--dataset", folder / "dev.json", "--predictions", tmp_path / "p.jsonl")
+    assert want[0] == got[0] == 0 and got[1] == want[1].replace("after.json", "p.jsonl")
+    first = next(iter(after))
+    bad = {
+        '{"id": "ID", "prediction": "x"}': 'p.jsonl:2: no "answer" field',
+        '{"answer": "x"}': 'p.jsonl:2: no "id" field; SQuAD predictions are scored by question id',
+        '{"id": "ID", "answer": null}': "p.jsonl:2: the answer is a NoneType",
+        '{"id": "FIRST", "answer": "x"}': "p.jsonl:2: id 'FIRST' again (first on line 1)",
+        '["x"]': "p.jsonl:2: a JSON list, not an object",
+    }
+    for line, message in bad.items():
+        (tmp_path / "p.jsonl").write_text(lines[0] + "\n" + line.replace("FIRST", first).replace("ID", "q2") + "\n")
+        code, out, err = run(capsys, "squad", "--dataset", folder / "dev.json", "--predictions", tmp_path / "p.jsonl")
+        assert code == 2 and out == "" and message.replace("FIRST", first) in err, err
+
+
 def test_classification_table_and_bad_labels(capsys, tmp_path):
     (tmp_path / "gold.tsv").write_text("sentence\tlabel\ngood film \t1\nbad film \t0\nfine \t1\nmeh \t0\n")
     (tmp_path / "after.tsv").write_text("index\tprediction\n0\t1\n1\t0\n2\t1\n3\t1\n")
@@ -242,7 +266,16 @@ def test_classification_table_and_bad_labels(capsys, tmp_path):
         code, out, _ = run(capsys, "classification", "--gold", tmp_path / "gold.tsv", "--predictions", after,
                            "--before", before)
         assert code == 0 and [row.split(" | ")[0] for row in out.splitlines()[2:]] == [f"| {n}" for n in names]
+    # llama_ft.predict's JSONL: ids by line order when its input had none, its "id" when every line has one
+    (tmp_path / "pred.jsonl").write_text("".join(json.dumps({"label": y, "score": 0.9}) + "\n" for y in (1, 0, 1, 1)))
+    (tmp_path / "ids.jsonl").write_text("".join(json.dumps({"id": i, "label": y}) + "\n"
+                                                for i, y in ((3, 1), (2, 1), (1, 0), (0, 1))))
+    for name in ("pred.jsonl", "ids.jsonl"):
+        code, out, _ = run(capsys, "classification", "--gold", tmp_path / "gold.tsv", "--predictions", tmp_path / name)
+        assert code == 0 and out.splitlines()[2:] == [f"| {name} | 75.00 | 0.8333 | 0.7500 | 0.7333 |"]
     bad = {
+        "mixed.jsonl": ('{"id": 0, "label": 1}\n{"label": 0}\n', "mixed.jsonl:2: some lines have an \"id\""),
+        "nolabel.jsonl": ('{"prediction": 1}\n', 'nolabel.jsonl:1: no "label" field'),
         "short.json": ("[1, 0]", "2 gold ids have no prediction (first: '2'), 0 predicted ids"),
         "scores.json": ("[0.9, 0.1, 0.2, 0.3]", "the label for '0' is 0.9"),
         "test.tsv": ("index\tsentence\n0\tx\n", "has no `label` or `prediction` column"),
