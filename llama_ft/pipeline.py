@@ -16,7 +16,6 @@ import math
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from llama_ft.hf.export import labels_of
 from llama_ft.hf.loading import as_dtype, from_pretrained, load_tokenizer
@@ -31,8 +30,6 @@ PIPELINE_TASKS = {"text-classification": "classification", "question-answering":
 QA_DEFAULTS = {"max_length": 384, "stride": 128, "n_best": N_BEST, "max_answer_tokens": MAX_ANSWER_TOKENS,
                "qa_format": "template"}
 AMPS = ("none", "bf16", "fp16")
-# Inputs handed to `predict` at a time: length-sorted across the whole call, and a progress bar that moves.
-CHUNK_BATCHES = 16
 
 
 class PipelineError(ValueError):
@@ -147,20 +144,11 @@ class _Pipeline:
         self.batch_size, self.amp, self.progress = batch_size, amp, progress
         self.device = next(model.parameters()).device
 
-    def _forward(self, examples: list[dict], unit: str) -> list:
-        """Model outputs for `examples` in their order, predicted in length-sorted batches."""
-        # Longest first, as `predict` orders each chunk: memory peaks at the first batch.
-        order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
-        out: list = [None] * len(examples)
-        step = self.batch_size * CHUNK_BATCHES
-        with tqdm(total=len(examples), unit=unit, disable=not self.progress, dynamic_ncols=True) as bar:
-            for k in range(0, len(order), step):
-                idx = order[k:k + step]
-                result = predict(self.model, [examples[i] for i in idx], self.batch_size, self.amp, self.device)
-                for i, r in zip(idx, result):
-                    out[i] = r
-                bar.update(len(idx))
-        return out
+    def _forward(self, examples: list[dict], unit: str) -> list | torch.Tensor:
+        """Model outputs for `examples` in their order (`predict`'s), in one pass over all of them: `auto`
+        compilation then weighs the whole pass, whose length can repay the warm-up where a slice of it would not."""
+        return predict(self.model, examples, self.batch_size, self.amp, self.device,
+                       progress="" if self.progress else None, unit=unit)
 
 
 def _texts(inputs, name: str) -> list[str]:
@@ -185,7 +173,7 @@ class TextClassificationPipeline(_Pipeline):
     def __call__(self, inputs: str | list[str], top_k: int | None = 1) -> list:
         texts = _texts(inputs, "inputs")
         examples = [{"input_ids": ids[:self.max_length]} for ids in self.tokenizer.encode_batch(texts)]
-        logits = torch.stack(self._forward(examples, "text")) if examples else torch.empty(0, len(self.labels))
+        logits = self._forward(examples, "text") if examples else torch.empty(0, len(self.labels))
         probs = logits.sigmoid() if logits.shape[-1] == 1 else logits.softmax(-1)
         k = probs.shape[-1] if top_k is None else min(top_k, probs.shape[-1])
         scores, ids = probs.topk(k, dim=-1)

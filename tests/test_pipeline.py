@@ -1,5 +1,6 @@
 """Text-in pipelines: what transformers' pipelines return, computed as the recipes compute it (SST-2 encoding,
 the SQuAD recipe's windows and decoding), from an export or a run folder."""
+import importlib
 import json
 
 import pytest
@@ -84,6 +85,28 @@ def test_classification_matches_each_text_alone_with_label_names(clf_dir):
     assert [d["label"] for d in everything] == sorted(["negative", "positive"], key=lambda k: -float(
         ref[1][["negative", "positive"].index(k)]))
     assert sum(d["score"] for d in everything) == pytest.approx(1.0)
+
+
+def test_a_call_is_one_inference_pass_whose_auto_compilation_weighs_all_of_it(clf_dir, qa_dir, monkeypatch):
+    """Many inputs go to `predict` at once, so its `compile="auto"` weighs the whole call (a long one repays the
+    warm-up where no slice of it would), and its outputs come back in input order."""
+    pipeline_module = importlib.import_module("llama_ft.pipeline")  # llama_ft.pipeline, the attribute, is the function
+    calls = []
+
+    def counted(model, examples, *args, **kwargs):
+        calls.append((len(examples), kwargs.get("compile", "auto")))
+        return predict(model, examples, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "predict", counted)
+    texts = [f"{t} {i}" for i in range(10) for t in TEXTS]
+    out = llama_ft.pipeline("text-classification", model=clf_dir, batch_size=1)(texts)
+    assert calls == [(40, "auto")]
+    assert [o["score"] for o in out[:4]] == pytest.approx([float(p.max()) for p in one_by_one(clf_dir, texts[:4])],
+                                                          abs=1e-5)
+    calls.clear()
+    llama_ft.pipeline("question-answering", model=qa_dir, batch_size=1, max_length=48)(
+        question=QUESTIONS * 6, context=[CONTEXT] * 18)
+    assert len(calls) == 1 and calls[0][0] > 18  # every window of every question in the one pass
 
 
 def test_run_folder_applies_the_runs_sentence_length(clf_dir, tmp_path):

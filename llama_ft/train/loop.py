@@ -599,12 +599,12 @@ MERGE_MIN_TOKENS = 4096
 @torch.inference_mode()
 def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: str = "auto",
             device: str | torch.device | None = None, progress: str | None = None, compile: bool | str = "auto",
-            trunk: TrunkCache | None = None):
+            trunk: TrunkCache | None = None, unit: str = "example"):
     """Model outputs in dataset order: classification -> [N, num_labels] fp32 tensor; QA -> list of
     (start_logits, end_logits) fp32 1-D tensors trimmed to each example's length. Length-sorted batches,
     inference mode, autocast `amp` (auto, bf16, fp16 on CUDA, none; inference_amp); `progress`: a progress bar
-    with this title; `compile`: the decoder blocks compiled for this pass (True, False, or `auto`: when it pays,
-    InferenceCompiler).
+    with this title, counting `unit`s; `compile`: the decoder blocks compiled for this pass (True, False, or
+    `auto`: when it pays, InferenceCompiler).
     LoRA adapters are merged into copies of their weights for a pass of MERGE_MIN_TOKENS or more (merged_adapters).
     `trunk`: the frozen bottom's output for `dataset` (a TrunkCache of this model): only the trainable top runs
     (llama_ft.train.versions scores several versions of the top this way)."""
@@ -620,7 +620,7 @@ def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: st
         trunk.check(model, lengths)
     pad = model.config.pad_token_id
     results: list = [None] * len(dataset)
-    bar = tqdm(total=len(dataset), desc=progress, unit="example", disable=progress is None, dynamic_ncols=True)
+    bar = tqdm(total=len(dataset), desc=progress, unit=unit, disable=progress is None, dynamic_ncols=True)
     batches = sorted_batches(lengths, batch_size)
     padded = padding_waste(lengths, batches)[1]
     with merged_adapters(model, padded >= MERGE_MIN_TOKENS), InferenceCompiler(model, compile, padded) as compiler:
