@@ -105,19 +105,19 @@ def _jsonl_rows(path: Path, field: str) -> list[tuple[int, str | None, object]]:
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     hint = f'llama_ft.predict writes one {{"id": ..., "{field}": ...}} a line'
-    rows = []
+    rows, first_line = [], {}
     for line, obj in jsonl_objects(path, InputError, hint=hint):
         if field not in obj:
             raise InputError(f"{path}:{line}: no \"{field}\" field; {hint}.")
         if "id" in obj and not isinstance(obj["id"], (str, int)):
             raise InputError(f"{path}:{line}: \"id\" is {obj['id']!r}; ids are strings or ints.")
-        rows.append((line, str(obj["id"]) if "id" in obj else None, obj[field]))
+        key = str(obj["id"]) if "id" in obj else None
+        if key is not None and first_line.setdefault(key, line) != line:
+            raise InputError(f"{path}:{line}: id {key!r} again (first on line {first_line[key]}); each line needs "
+                             "its own")
+        rows.append((line, key, obj[field]))
     if not rows:
         raise InputError(f"{path}: the file is empty")
-    seen = {}
-    for line, key, _ in rows:
-        if key is not None and seen.setdefault(key, line) != line:
-            raise InputError(f"{path}:{line}: id {key!r} again (first on line {seen[key]}); each line needs its own")
     return rows
 
 
