@@ -11,6 +11,9 @@ tokens, global batch 32, compiled by `auto`) on `--n 1000 --test-size 100 --no-z
 - mmap: heap.TRIM off and mallopt(M_MMAP_THRESHOLD, 128 KiB): every tensor above it a mapping of its own,
   unmapped when freed (no fragmentation, a page fault for every page of every new tensor);
 - any of them with `/cap=N`: `--micro-batch-tokens N` instead of the recipe's 1,536;
+- with `/bs=N`: `--batch-size N` windows per micro-batch instead of the recipe's 8 (the cap still applies);
+- with `/budget=B`: llama_ft.train.compile.ACTIVATION_MEMORY_BUDGET["cpu"] = B for the compiled blocks (1.0:
+  torch's default partitioning);
 - with `/micro`: heap.EACH_MICRO_BATCH, a trim after every micro-batch's backward as well;
 - with `/growth=MIB`: heap.STEP_GROWTH, a step trims once the resident set grew this many MiB (0: every step);
 - with `/onednn=N`: ONEDNN_PRIMITIVE_CACHE_CAPACITY=N, oneDNN's cache of matmul kernels (one per shape) held at N
@@ -43,6 +46,10 @@ setting = sys.argv[1]
 llama_ft.heap.TRIM = setting == "trim"
 llama_ft.heap.EACH_MICRO_BATCH = sys.argv.pop(2) == "micro"
 growth = sys.argv.pop(2)
+budget = sys.argv.pop(2)
+if budget != "-":
+    import llama_ft.train.compile
+    llama_ft.train.compile.ACTIVATION_MEMORY_BUDGET["cpu"] = float(budget)
 if growth != "-":
     llama_ft.heap.STEP_GROWTH = int(growth) * 2**20
 if setting == "mmap":
@@ -54,19 +61,21 @@ runpy.run_path({recipe!r}, run_name="__main__")
 
 def one(setting: str, steps: int, threads: int | None, data: Path, compile_flag: str | None = None) -> dict:
     heap, *mods = setting.split("/")
-    cap = next((m.removeprefix("cap=") for m in mods if m.startswith("cap=")), None)
-    kernels = next((m.removeprefix("onednn=") for m in mods if m.startswith("onednn=")), None)
-    growth = next((m.removeprefix("growth=") for m in mods if m.startswith("growth=")), "-")
-    if heap not in HEAPS or any(m not in ("micro", "thp") and not m.startswith(("cap=", "onednn=", "growth="))
-                                for m in mods):
-        raise SystemExit(f"--settings {setting}: use trim, glibc or mmap, optionally with /cap=TOKENS, "
-                         "/onednn=SHAPES, /growth=MIB, /micro, /thp")
+    opts = dict(m.split("=", 1) for m in mods if "=" in m)
+    flags = {m for m in mods if "=" not in m}
+    if heap not in HEAPS or not flags <= {"micro", "thp"} or not opts.keys() <= {"cap", "bs", "budget", "onednn",
+                                                                                   "growth"}:
+        raise SystemExit(f"--settings {setting}: use trim, glibc or mmap, optionally with /cap=TOKENS, /bs=WINDOWS, "
+                         "/budget=B, /onednn=SHAPES, /growth=MIB, /micro, /thp")
+    cap, windows, kernels = opts.get("cap"), opts.get("bs"), opts.get("onednn")
     with tempfile.TemporaryDirectory() as out:
         env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
-               **({"THP_MEM_ALLOC_ENABLE": "1"} if "thp" in mods else {}),
+               **({"THP_MEM_ALLOC_ENABLE": "1"} if "thp" in flags else {}),
                **({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": kernels} if kernels else {})}
         cmd = [sys.executable, "-c", CHILD.format(param=M_MMAP_THRESHOLD, recipe=str(ROOT / "train_squad.py")),
-               heap, "micro" if "micro" in mods else "-", growth, *(["--micro-batch-tokens", cap] if cap else []),
+               heap, "micro" if "micro" in flags else "-", opts.get("growth", "-"), opts.get("budget", "-"),
+               *(["--micro-batch-tokens", cap] if cap else []),
+               *(["--batch-size", windows] if windows else []),
                "--n", "1000", "--test-size", "100",
                "--no-zero-shot", "--max-steps", str(steps), *([compile_flag] if compile_flag else []),
                "--model", "smollm2-135m", "--data", str(data), "--output-dir", out, "--overwrite"]

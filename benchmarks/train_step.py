@@ -28,7 +28,7 @@ import statistics
 import sys
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +43,7 @@ from llama_ft.model.lora import TARGETS as LORA_TARGETS
 from llama_ft.model.params import count_parameters
 from llama_ft.model.policies import parse_policy
 from llama_ft.train import TrainConfig, train_step
-from llama_ft.train.compile import InferenceCompiler, compile_blocks
+from llama_ft.train.compile import InferenceCompiler, activation_budget, compile_blocks
 from llama_ft.train.config import resolve_frozen_dtype
 from llama_ft.train.loop import TaskLoss, prepare_model
 from llama_ft.train.optim import build_optimizer, build_scheduler
@@ -166,8 +166,9 @@ def ours_stepper(model, policy: str, s: Setting, compile: bool = False) -> Stepp
     def step(b):
         if graphs:  # CUDA graph trees: a new step may overwrite the last one's graph outputs
             torch.compiler.cudagraph_mark_step_begin()
-        loss, _ = train_step(loss_model, [b], opt, sched, scaler, params, step_examples=len(b["label"]), world=1,
-                             amp_dtype=s.amp, device=s.device, max_grad_norm=1.0)
+        with activation_budget(s.device.type) if compile else nullcontext():  # as the engine's compiled blocks run
+            loss, _ = train_step(loss_model, [b], opt, sched, scaler, params, step_examples=len(b["label"]),
+                                 world=1, amp_dtype=s.amp, device=s.device, max_grad_norm=1.0)
         return loss
     stepper = Stepper(model, opt, step)
     split = loss_model.split

@@ -4,6 +4,7 @@ scripts' spellings (--learning_rate, --output_dir, ...) are aliases, so their co
 from __future__ import annotations
 
 import argparse
+import os
 
 from llama_ft.cli.errors import as_flags
 from llama_ft.cli.training import TENSORBOARD_MISSING, tensorboard_available
@@ -91,10 +92,18 @@ def _preset_text(preset: dict) -> str:
 
 
 def apply_preset(args: argparse.Namespace, presets: dict[str, dict]) -> argparse.Namespace:
-    """Fill every hyper-parameter the command line left unset from the chosen preset."""
+    """Fill every hyper-parameter the command line left unset from the chosen preset. A preset's micro-batch
+    (`batch_size`) is a choice of speed and memory, not of the recipe: under torchrun (WORLD_SIZE processes) it
+    shrinks, when it must, to the largest that splits the preset's or the given --global-batch evenly over the
+    processes (SQuAD's 16 becomes 8 on 4 processes: the same global batch of 32)."""
+    given_batch = args.batch_size is not None
     for key, value in presets[args.preset].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not given_batch and args.global_batch and args.batch_size and args.global_batch % (args.batch_size * world):
+        fits = [b for b in range(args.batch_size, 0, -1) if args.global_batch % (b * world) == 0]
+        args.batch_size = fits[0] if fits else args.batch_size  # none: the engine names the flags to change
     return args
 
 

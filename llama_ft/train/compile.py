@@ -8,7 +8,7 @@ length (`CompileStats` counts them into the run's result).
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +37,13 @@ DYNAMIC: bool | None = None
 # one: llama.CAUSAL_FOR_RIGHT_PADDING). Past dynamo's default limit (8 graphs per function) the blocks would
 # silently run eagerly for the rest of the run.
 RECOMPILE_LIMIT = 64
+# The compiled training blocks' activation memory budget per device type
+# (torch._functorch.config.activation_memory_budget, 1.0 by default): below 1, the partitioner that splits each
+# block's graph into forward and backward recomputes the cheapest ops (norms, SwiGLU, casts) in the backward until
+# what the forward saves fits the budget. On a CPU at 0.9 a lora:16 block saves a third less and its step runs
+# faster, having less to write and read back; `full` and `last:K` blocks save half as much at their speed
+# (BENCHMARKS.md, session 22). Not measured on a GPU, which keeps torch's setting.
+ACTIVATION_MEMORY_BUDGET: dict[str, float] = {"cpu": 0.9}
 
 
 @dataclass
@@ -66,6 +73,22 @@ def compile_blocks(model: nn.Module, dynamic: bool | None = None, mode: str | No
     for layer in blocks:
         layer.compile(dynamic=dynamic, mode=mode)
     return len(blocks)
+
+
+@contextmanager
+def activation_budget(device_type: str):
+    """A context in which compiled training graphs on `device_type` are partitioned under its
+    ACTIVATION_MEMORY_BUDGET (none: torch's setting); torch's setting comes back on exit. A graph is partitioned at
+    its first compiled call, so the context has to hold while the compiled blocks run (recompilations included)."""
+    import torch._functorch.config as functorch_config  # only once compiling
+    budget = ACTIVATION_MEMORY_BUDGET.get(device_type)
+    before = functorch_config.activation_memory_budget
+    if budget is not None:
+        functorch_config.activation_memory_budget = budget
+    try:
+        yield
+    finally:
+        functorch_config.activation_memory_budget = before
 
 
 def uncompile_blocks(model: nn.Module) -> None:
@@ -138,12 +161,14 @@ class Compiler:
         self.model, self.mode, self.min_seconds, self.reduce_mean = model, mode, min_seconds, reduce_mean
         self.probe: list[tuple[float, int]] = []
         self.stats: CompileStats | None = None
+        self.settings = ExitStack()  # what compiling changed for the run (activation_budget), undone by finish
         if mode is True:
             self._start(0)
 
     def _start(self, step: int) -> None:
         raise_recompile_limit()
         self.stats = CompileStats(at_step=step, frames_before=frames_compiled())
+        self.settings.enter_context(activation_budget(next(self.model.parameters()).device.type))
         compile_blocks(self.model, dynamic=DYNAMIC)
 
     def after_step(self, step: int, seconds: float, total_steps: int, tokens: int = 0,
@@ -171,6 +196,7 @@ class Compiler:
 
     def finish(self) -> dict | None:
         """The run's compile report (None when it stayed eager); the blocks go back to eager."""
+        self.settings.close()
         if self.stats is None:
             return None
         self.stats.frames_compiled = frames_compiled() - self.stats.frames_before

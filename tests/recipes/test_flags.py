@@ -83,6 +83,21 @@ def test_policy_flag_and_its_alias_and_the_training_flags(request, tmp_path, whi
     assert default.policy == recipe.PRESETS["default"]["policy"]
 
 
+def test_squads_preset_micro_batch_shrinks_to_split_its_global_batch_over_torchruns_processes(squad_recipe,
+                                                                                           monkeypatch):
+    """The default's 16 windows a forward pass times 4 processes would not divide its global batch of 32."""
+    preset = squad_recipe.PRESETS["default"]
+    assert (preset["batch_size"], preset["global_batch"]) == (16, 32)
+    for world, micro in (("1", 16), ("2", 16), ("4", 8), ("8", 4), ("32", 1)):
+        monkeypatch.setenv("WORLD_SIZE", world)
+        assert squad_recipe.parse_args([]).batch_size == micro
+        assert squad_recipe.parse_args(["--global-batch", "64"]).batch_size == min(16, 64 // int(world))
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert squad_recipe.parse_args(["--batch-size", "16", "--global-batch", "128"]).batch_size == 16  # given: kept
+    monkeypatch.setenv("WORLD_SIZE", "64")
+    assert squad_recipe.parse_args([]).batch_size == 16  # no micro-batch fits: the engine says what to change
+
+
 @pytest.mark.parametrize("which", BOTH)
 def test_push_to_hub_is_checked_before_the_first_step(request, capsys, no_hub_token, which):
     recipe = request.getfixturevalue(f"{which}_recipe")

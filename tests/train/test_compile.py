@@ -96,6 +96,28 @@ def test_compiled_lora_blocks_share_one_graph_whatever_the_depth():
 
 
 @pytest.mark.slow
+def test_compiled_training_partitions_its_graphs_under_the_activation_budget_and_restores_torchs(monkeypatch):
+    """The budget has to hold when a block's joint graph is split into forward and backward, which happens at its
+    first compiled call inside the training step, not when the blocks are wrapped; after the run torch's own
+    setting is back."""
+    import torch._dynamo
+    import torch._functorch.config as functorch_config
+    import torch._inductor.compile_fx as compile_fx
+
+    seen = []
+    partition = compile_fx.min_cut_rematerialization_partition
+    monkeypatch.setattr(compile_fx, "min_cut_rematerialization_partition", lambda *a, **kw: seen.append(
+        functorch_config.activation_memory_budget) or partition(*a, **kw))
+    torch._dynamo.reset()  # graphs an earlier test compiled would be reused without partitioning
+    before = functorch_config.activation_memory_budget
+    with torch._inductor.config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False):
+        _, res = run(True, epochs=1, policy="lora:4")
+    assert res.compile is not None and seen
+    assert set(seen) == {compile_mod.ACTIVATION_MEMORY_BUDGET["cpu"]} != {before}
+    assert functorch_config.activation_memory_budget == before
+
+
+@pytest.mark.slow
 def test_auto_compiles_after_the_probe_steps_when_the_run_is_long_enough(monkeypatch):
     # The device's own threshold (TrainConfig.compile_min_seconds left at None), lowered so this run passes it.
     monkeypatch.setitem(compile_mod.AUTO_MIN_SECONDS, "cpu", 0.0)
