@@ -50,8 +50,8 @@ PRESETS = {
     "study": {"policy": "head", "lr": 2e-5, "weight_decay": 0.01, "schedule": "linear", "warmup_ratio": 0.0,
               "batch_size": 64, "global_batch": 64, "epochs": 3, "max_length": 128, "stride": 64},
     "default": {"policy": "lora:16", "lr": 3e-3, "weight_decay": 0.01, "schedule": "cosine", "warmup_ratio": 0.05,
-                "batch_size": 16, "global_batch": 32, "micro_batch_tokens": 2560, "epochs": 1, "max_length": 384,
-                "stride": 128},
+                "batch_size": 16, "global_batch": 32, "micro_batch_tokens": 1536, "compiled_micro_batch_tokens": 2560,
+                "epochs": 1, "max_length": 384, "stride": 128},
 }
 
 

@@ -24,7 +24,8 @@ from llama_ft.train.distributed import barrier, rank_and_world
 FLAGS = {
     "policy": "--policy", "max_length": "--max-length", "stride": "--stride", "batch_size": "--batch-size",
     "global_batch": "--global-batch",
-    "micro_batch_tokens": "--micro-batch-tokens", "epochs": "--epochs", "max_steps": "--max-steps", "lr": "--lr",
+    "micro_batch_tokens": "--micro-batch-tokens", "compiled_micro_batch_tokens": "--compiled-micro-batch-tokens",
+    "epochs": "--epochs", "max_steps": "--max-steps", "lr": "--lr",
     "weight_decay": "--weight-decay", "warmup_ratio": "--warmup-ratio", "schedule": "--schedule",
     "max_grad_norm": "--max-grad-norm", "amp": "--amp", "device": "--device", "seed": "--seed",
     "eval_every": "--eval-every", "select_metric": "--save-best", "log_every": "--log-every",

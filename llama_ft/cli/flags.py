@@ -13,7 +13,7 @@ from llama_ft.model.policies import POLICY_HELP, parse_policy
 
 # The hyper-parameters a preset sets (a flag given on the command line wins over its preset).
 PRESET_KEYS = ("policy", "lr", "weight_decay", "schedule", "warmup_ratio", "batch_size", "global_batch",
-               "micro_batch_tokens", "epochs", "max_length")
+               "micro_batch_tokens", "compiled_micro_batch_tokens", "epochs", "max_length")
 
 
 def add_shared_flags(ap: argparse.ArgumentParser, *, presets: dict[str, dict], output_dir: str,
@@ -35,6 +35,9 @@ def add_shared_flags(ap: argparse.ArgumentParser, *, presets: dict[str, dict], o
     hp.add_argument("--micro-batch-tokens", type=int, metavar="N",
                     help="cap a forward pass at N padded tokens: a batch of long examples is split further (same "
                          "gradient, activation memory bounded by N)")
+    hp.add_argument("--compiled-micro-batch-tokens", type=int, metavar="N",
+                    help="the cap once the decoder blocks are compiled (they keep fewer activations per token); "
+                         "default: --micro-batch-tokens")
     hp.add_argument("--epochs", "--num_train_epochs", type=whole_number, help="passes over the training data")
     hp.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (the schedule's length)")
     hp.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the gradient norm (0: no clipping)")
@@ -118,6 +121,7 @@ def at_least(ap: argparse.ArgumentParser, args: argparse.Namespace, minimum: flo
 def check_shared_flags(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse a bad shared flag (after the preset merge) before anything is loaded; exits through `ap.error`."""
     at_least(ap, args, 1, "--epochs", "--max-length", "--batch-size", "--global-batch", "--micro-batch-tokens",
+             "--compiled-micro-batch-tokens",
              "--max-steps",
              "--log-every", "--eval-every")
     at_least(ap, args, 0, "--weight-decay", "--max-grad-norm")

@@ -31,6 +31,7 @@ def train_config(args: argparse.Namespace, out: Path, device: str, amp: str) -> 
     return TrainConfig(policy=args.policy, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
                        warmup_ratio=args.warmup_ratio, batch_size=args.batch_size, global_batch=args.global_batch,
                        micro_batch_tokens=args.micro_batch_tokens,
+                       compiled_micro_batch_tokens=args.compiled_micro_batch_tokens,
                        epochs=args.epochs, max_steps=args.max_steps, max_grad_norm=args.max_grad_norm or None,
                        amp=amp, seed=args.seed, grad_checkpointing=args.grad_checkpointing, compile=args.compile,
                        output_dir=str(out), eval_every=args.eval_every, select_metric=args.save_best,

@@ -171,6 +171,11 @@ class Compiler:
         self.settings.enter_context(activation_budget(next(self.model.parameters()).device.type))
         compile_blocks(self.model, dynamic=DYNAMIC)
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the blocks run compiled from the next step on."""
+        return self.stats is not None
+
     def after_step(self, step: int, seconds: float, total_steps: int, tokens: int = 0,
                    mean_step_tokens: float = 0.0) -> None:
         """Count a finished step of `tokens` real tokens (all processes) that took `seconds`; `mean_step_tokens`:

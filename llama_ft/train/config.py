@@ -26,6 +26,10 @@ class TrainConfig:
     micro_batch_tokens: a cap on a micro-batch's padded tokens (longest example x examples): a micro-batch of
         long examples is halved until it fits, so activation memory follows this budget rather than the longest
         batch of the run, with the same gradient. None: no cap.
+    compiled_micro_batch_tokens: the cap once the decoder blocks are compiled (`compile`), which keep fewer
+        activations per token, so the same memory holds a larger forward pass, and a larger one runs faster (more
+        rows for each matrix multiply, fewer passes a step). The eager steps before compiling, and eager runs,
+        keep micro_batch_tokens. None: micro_batch_tokens.
     global_batch: examples per optimizer step over all processes; gradient accumulation makes up the
         difference (must be a multiple of batch_size * world size). None: batch_size * world size.
     epochs / max_steps: max_steps, when set, caps the optimizer steps (and the schedule length).
@@ -35,7 +39,8 @@ class TrainConfig:
         none on any other CPU, resolve_amp).
     grad_checkpointing: recompute each trainable decoder block in backward (non-reentrant).
     compile: `torch.compile` the trainable decoder blocks in place (llama_ft.train.compile): fuses the norms,
-        rotary, SwiGLU and residual adds around the matmuls and keeps fewer activations for backward. True: from
+        rotary, SwiGLU and residual adds around the matmuls and keeps fewer activations for backward (on a CPU
+        the cheapest are recomputed in backward, llama_ft.train.compile.ACTIVATION_MEMORY_BUDGET). True: from
         the first step; `auto`: after two eager steps, when the steps left would take at least
         compile_min_seconds (the warm-up, BENCHMARKS.md, is then repaid); False: eager. One graph serves
         every block; a new batch length recompiles once, then lengths are dynamic. The blocks are eager again
@@ -82,6 +87,7 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     batch_size: int = 16
     micro_batch_tokens: int | None = None
+    compiled_micro_batch_tokens: int | None = None
     global_batch: int | None = None
     epochs: int = 3
     max_steps: int | None = None
@@ -130,9 +136,16 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.shard={self.shard!r}; use `none` or `fsdp`.")
         if self.batch_size < 1:
             raise ValueError(f"TrainConfig.batch_size={self.batch_size}; it must be at least 1.")
-        if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
-            raise ValueError(f"TrainConfig.micro_batch_tokens={self.micro_batch_tokens}; use a token count of at "
-                             "least 1 (e.g. 4 x max_length) or None (no cap).")
+        for name in ("micro_batch_tokens", "compiled_micro_batch_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)}; use a token count of at least 1 (e.g. "
+                                 "4 x max_length) or None (no cap).")
+
+    def token_cap(self, compiled: bool) -> int | None:
+        """The micro-batch token cap of a step run by eager or by compiled decoder blocks."""
+        if compiled and self.compiled_micro_batch_tokens is not None:
+            return self.compiled_micro_batch_tokens
+        return self.micro_batch_tokens
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

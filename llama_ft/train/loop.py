@@ -540,13 +540,12 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
             if epoch not in batches:
                 batches = {epoch: geo.epoch(lengths, epoch, cfg, world)}
                 step_tokens = padding_waste(lengths, batches[epoch])[0] / max(len(batches[epoch]), 1)
-            batch = batches[epoch][k]
-            all_pieces = [p for r in range(world)
-                          for p in split_batch(batch, geo.n_micro, r, world, lengths, cfg.micro_batch_tokens)]
+            batch, cap = batches[epoch][k], cfg.token_cap(compiler.compiled)
+            all_pieces = [p for r in range(world) for p in split_batch(batch, geo.n_micro, r, world, lengths, cap)]
             real, padded = padding_waste(lengths, all_pieces)
             lr, t0 = optimizer.param_groups[0]["lr"], time.perf_counter()
             mbs = [micro_batch(train_set, p, model.config.pad_token_id, device, cache)
-                   for p in split_batch(batch, geo.n_micro, rank, world, lengths, cfg.micro_batch_tokens)]
+                   for p in split_batch(batch, geo.n_micro, rank, world, lengths, cap)]
             try:
                 loss, gnorm = train_step(loss_model, mbs, optimizer, scheduler, scaler, params,
                                          step_examples=len(batch), world=world, amp_dtype=amp_dtype,

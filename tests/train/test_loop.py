@@ -111,6 +111,30 @@ def test_micro_batch_token_cap_splits_long_batches_with_the_same_losses(tmp_path
         train_config(micro_batch_tokens=0)
 
 
+def test_compiled_steps_take_the_compiled_token_cap_and_eager_steps_the_other(monkeypatch):
+    """Compiled blocks keep fewer activations per token, so once `auto` has compiled them a step may run larger
+    micro-batches in the same memory; the eager probe steps before keep micro_batch_tokens. The gradient is the
+    same either way. (The blocks are not really compiled here: only the cap's switch is under test.)"""
+    import llama_ft.train.compile as compile_mod
+    import llama_ft.train.loop as loop_mod
+
+    monkeypatch.setattr(compile_mod, "compile_blocks", lambda model, **kw: 0)
+    monkeypatch.setitem(compile_mod.AUTO_MIN_SECONDS, "cpu", 0.0)
+    caps, split = [], loop_mod.split_batch
+    monkeypatch.setattr(loop_mod, "split_batch", lambda *a: caps.append(a[-1]) or split(*a))
+    data = dataset(n=40, max_len=30)
+    kw = {"policy": "last:2", "batch_size": 8, "trunk_cache": False, "epochs": 1}
+    capped = train(tiny_model(), data, train_config(compile="auto", micro_batch_tokens=64,
+                                                    compiled_micro_batch_tokens=10**6, **kw))
+    assert capped.compile["at_step"] == 2
+    per_step = caps[::2]  # the loop splits each step twice: every rank's pieces, then its own
+    assert caps[1::2] == per_step and per_step == [64, 64] + [10**6] * (len(per_step) - 2) and len(per_step) == 5
+    big = train(tiny_model(), data, train_config(compile=False, **kw))
+    np.testing.assert_allclose(capped.losses, big.losses, rtol=1e-5)
+    with pytest.raises(ValueError, match="compiled_micro_batch_tokens"):
+        train_config(compiled_micro_batch_tokens=0)
+
+
 def test_fp16_on_cpu_is_an_error_naming_bf16():
     with pytest.raises(ValueError, match="bf16"):
         resolve_amp("fp16", torch.device("cpu"))
