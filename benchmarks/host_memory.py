@@ -4,14 +4,15 @@
     python benchmarks/host_memory.py [--steps 30] [--settings trim glibc mmap trim/cap=1024 trim/micro trim/thp]
         [--threads N] [--json out.json]
 
-Each setting runs `train_squad.py` with its defaults (lora:16, 384 / 128 windows, micro-batch 8 capped at 1,536
-tokens, global batch 32, compiled by `auto`) on `--n 1000 --test-size 100 --no-zero-shot --max-steps STEPS`:
+Each setting runs `train_squad.py` with its defaults (lora:16, 384 / 128 windows, micro-batch 16 capped at 1,536
+tokens in eager steps and 2,560 in compiled ones, global batch 32, compiled by `auto`) on `--n 1000 --test-size 100
+--no-zero-shot --max-steps STEPS`:
 - trim: llama_ft as shipped (malloc_trim after every step and prediction pass);
 - glibc: heap.TRIM off, glibc's malloc as it is;
 - mmap: heap.TRIM off and mallopt(M_MMAP_THRESHOLD, 128 KiB): every tensor above it a mapping of its own,
   unmapped when freed (no fragmentation, a page fault for every page of every new tensor);
-- any of them with `/cap=N`: `--micro-batch-tokens N` instead of the recipe's 1,536;
-- with `/bs=N`: `--batch-size N` windows per micro-batch instead of the recipe's 8 (the cap still applies);
+- any of them with `/cap=N`: `--micro-batch-tokens N --compiled-micro-batch-tokens N` (one cap for every step);
+- with `/bs=N`: `--batch-size N` windows per micro-batch instead of the recipe's 16 (the caps still apply);
 - with `/budget=B`: llama_ft.train.compile.ACTIVATION_MEMORY_BUDGET["cpu"] = B for the compiled blocks (1.0:
   torch's default partitioning);
 - with `/micro`: heap.EACH_MICRO_BATCH, a trim after every micro-batch's backward as well;
@@ -74,7 +75,7 @@ def one(setting: str, steps: int, threads: int | None, data: Path, compile_flag:
                **({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": kernels} if kernels else {})}
         cmd = [sys.executable, "-c", CHILD.format(param=M_MMAP_THRESHOLD, recipe=str(ROOT / "train_squad.py")),
                heap, "micro" if "micro" in flags else "-", opts.get("growth", "-"), opts.get("budget", "-"),
-               *(["--micro-batch-tokens", cap] if cap else []),
+               *(["--micro-batch-tokens", cap, "--compiled-micro-batch-tokens", cap] if cap else []),
                *(["--batch-size", windows] if windows else []),
                "--n", "1000", "--test-size", "100",
                "--no-zero-shot", "--max-steps", str(steps), *([compile_flag] if compile_flag else []),
