@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -20,18 +21,17 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import llama_ft.train.compile as compile_mod  # noqa: E402
+from benchmarks.train_step import Setting, batch, config, ours_stepper, timed  # noqa: E402
+from llama_ft.hf.loading import random_model  # noqa: E402
 
 
 def one(policy: str, budget: float, batch_size: int, seq: int, steps: int) -> dict:
     """One setting, in this process."""
-    import torch
-
-    sys.path.insert(0, str(ROOT))
-    import llama_ft.train.compile as compile_mod
-    from benchmarks.train_step import Setting, batch, config, ours_stepper, timed
-    from llama_ft.hf.loading import random_model
-
     compile_mod.ACTIVATION_MEMORY_BUDGET["cpu"] = budget
     s = Setting(torch.device("cpu"), torch.bfloat16, batch_size, seq, compile=True)
     cfg = config("smollm2-135m")
@@ -74,10 +74,7 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(one(args.child[0], float(args.child[1]), args.batch, args.seq, args.steps)))
         return 0
-    env = None
-    if args.threads:
-        import os
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     rows = []
     for policy in args.policies:
         for budget in args.budgets:
