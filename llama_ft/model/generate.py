@@ -15,6 +15,10 @@ MIN_SHARED_PREFIX = 8
 # Off: prefill shares only the prefix every prompt starts with, not what consecutive prompts share beyond it
 # (prefix_runs; benchmarks/generation.py compares the two).
 SHARE_RUNS = True
+# On a CPU the prefix every prompt starts with stays a single batch-1 copy in the decoding cache, which every row
+# attends to (llama.prefix_decode_attention), instead of a copy in every row that each decoding step reads again
+# (BENCHMARKS.md, session 23). Elsewhere, or off, each row holds its own copy.
+PREFIX_APART = True
 
 
 def shared_prefix_length(prompts: list[list[int]]) -> int:
@@ -92,6 +96,7 @@ def prefill(model: LlamaForCausalLM, prompts: list[list[int]], pad: int, amp: to
         raise ValueError(f"prefill(prefix=...): prompt {bad} does not start with the prefix's {len(prefix.tokens)} "
                          "tokens and a token of its own after them; pass shared_prefix() of a set it belongs to.")
     shared, prefix = len(prefix.tokens), prefix.cache
+    apart = bool(shared) and PREFIX_APART and device.type == "cpu"
     runs = (prefix_runs(prompts, shared) if share_prefix and SHARE_RUNS
             else [(i, i + 1, len(p)) for i, p in enumerate(prompts)])
     step = batch_size or len(prompts)
@@ -105,12 +110,25 @@ def prefill(model: LlamaForCausalLM, prompts: list[list[int]], pad: int, amp: to
         if together:
             parts.append((*_prefill_runs(model, prompts, together, pad, amp, prefix, shared, device),
                           [j for a, b, _ in together for j in range(a, b)]))
+    if apart:  # each part's rows start with the prefix's positions: they go, and the prefix stays once
+        parts = [(lg, _after(c, shared), m[:, shared:], idx) for lg, c, m, idx in parts]
     if len(parts) == 1:
         logits, cache, mask, _ = parts[0]  # its rows are the prompts in order
         if reserve:
             cache.reserve(reserve)
-        return logits, cache, mask
-    return _join(parts, reserve)
+    else:
+        logits, cache, mask = _join(parts, reserve)
+    if apart:
+        cache.set_prefix(prefix.layers)
+        mask = torch.cat((mask.new_ones(mask.shape[0], shared), mask), dim=1)
+    return logits, cache, mask
+
+
+def _after(cache: KVCache, n: int) -> KVCache:
+    """The cache's positions after its first n (views)."""
+    out = KVCache(len(cache.layers))
+    out.layers = [(k[:, :, n:], v[:, :, n:]) for k, v in cache.layers]
+    return out
 
 
 def _expand(prefix: KVCache, rows: int) -> KVCache:
@@ -191,9 +209,12 @@ COMPACT_AT = 0.5
 def generate(model: LlamaForCausalLM, prompts: list[list[int]], max_new_tokens: int = 32,
              stop_ids: list[int] | None = None, pad_id: int | None = None,
              amp: torch.dtype | None = None, share_prefix: bool = True,
-             prefill_batch: int | None = None) -> list[list[int]]:
+             prefill_batch: int | None = None, release_memory: bool = True) -> list[list[int]]:
     """Greedy continuations (new token ids only, stop token excluded) for each prompt, decoded as one batch
-    (`share_prefix`, `prefill_batch`: see prefill's `share_prefix` and `batch_size`)."""
+    (`share_prefix`, `prefill_batch`: see prefill's `share_prefix` and `batch_size`). `release_memory`: on a CPU,
+    hand the freed heap back to the system afterwards (llama_ft.heap). A caller that generates batch after batch
+    passes False and releases once at the end: the next batch reuses the pages this one freed instead of faulting
+    them in again."""
     device = next(model.parameters()).device
     cfg = model.config
     stop = set(stop_ids if stop_ids is not None else cfg.eos_ids)
@@ -224,7 +245,7 @@ def generate(model: LlamaForCausalLM, prompts: list[list[int]], max_new_tokens: 
         mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(nxt[:, None], mask, kv_cache=cache, last_only=True)[:, -1]
-    if device.type == "cpu":  # the cache's buffers and the prefill's copies fragment the heap
+    if device.type == "cpu" and release_memory:  # the cache's buffers and the prefill's copies fragment the heap
         del cache, logits
         release_free_memory()
     return out

@@ -77,15 +77,20 @@ class KVCache:
 
     `layers[i]` is layer i's (keys, values) [B, kv_heads, seq_len, head_dim]. After `reserve(n)` they are views of
     buffers with room for n more positions, which `update` writes in place; without room it concatenates (a copy
-    of the whole cache per call)."""
+    of the whole cache per call). With a `prefix` (set_prefix), `layers` hold only the positions after it."""
 
     def __init__(self, num_layers: int):
         self.layers: list[tuple[Tensor, Tensor] | None] = [None] * num_layers
         self.buffers: list[tuple[Tensor, Tensor] | None] = [None] * num_layers
+        # Keys and values [1, kv_heads, prefix_len, head_dim] per layer of positions that come before every row's
+        # own (a prompt prefix all rows share), held once instead of once per row; see prefix_decode_attention.
+        self.prefix: list[tuple[Tensor, Tensor]] | None = None
+        self.prefix_len = 0
 
     @property
     def seq_len(self) -> int:
-        return 0 if self.layers[0] is None else self.layers[0][0].shape[2]
+        """Past positions of every row: the shared prefix's and the row's own."""
+        return self.prefix_len + (0 if self.layers[0] is None else self.layers[0][0].shape[2])
 
     def update(self, idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         past, buf = self.layers[idx], self.buffers[idx]
@@ -119,6 +124,10 @@ class KVCache:
         self.buffers[idx] = bufs
         self.layers[idx] = (bufs[0][:, :, :n], bufs[1][:, :, :n])
 
+    def set_prefix(self, prefix: list[tuple[Tensor, Tensor]]) -> None:
+        """Every row's first positions are these batch-1 keys and values, one per layer; `layers` hold the rest."""
+        self.prefix, self.prefix_len = prefix, prefix[0][0].shape[2]
+
     def select(self, rows: Tensor) -> None:
         """Keep only these batch rows (buffers and their room included)."""
         for i, kv in enumerate(self.layers):
@@ -128,6 +137,35 @@ class KVCache:
                 self.use_buffers(i, tuple(b[rows] for b in self.buffers[i]), kv[0].shape[2])
             else:
                 self.layers[i] = (kv[0][rows], kv[1][rows])
+
+
+def prefix_decode_attention(q: Tensor, prefix: tuple[Tensor, Tensor], k: Tensor, v: Tensor,
+                            mask: Tensor | None) -> Tensor:
+    """Attention of one new position per row (CPU), q [B, H, 1, D], over a prefix that every row shares, keys and
+    values [1, Hkv, P, D], then the row's own positions, k, v [B, Hkv, L, D] (`mask` None or [B, 1, 1, L] over
+    those), as [B, H, 1, D].
+
+    Decoding reads the whole cache at every step, and on a CPU that reading is most of the step's attention. The
+    prefix is read once for all rows: their query rows (with grouped-query heads, the query heads of a key/value
+    head, as grouped_decode_attention folds them) meet its keys in one batch-1 attention, each row's own keys in
+    another, and the two softmaxes are merged by their log-sum-exp: exp(lse_a) o_a + exp(lse_b) o_b over
+    exp(lse_a) + exp(lse_b) is softmax attention over both (exact in fp32). The log-sum-exp comes from SDPA's CPU
+    flash kernel, which returns it alongside the output."""
+    B, H, _, D = q.shape
+    kv, g = k.shape[1], H // k.shape[1]
+    q = q.reshape(B, kv, g, D)
+    bias = None if mask is None else torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(
+        ~mask, float("-inf"))   # the kernel takes an additive mask of the query's dtype, not a boolean one
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    own, own_lse = flash(q, k, v, 0.0, False, attn_mask=bias)
+    rows = q.transpose(0, 1).reshape(1, kv, B * g, D)   # every row's queries as one batch over the prefix
+    shared, shared_lse = flash(rows, prefix[0], prefix[1], 0.0, False)
+    shared = shared.reshape(kv, B, g, D).transpose(0, 1)
+    shared_lse = shared_lse.reshape(kv, B, g).transpose(0, 1)
+    top = torch.maximum(own_lse, shared_lse)
+    a, b = (own_lse - top).exp_()[..., None], (shared_lse - top).exp_()[..., None]
+    y = (a * own.float() + b * shared.float()) / (a + b)
+    return y.to(q.dtype).reshape(B, H, 1, D)
 
 
 def grouped_decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
@@ -164,6 +202,14 @@ class LlamaAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
+            if kv_cache.prefix is not None:
+                pk, pv = kv_cache.prefix[self.layer_idx]
+                if T == 1 and x.device.type == "cpu":
+                    own = None if mask is None else mask[..., kv_cache.prefix_len:]
+                    y = prefix_decode_attention(q, (pk, pv), k, v, own)
+                    return self.o_proj(y.reshape(B, T, self.n_head * self.head_dim))
+                k = torch.cat((pk.expand(B, -1, -1, -1), k), dim=2)
+                v = torch.cat((pv.expand(B, -1, -1, -1), v), dim=2)
         gqa = self.n_kv != self.n_head
         if gqa and T == 1 and (mask is None or mask.shape[1] == 1):
             y = grouped_decode_attention(q, k, v, mask)

@@ -408,3 +408,58 @@ def test_causal_mask_for_a_cached_prefix_is_built_on_the_inputs_device():
     mask = attention_mask_4d(None, q_len=3, past_len=2, device=torch.device("meta"))
     assert mask.device.type == "meta" and mask.shape == (1, 1, 3, 5)
     assert attention_mask_4d(None, q_len=1, past_len=2) is None
+
+
+@pytest.mark.parametrize("heads", [(6, 2), (4, 4)])
+def test_prefix_decode_attention_is_attention_over_the_prefix_then_each_rows_positions(heads):
+    """One query per row over keys and values a batch-1 prefix shares with every row, then the row's own (left
+    padding masked): the same output as SDPA over the prefix copied into every row (fp32)."""
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    from llama_ft.model.llama import prefix_decode_attention
+    g = torch.Generator().manual_seed(5)
+    (H, kv), B, P, L, D = heads, 3, 7, 9, 16
+    q = torch.randn(B, H, 1, D, generator=g)
+    pk, pv = torch.randn(1, kv, P, D, generator=g), torch.randn(1, kv, P, D, generator=g)
+    k, v = torch.randn(B, kv, L, D, generator=g), torch.randn(B, kv, L, D, generator=g)
+    mask = torch.ones(B, 1, 1, L, dtype=torch.bool)
+    mask[1, ..., :4], mask[2, ..., :L - 1] = False, False   # left padding; row 2 has a single position of its own
+    got = prefix_decode_attention(q, (pk, pv), k, v, mask)
+    whole = torch.cat((torch.ones(B, 1, 1, P, dtype=torch.bool), mask), dim=-1)
+    want = sdpa(q, torch.cat((pk.expand(B, -1, -1, -1), k), 2), torch.cat((pv.expand(B, -1, -1, -1), v), 2),
+                attn_mask=whole, enable_gqa=H != kv)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(prefix_decode_attention(q, (pk, pv), k, v, None),
+                               sdpa(q, torch.cat((pk.expand(B, -1, -1, -1), k), 2),
+                                    torch.cat((pv.expand(B, -1, -1, -1), v), 2), enable_gqa=H != kv),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["gqa-untied", "mha-tied"])
+def test_decoding_after_a_prefix_held_once_gives_transformers_logits(monkeypatch, name):
+    """On a CPU, prefill keeps the prefix every prompt starts with as one batch-1 copy in the cache: the rows hold
+    only their own positions. A decoding step (one new token per row) and then a call with two new tokens per row
+    give transformers' logits for the whole sequences. Off (generate.PREFIX_APART), every row holds the prefix."""
+    from llama_ft.model import generate as gen
+    torch.manual_seed(11)
+    ours = LlamaForCausalLM(LlamaConfig.from_dict(CONFIGS[name])).eval()
+    ref = hf_model(ours, transformers.LlamaForCausalLM)
+    prefix, para = list(range(20, 32)), list(range(40, 52))
+    # two prompts alone, then two about one paragraph (prefill runs it once: prefix_runs)
+    prompts = [prefix + [5, 6, 7, 8, 9, 10, 11], prefix + [12], prefix + para + [14], prefix + para + [18, 19]]
+    new = torch.tensor([[7, 50, 60], [8, 51, 61], [9, 52, 62], [10, 53, 63]])
+    with torch.no_grad():
+        _, cache, mask = gen.prefill(ours, prompts, pad=0, reserve=3, batch_size=2)
+        assert cache.prefix_len == len(prefix) and cache.prefix[0][0].shape[0] == 1
+        assert cache.layers[0][0].shape[2] == mask.shape[1] - len(prefix) and cache.seq_len == mask.shape[1]
+        mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
+        step = ours(new[:, :1], mask, kv_cache=cache)[:, -1]
+        mask = torch.cat((mask, torch.ones_like(mask[:, :2])), dim=1)
+        more = ours(new[:, 1:], mask, kv_cache=cache)
+        for i, p in enumerate(prompts):
+            theirs = ref(torch.tensor([p + new[i].tolist()])).logits[0]
+            torch.testing.assert_close(step[i], theirs[-3], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(more[i], theirs[-2:], rtol=1e-4, atol=1e-4)
+        monkeypatch.setattr(gen, "PREFIX_APART", False)
+        _, copied, copied_mask = gen.prefill(ours, prompts, pad=0, reserve=3, batch_size=2)
+        assert copied.prefix is None and copied.seq_len == copied_mask.shape[1] == cache.seq_len - 3

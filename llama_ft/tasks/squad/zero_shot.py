@@ -31,6 +31,7 @@ import re
 import torch
 from tqdm.auto import tqdm
 
+from llama_ft.heap import release_free_memory
 from llama_ft.metrics.squad import normalize_answer
 from llama_ft.model.generate import generate
 from llama_ft.tasks.squad.data import SquadExample
@@ -182,9 +183,11 @@ def answer_by_prompt(lm, tokenizer, examples: list[SquadExample], batch_size: in
     contexts = [ex.context for ex in examples]
     for idx in decode_groups([len(p) for p in prompts], batch_size, max_new_tokens, keys=contexts):
         outs = generate(lm, [prompts[i] for i in idx], max_new_tokens=max_new_tokens, stop_ids=stop,
-                        pad_id=tokenizer.pad_token_id, amp=amp_dtype, prefill_batch=PREFILL_ROWS)
+                        pad_id=tokenizer.pad_token_id, amp=amp_dtype, prefill_batch=PREFILL_ROWS,
+                        release_memory=False)
         for i, ids in zip(idx, outs):
             replies[examples[i].qid] = tokenizer.decode(ids, skip_special_tokens=True)
         bar.update(len(idx))
     bar.close()
+    release_free_memory()  # once for every group: each group reused the pages the one before it freed
     return {ex.qid: replies[ex.qid] for ex in examples}

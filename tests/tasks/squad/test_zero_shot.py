@@ -1,9 +1,14 @@
 """llama_ft/zero_shot_qa.py: the fixed prompt and the post-processing of generated replies."""
 import pytest
+import torch
 
 import llama_ft
-from llama_ft.tasks.squad.zero_shot import (DEMONSTRATION, INSTRUCTION, clean_answer, decode_groups, qa_prompt,
-                                            snap_to_context)
+from llama_ft import LlamaConfig, LlamaForCausalLM
+from llama_ft.model import generate as gen
+from llama_ft.tasks.squad import zero_shot
+from llama_ft.tasks.squad.data import SquadExample
+from llama_ft.tasks.squad.zero_shot import (DEMONSTRATION, INSTRUCTION, answer_by_prompt, clean_answer, decode_groups,
+                                            qa_prompt, snap_to_context)
 
 CONTEXT = "Super Bowl 50 was won by the Denver Broncos, who beat the Carolina Panthers 24-10 in 2016."
 
@@ -64,3 +69,26 @@ def test_decode_groups_keep_questions_about_one_context_together():
     # The cache budget counts the group's longest prompt, which need not be its first.
     assert decode_groups([200, 50, 150, 140], rows=3, max_new_tokens=0, positions=300,
                          keys=["a", "a", "b", "b"]) == [[0], [1, 2], [3]]
+
+
+def test_the_prompted_row_hands_freed_memory_back_once_after_all_its_groups(smollm2_dir, monkeypatch):
+    """Each decoding group frees its cache for the next one to reuse (handing the pages back after every group
+    made the next one fault them all in again); the row hands them back once, at its end, with the same replies
+    as generating each group on its own."""
+    tok = llama_ft.load_tokenizer(smollm2_dir)
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig.from_dict(dict(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=tok.vocab_size, max_position_embeddings=1024))).eval()
+    examples = [SquadExample(f"q{i}", "t", CONTEXT + " " * i, q, [], []) for i, q in
+                enumerate(["Who won?", "Who lost the game?", "When was it?"])]
+    calls = {"generate": 0, "row": 0}
+    monkeypatch.setattr(gen, "release_free_memory", lambda: calls.__setitem__("generate", calls["generate"] + 1))
+    monkeypatch.setattr(zero_shot, "release_free_memory", lambda: calls.__setitem__("row", calls["row"] + 1))
+    replies = answer_by_prompt(lm, tok, examples, batch_size=1, max_new_tokens=3, amp="none", progress=False)
+    assert calls == {"generate": 0, "row": 1}
+    stop = [*tok.eos_token_ids, *tok.encode("\n", add_special_tokens=False)]
+    alone = {ex.qid: tok.decode(gen.generate(lm, [qa_prompt(tok, ex.context, ex.question)], max_new_tokens=3,
+                                             stop_ids=stop, pad_id=tok.pad_token_id)[0], skip_special_tokens=True)
+             for ex in examples}
+    assert replies == alone and calls["generate"] == 3
