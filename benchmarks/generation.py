@@ -2,7 +2,7 @@
 transformers' `generate`, same weights, prompts, batches and stop tokens, in the same run.
 
     python benchmarks/generation.py [--questions 96] [--batch 16] [--decode-rows 64] [--prefill-rows 16]
-        [--study 4000] [--rows recipe,recipe-prefix-only,prefix,plain] [--threads 1] [--json out.json]
+        [--study 4000] [--rows recipe,recipe-session22,recipe-prefix-only,prefix,plain] [--threads 1] [--json out.json]
 
 Prompts are SQuAD dev questions spread evenly over the file (`--first`: the file's first ones, which come from
 a few articles with short contexts; `--study N`: the first of the 1,000 test questions of `train_squad.py --n N`,
@@ -10,9 +10,11 @@ which share paragraphs as that row's do) in the recipe's zero-shot prompt (`qa_p
 at most 24 new tokens, stopping at EOS or a newline. transformers and the plain llama_ft rows decode batches of
 `--batch`; the recipe's row groups them as `answer_by_prompt` does (`decode_groups`: up to `--decode-rows`
 prompts decode together, questions about one paragraph next to each other, prefilled `--prefill-rows` at a
-time; `recipe-prefix-only`: the same with only the prefix every prompt starts with shared, as before
-`prefix_runs`). Prints a table and JSON: seconds per question, ratios (> 1: llama_ft faster) and the share of
-identical replies.
+time, the prefix every prompt starts with run once for all groups and, on a CPU, held once in the decoding cache;
+`recipe-session22`: as session 22 ran it, each group's prefix its own and copied into every row's cache, memory
+handed back after every group; `recipe-prefix-only`: the recipe with only the prefix every prompt starts with
+shared, as before `prefix_runs`). Prints a table and JSON: seconds per question, ratios (> 1: llama_ft faster)
+and the share of identical replies.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import llama_ft  # noqa: E402
 from benchmarks.forward import hf_twin  # noqa: E402
+from llama_ft.heap import release_free_memory  # noqa: E402
 from llama_ft.model import generate as gen  # noqa: E402
 from llama_ft.model.generate import generate, shared_prefix_length  # noqa: E402
 from llama_ft.tasks.squad.data import load_squad, study_split  # noqa: E402
@@ -51,6 +54,25 @@ def in_prompt_order(groups: list[list[int]], replies: list) -> list:
     for i, r in zip((i for g in groups for i in g), replies):
         out[i] = r
     return out
+
+
+def run_recipe(lm, groups, stop, pad, prefill_rows: int, before: bool = False) -> tuple[float, list]:
+    """The recipe's row as answer_by_prompt runs it: the prefix every prompt starts with run once for all groups
+    and held once in the decoding cache (generate.PREFIX_APART, on a CPU), freed memory handed back once at the
+    end. `before`: as session 22 ran it, each group its own prefix, copied into every row, memory handed back
+    after every group."""
+    apart = gen.PREFIX_APART
+    gen.PREFIX_APART = not before
+    try:
+        t = time.perf_counter()
+        prefix = None if before else gen.shared_prefix(lm, [p for g in groups for p in g], torch.bfloat16)
+        out = [r for g in groups for r in generate(lm, g, max_new_tokens=24, stop_ids=stop, pad_id=pad,
+                                                  amp=torch.bfloat16, prefill_batch=prefill_rows,
+                                                  release_memory=before, prefix=prefix)]
+        release_free_memory()
+        return time.perf_counter() - t, out
+    finally:
+        gen.PREFIX_APART = apart
 
 
 def run_ours(lm, groups, stop, pad, share: bool, prefill_rows: int | None = None) -> tuple[float, list]:
@@ -95,7 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prefill-rows", type=int, default=PREFILL_ROWS, help="the recipe row's prefill batch")
     ap.add_argument("--study", type=int, metavar="N", help="the test questions of train_squad.py --n N")
     ap.add_argument("--rows", type=lambda v: v.split(","), default=["recipe", "prefix", "plain"],
-                    help="llama_ft's rows to run, comma-separated: recipe, recipe-prefix-only, prefix, plain "
+                    help="llama_ft's rows to run, comma-separated: recipe, recipe-session22, recipe-prefix-only, "
+                         "prefix, plain "
                          "(transformers always runs)")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--data", help="the SQuAD file (default: dev-open; with --study, the train file)")
@@ -123,10 +146,12 @@ def main(argv=None) -> int:
     wide = [[prompts[i] for i in g] for g in wide_order]
     recipe = f"llama_ft (recipe: decode up to {args.decode_rows}, prefill {args.prefill_rows})"
     # key: (row name, the run, the prompt indices of its groups, in the order it returns replies)
-    runs = {"recipe": (recipe, lambda: run_ours(lm, wide, stop, tok.pad_token_id, True, args.prefill_rows),
-                       wide_order),
+    runs = {"recipe": (recipe, lambda: run_recipe(lm, wide, stop, tok.pad_token_id, args.prefill_rows), wide_order),
+            "recipe-session22": (f"{recipe}, as in session 22 (a prefix per group, copied into every row)",
+                                 lambda: run_recipe(lm, wide, stop, tok.pad_token_id, args.prefill_rows, before=True),
+                                 wide_order),
             "recipe-prefix-only": (f"{recipe}, only the common prefix shared (SHARE_RUNS off)",
-                                   lambda: prefix_only(run_ours, lm, wide, stop, tok.pad_token_id, True,
+                                   lambda: prefix_only(run_recipe, lm, wide, stop, tok.pad_token_id,
                                                        args.prefill_rows), wide_order),
             "prefix": ("llama_ft (shared prefix)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, True),
                        order),

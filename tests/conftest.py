@@ -43,6 +43,14 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def fresh_inference_compile_state(monkeypatch):
+    """Every test starts as a fresh process: no blocks compiled for an inference pass before (llama_ft.train.compile
+    weighs a shorter warm-up after one), whichever tests ran before it."""
+    from llama_ft.train import compile as compile_mod
+    monkeypatch.setattr(compile_mod, "_compiled_for_inference", False)
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread for tests of tiny matrices: on a shared 2-core machine two spinning OpenMP threads run

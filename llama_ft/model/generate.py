@@ -209,9 +209,12 @@ COMPACT_AT = 0.5
 def generate(model: LlamaForCausalLM, prompts: list[list[int]], max_new_tokens: int = 32,
              stop_ids: list[int] | None = None, pad_id: int | None = None,
              amp: torch.dtype | None = None, share_prefix: bool = True,
-             prefill_batch: int | None = None, release_memory: bool = True) -> list[list[int]]:
+             prefill_batch: int | None = None, release_memory: bool = True,
+             prefix: SharedPrefix | None = None) -> list[list[int]]:
     """Greedy continuations (new token ids only, stop token excluded) for each prompt, decoded as one batch
-    (`share_prefix`, `prefill_batch`: see prefill's `share_prefix` and `batch_size`). `release_memory`: on a CPU,
+    (`share_prefix`, `prefill_batch`, `prefix`: see prefill's `share_prefix`, `batch_size` and `prefix`: a
+    caller that generates batch after batch of one set passes shared_prefix() of the whole set, which then runs
+    once instead of once a batch). `release_memory`: on a CPU,
     hand the freed heap back to the system afterwards (llama_ft.heap). A caller that generates batch after batch
     passes False and releases once at the end: the next batch reuses the pages this one freed instead of faulting
     them in again."""
@@ -219,7 +222,8 @@ def generate(model: LlamaForCausalLM, prompts: list[list[int]], max_new_tokens: 
     cfg = model.config
     stop = set(stop_ids if stop_ids is not None else cfg.eos_ids)
     pad = pad_id if pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else 0)
-    logits, cache, mask = prefill(model, prompts, pad, amp, share_prefix, prefill_batch, reserve=max_new_tokens)
+    logits, cache, mask = prefill(model, prompts, pad, amp, share_prefix, prefill_batch, reserve=max_new_tokens,
+                                  prefix=prefix)
     out: list[list[int]] = [[] for _ in prompts]
     rows = list(range(len(prompts)))  # the prompt in each row of the batch
     live = [True] * len(rows)         # rows still decoding

@@ -29,6 +29,13 @@ AUTO_PROBE_STEPS = 2
 # fresh machine pays only on passes of minutes (BENCHMARKS.md, sessions 5 and 15: the SST-2 quickstart's trunk cache
 # stays eager, SQuAD's scoring passes compile). A kind not measured gets the cautious CPU value.
 AUTO_MIN_INFERENCE_SECONDS = {"cpu-amx": 60.0, "cpu": 200.0, "cuda": 60.0}
+# Once the process has compiled the blocks for an inference pass, the next pass's warm-up is a few seconds: dynamo
+# traces again where the model changed (bf16 frozen weights and merged adapters after training) and inductor finds
+# the kernels it built. By the same rule with the filled-cache warm-ups (3.4 s with AMX, BENCHMARKS.md session 20;
+# 4.6-8.6 s on EPYCs, sessions 15-16), such a pass compiles from these lengths. Weighed against a fresh warm-up, a
+# fine-tuned scoring pass after the random-head one stayed eager (session 23). A GPU keeps its value: not measured.
+AUTO_MIN_INFERENCE_SECONDS_AGAIN = {"cpu-amx": 20.0, "cpu": 100.0, "cuda": 60.0}
+_compiled_for_inference = False   # whether this process has compiled blocks for an inference pass
 # torch.compile's `dynamic` for the blocks (benchmarks/compile_shapes.py measures both settings).
 DYNAMIC: bool | None = None
 # The blocks' forward sees several input variants in one run, each a graph of its own: the first trainable
@@ -125,9 +132,10 @@ def threshold_for(table: dict[str, float], device_type: str) -> float:
     return table.get(machine_kind(device_type), table.get(device_type, table["cpu"]))
 
 
-def auto_min_inference_seconds(device_type: str) -> float:
-    """The inference passes' `auto` threshold on this machine (AUTO_MIN_INFERENCE_SECONDS)."""
-    return threshold_for(AUTO_MIN_INFERENCE_SECONDS, device_type)
+def auto_min_inference_seconds(device_type: str, again: bool = False) -> float:
+    """The inference passes' `auto` threshold on this machine (AUTO_MIN_INFERENCE_SECONDS; `again`: in a process
+    that has compiled an inference pass before, AUTO_MIN_INFERENCE_SECONDS_AGAIN)."""
+    return threshold_for(AUTO_MIN_INFERENCE_SECONDS_AGAIN if again else AUTO_MIN_INFERENCE_SECONDS, device_type)
 
 
 def compile_pays(step_seconds: float, steps_left: int, min_seconds: float = AUTO_MIN_SECONDS["cpu"]) -> bool:
@@ -212,7 +220,8 @@ class Compiler:
 class InferenceCompiler:
     """Compiled decoder blocks for one long inference pass over length-sorted batches: now (True), never (False),
     or `auto`, after the first batch, when the remaining tokens at its speed would take at least `min_seconds`
-    eagerly (None: auto_min_inference_seconds for the model's device). The blocks compile with dynamic shapes, so
+    eagerly (None: auto_min_inference_seconds for the model's device, lower once the process has compiled a pass
+    before). The blocks compile with dynamic shapes, so
     every batch length and size shares one graph (right-padded batches need no mask; a left-padded one would
     add a second graph). On exit the blocks are as they were (eager, or training's compiled blocks)."""
 
@@ -220,7 +229,8 @@ class InferenceCompiler:
         if mode not in ("auto", True, False):
             raise ValueError(f"compile={mode!r}; use auto, True or False.")
         if min_seconds is None and mode == "auto":
-            min_seconds = auto_min_inference_seconds(next(model.parameters()).device.type)
+            min_seconds = auto_min_inference_seconds(next(model.parameters()).device.type,
+                                                     again=_compiled_for_inference)
         self.layers = list(model.backbone.layers)
         self.mode, self.left, self.min_seconds = mode, total_tokens, min_seconds
         self.saved: list | None = None
@@ -232,6 +242,8 @@ class InferenceCompiler:
         return self
 
     def _start(self) -> None:
+        global _compiled_for_inference
+        _compiled_for_inference = True
         raise_recompile_limit()
         self.saved = [getattr(layer, "_compiled_call_impl", None) for layer in self.layers]
         for layer in self.layers:

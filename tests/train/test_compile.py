@@ -188,6 +188,23 @@ def test_inference_auto_threshold_follows_the_cpu_kind(pretend_cpu, amx, compile
     assert not is_compiled(model)
 
 
+def test_inference_auto_weighs_a_short_warm_up_once_the_process_has_compiled_a_pass(pretend_cpu):
+    """A pass projected at 30 s eagerly stays eager in a fresh process (a fresh warm-up would not pay) and compiles
+    once an earlier pass has compiled the blocks (the fine-tuned scoring pass after the random-head one)."""
+    pretend_cpu(amx_bf16=True)
+    model = tiny_model("qa")
+    with InferenceCompiler(model, "auto", total_tokens=400) as c:
+        c.after_batch(seconds=10.0, tokens=100)  # 300 tokens left at 10 a second: 30 s
+        assert not c.compiled
+    with InferenceCompiler(model, True, total_tokens=400) as c:
+        assert c.compiled
+    with InferenceCompiler(model, "auto", total_tokens=400) as c:
+        c.after_batch(seconds=10.0, tokens=100)
+        assert c.compiled and is_compiled(model)
+    assert not is_compiled(model)
+    assert compile_mod.auto_min_inference_seconds("cpu", again=True) < compile_mod.auto_min_inference_seconds("cpu")
+
+
 def test_a_torch_without_get_capabilities_reads_the_cpu_flags(monkeypatch):
     from pathlib import Path
     monkeypatch.delattr(torch.cpu, "get_capabilities")

@@ -71,24 +71,30 @@ def test_decode_groups_keep_questions_about_one_context_together():
                          keys=["a", "a", "b", "b"]) == [[0], [1, 2], [3]]
 
 
-def test_the_prompted_row_hands_freed_memory_back_once_after_all_its_groups(smollm2_dir, monkeypatch):
-    """Each decoding group frees its cache for the next one to reuse (handing the pages back after every group
-    made the next one fault them all in again); the row hands them back once, at its end, with the same replies
-    as generating each group on its own."""
+def test_the_prompted_row_runs_its_prefix_once_and_hands_freed_memory_back_once(smollm2_dir, monkeypatch):
+    """The instruction and demonstration every prompt starts with run once for the whole row, not once per
+    decoding group. Each group frees its cache for the next one to reuse (handing the pages back after every
+    group made the next one fault them all in again); the row hands them back once, at its end. The replies are
+    those of generating each prompt on its own."""
     tok = llama_ft.load_tokenizer(smollm2_dir)
     torch.manual_seed(0)
     lm = LlamaForCausalLM(LlamaConfig.from_dict(dict(
         hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         vocab_size=tok.vocab_size, max_position_embeddings=1024))).eval()
-    examples = [SquadExample(f"q{i}", "t", CONTEXT + " " * i, q, [], []) for i, q in
-                enumerate(["Who won?", "Who lost the game?", "When was it?"])]
+    examples = [SquadExample(f"q{i}", "t", CONTEXT + " Really." * i, q, [], []) for i, q in
+                enumerate(["Who won?", "Who lost the game?", "When was it?", "By how much?"])]
+    prompts = [qa_prompt(tok, ex.context, ex.question) for ex in examples]
+    n = gen.shared_prefix_length(prompts)
     calls = {"generate": 0, "row": 0}
     monkeypatch.setattr(gen, "release_free_memory", lambda: calls.__setitem__("generate", calls["generate"] + 1))
     monkeypatch.setattr(zero_shot, "release_free_memory", lambda: calls.__setitem__("row", calls["row"] + 1))
-    replies = answer_by_prompt(lm, tok, examples, batch_size=1, max_new_tokens=3, amp="none", progress=False)
+    widths = []
+    hook = lm.model.register_forward_pre_hook(lambda m, args: widths.append(tuple(args[0].shape)))
+    replies = answer_by_prompt(lm, tok, examples, batch_size=2, max_new_tokens=3, amp="none", progress=False)
+    hook.remove()
+    assert n > 100 and widths.count((1, n)) == 1 and widths[0] == (1, n)   # two groups, one run of the prefix
     assert calls == {"generate": 0, "row": 1}
     stop = [*tok.eos_token_ids, *tok.encode("\n", add_special_tokens=False)]
-    alone = {ex.qid: tok.decode(gen.generate(lm, [qa_prompt(tok, ex.context, ex.question)], max_new_tokens=3,
-                                             stop_ids=stop, pad_id=tok.pad_token_id)[0], skip_special_tokens=True)
-             for ex in examples}
-    assert replies == alone and calls["generate"] == 3
+    alone = {ex.qid: tok.decode(gen.generate(lm, [p], max_new_tokens=3, stop_ids=stop, pad_id=tok.pad_token_id)[0],
+                                skip_special_tokens=True) for ex, p in zip(examples, prompts)}
+    assert replies == alone and calls["generate"] == 4
