@@ -44,6 +44,20 @@ def test_a_cpu_step_trims_after_its_update_and_optionally_after_each_micro_batch
     assert calls.count("micro-batch") == (2 * 3 if each_micro_batch else 0)
 
 
+def test_a_cpu_inference_pass_starts_and_ends_on_a_trimmed_heap(monkeypatch):
+    """A scoring pass after training starts from a trimmed heap: the steps hand pages back only once they add up,
+    and the pass's peak would otherwise sit on top of what the last steps left free."""
+    from llama_ft.train import loop, predict
+    from tiny import dataset, tiny_model
+
+    calls = []
+    monkeypatch.setattr(loop, "release_free_memory", lambda *a: calls.append("trim") or True)
+    model = tiny_model()
+    model.register_forward_pre_hook(lambda *a: calls.append("batch"))
+    predict(model, dataset(n=8), batch_size=4, compile=False)
+    assert calls == ["trim", "batch", "batch", "trim"]
+
+
 def test_a_step_trims_only_once_the_resident_set_has_grown(monkeypatch):
     """Short steps reuse the pages the previous one freed: trimming after each would fault them in again."""
     from llama_ft import heap

@@ -614,6 +614,10 @@ def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: st
                          "use amp='bf16' or cast the model with model.float().")
     was_training = model.training
     model.eval()
+    if device.type == "cpu":
+        # The pass starts from a trimmed heap: training hands freed pages back only once they add up
+        # (heap.StepTrim), and a pass after it would otherwise peak on top of what its last steps left free.
+        release_free_memory()
     lengths = example_lengths(dataset)
     if trunk is not None:
         trunk.check(model, lengths)
