@@ -212,12 +212,11 @@ def generate(model: LlamaForCausalLM, prompts: list[list[int]], max_new_tokens: 
              prefill_batch: int | None = None, release_memory: bool = True,
              prefix: SharedPrefix | None = None) -> list[list[int]]:
     """Greedy continuations (new token ids only, stop token excluded) for each prompt, decoded as one batch
-    (`share_prefix`, `prefill_batch`, `prefix`: see prefill's `share_prefix`, `batch_size` and `prefix`: a
+    (`share_prefix`, `prefill_batch`, `prefix`: see prefill's `share_prefix`, `batch_size` and `prefix`; a
     caller that generates batch after batch of one set passes shared_prefix() of the whole set, which then runs
-    once instead of once a batch). `release_memory`: on a CPU,
-    hand the freed heap back to the system afterwards (llama_ft.heap). A caller that generates batch after batch
-    passes False and releases once at the end: the next batch reuses the pages this one freed instead of faulting
-    them in again."""
+    once instead of once a batch). `release_memory`: on a CPU, hand the freed heap back to the system afterwards
+    (llama_ft.heap); a caller that generates batch after batch passes False and releases once at the end, so that
+    each batch reuses the pages the one before it freed instead of faulting them in again."""
     device = next(model.parameters()).device
     cfg = model.config
     stop = set(stop_ids if stop_ids is not None else cfg.eos_ids)

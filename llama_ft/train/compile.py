@@ -221,9 +221,9 @@ class InferenceCompiler:
     """Compiled decoder blocks for one long inference pass over length-sorted batches: now (True), never (False),
     or `auto`, after the first batch, when the remaining tokens at its speed would take at least `min_seconds`
     eagerly (None: auto_min_inference_seconds for the model's device, lower once the process has compiled a pass
-    before). The blocks compile with dynamic shapes, so
-    every batch length and size shares one graph (right-padded batches need no mask; a left-padded one would
-    add a second graph). On exit the blocks are as they were (eager, or training's compiled blocks)."""
+    before). The blocks compile with dynamic shapes, so every batch length and size shares one graph (right-padded
+    batches need no mask; a left-padded one would add a second graph). On exit the blocks are as they were (eager,
+    or training's compiled blocks)."""
 
     def __init__(self, model: nn.Module, mode: bool | str, total_tokens: int, min_seconds: float | None = None):
         if mode not in ("auto", True, False):

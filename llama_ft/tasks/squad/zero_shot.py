@@ -190,5 +190,5 @@ def answer_by_prompt(lm, tokenizer, examples: list[SquadExample], batch_size: in
             replies[examples[i].qid] = tokenizer.decode(ids, skip_special_tokens=True)
         bar.update(len(idx))
     bar.close()
-    release_free_memory()  # once for every group: each group reused the pages the one before it freed
+    release_free_memory()  # once, after the last group: each group reused the pages the one before it freed
     return {ex.qid: replies[ex.qid] for ex in examples}
