@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import llama_ft  # noqa: E402
 from benchmarks.forward import hf_twin  # noqa: E402
-from llama_ft.heap import release_free_memory  # noqa: E402
 from llama_ft.model import generate as gen  # noqa: E402
 from llama_ft.model.generate import generate, shared_prefix_length  # noqa: E402
 from llama_ft.tasks.squad.data import load_squad, study_split  # noqa: E402
@@ -61,16 +60,14 @@ def run_recipe(lm, groups, stop, pad, prefill_rows: int, before: bool = False) -
     and held once in the decoding cache (generate.PREFIX_APART, on a CPU), freed memory handed back once at the
     end. `before`: as session 22 ran it, each group its own prefix, copied into every row, memory handed back
     after every group."""
+    settings = dict(max_new_tokens=24, stop_ids=stop, pad_id=pad, amp=torch.bfloat16, prefill_batch=prefill_rows)
     apart = gen.PREFIX_APART
     gen.PREFIX_APART = not before
     try:
         t = time.perf_counter()
-        prefix = None if before else gen.shared_prefix(lm, [p for g in groups for p in g], torch.bfloat16)
-        out = [r for g in groups for r in generate(lm, g, max_new_tokens=24, stop_ids=stop, pad_id=pad,
-                                                  amp=torch.bfloat16, prefill_batch=prefill_rows,
-                                                  release_memory=before, prefix=prefix)]
-        release_free_memory()
-        return time.perf_counter() - t, out
+        outs = ([generate(lm, g, **settings) for g in groups] if before
+                else list(gen.generate_groups(lm, groups, **settings)))
+        return time.perf_counter() - t, [r for out in outs for r in out]
     finally:
         gen.PREFIX_APART = apart
 

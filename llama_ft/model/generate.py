@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -252,3 +253,17 @@ def generate(model: LlamaForCausalLM, prompts: list[list[int]], max_new_tokens: 
         del cache, logits
         release_free_memory()
     return out
+
+
+def generate_groups(model: LlamaForCausalLM, groups: list[list[list[int]]], **kwargs) -> Iterator[list[list[int]]]:
+    """generate() for each group of prompts of one set, in turn (yields each group's continuations): the prefix
+    every prompt of the set starts with runs once for all groups (shared_prefix), and on a CPU the freed heap is
+    handed back once, after the last group, so each group reuses the pages the one before it freed. `kwargs`:
+    generate's, but for `prefix` and `release_memory`."""
+    prefix = shared_prefix(model, [p for g in groups for p in g], kwargs.get("amp"))
+    try:
+        for prompts in groups:
+            yield generate(model, prompts, **kwargs, prefix=prefix, release_memory=False)
+    finally:
+        if next(model.parameters()).device.type == "cpu":
+            release_free_memory()

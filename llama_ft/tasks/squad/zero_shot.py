@@ -31,9 +31,8 @@ import re
 import torch
 from tqdm.auto import tqdm
 
-from llama_ft.heap import release_free_memory
 from llama_ft.metrics.squad import normalize_answer
-from llama_ft.model.generate import generate, shared_prefix
+from llama_ft.model.generate import generate_groups
 from llama_ft.tasks.squad.data import SquadExample
 from llama_ft.train.config import inference_amp
 
@@ -181,14 +180,12 @@ def answer_by_prompt(lm, tokenizer, examples: list[SquadExample], batch_size: in
     replies: dict[str, str] = {}
     bar = tqdm(total=len(prompts), desc="zero-shot prompt", unit="q", disable=not progress, dynamic_ncols=True)
     contexts = [ex.context for ex in examples]
-    prefix = shared_prefix(lm, prompts, amp_dtype)  # the instruction and the demonstration: once for all groups
-    for idx in decode_groups([len(p) for p in prompts], batch_size, max_new_tokens, keys=contexts):
-        outs = generate(lm, [prompts[i] for i in idx], max_new_tokens=max_new_tokens, stop_ids=stop,
-                        pad_id=tokenizer.pad_token_id, amp=amp_dtype, prefill_batch=PREFILL_ROWS,
-                        release_memory=False, prefix=prefix)
-        for i, ids in zip(idx, outs):
+    order = decode_groups([len(p) for p in prompts], batch_size, max_new_tokens, keys=contexts)
+    outs = generate_groups(lm, [[prompts[i] for i in idx] for idx in order], max_new_tokens=max_new_tokens,
+                           stop_ids=stop, pad_id=tokenizer.pad_token_id, amp=amp_dtype, prefill_batch=PREFILL_ROWS)
+    for idx, group in zip(order, outs):
+        for i, ids in zip(idx, group):
             replies[examples[i].qid] = tokenizer.decode(ids, skip_special_tokens=True)
         bar.update(len(idx))
     bar.close()
-    release_free_memory()  # once, after the last group: each group reused the pages the one before it freed
     return {ex.qid: replies[ex.qid] for ex in examples}
