@@ -25,6 +25,7 @@ import argparse
 import sys
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from functools import partial
 
 import llama_ft
@@ -34,10 +35,11 @@ from llama_ft.cli.ranks import join_processes, output_folder, quiet_unless_main,
 from llama_ft.cli.run_folder import command_line, finish_run
 from llama_ft.cli.training import Phases, device_and_amp, report_to, train_config, train_summary, wants_evaluation
 from llama_ft.files import write_json
-from llama_ft.metrics import format_squad_table, release_lexicon
+from llama_ft.metrics import format_squad_table
 from llama_ft.plots import loss_curve
 from llama_ft.tasks.squad.data import SquadDataError, check_trainable, hold_out, load_squad, study_split
-from llama_ft.tasks.squad.scoring import QuestionSet, prompted_answers, score_sets, summary_table
+from llama_ft.tasks.squad.scoring import (QuestionSet, predict_sets, prompted_replies, prompted_report, report_sets,
+                                          summary_table)
 from llama_ft.tasks.squad.windows import QA_FORMATS, pair_tokenizer
 from llama_ft.train import train
 from llama_ft.train.distributed import close_distributed
@@ -122,7 +124,8 @@ def questions(value: str) -> int | None:
 def load_splits(args, extra):
     """(data, train, held out, test): the study split, or under --split file the first --n questions against
     --eval-file (`extra`); held out of train: the v2 threshold's calibration questions, and the validation
-    slice of --eval-every / --save-best."""
+    slice of --eval-every / --save-best. `data` keeps what loading found (version, source, counts), not its
+    questions: all of SQuAD's would stay resident through training (55 MB; BENCHMARKS.md, session 24)."""
     data = load_squad(args.data, "train", args.version)
     print(f"SQuAD {data.version} from {data.source}: {data.counts.summary()}")
     if args.split == "file":
@@ -143,7 +146,7 @@ def load_splits(args, extra):
           + (f" / {len(held):,} held out for the no-answer threshold" if held and data.version == "2.0" else "")
           + (f" / {len(held):,} held out for validation" if held and data.version != "2.0" else "")
           + f"; {len(train_q) - n_trainable} train questions have no usable answer span (skipped)")
-    return data, train_q, held, test_q
+    return replace(data, examples=[]), train_q, held, test_q
 
 
 def run(args) -> int:
@@ -180,30 +183,38 @@ def run(args) -> int:
         outputs: dict[str, dict] = {}
         phase = Phases(t_start)
 
+        # Each row predicts as the run goes and is scored at the end (phase "metrics"): METEOR's WordNet tables
+        # and nltk then load once, after training, and stay out of its peak.
+        before = raw = None
         if not args.no_zero_shot:
             with phase("zero_shot_prompt"):
                 prompt_q = test_q[:args.prompt_limit]
                 lm = llama_ft.from_pretrained(args.model, task="causal-lm", dtype="fp32" if amp == "none" else "bf16",
                                               device=device)
-                report, texts, raw = prompted_answers(lm, tokenizer, prompt_q, amp)
+                raw = prompted_replies(lm, tokenizer, prompt_q, amp)
                 del lm
-                name = "zero-shot (prompt)" + (f", first {len(prompt_q)}" if len(prompt_q) < len(test_q) else "")
-                rows[name], outputs["zero_shot"] = {"test": report}, {"answers": texts, "replies": raw}
 
         model = llama_ft.from_pretrained(args.model, task="qa", device=device, seed=args.seed)
         if not args.no_zero_shot:
             with phase("random_head"):
-                rows[RANDOM_HEAD], outputs[RANDOM_HEAD] = score_sets(model, sets, calib, args.per_window_scoring)
+                before = predict_sets(model, sets, calib, args.per_window_scoring)
 
         with phase("train"):
             evaluate = wants_evaluation(args)
-            release_lexicon()  # the scoring rows' WordNet tables: training needs the memory, not them
             result = train(model, examples, train_config(args, out, device, amp),
                            eval_set=held.training_examples() if evaluate else None,
                            eval_fn=held.em_f1 if evaluate else None)
         with phase("eval"):
             finetuned = f"fine-tuned ({args.policy})"
-            rows[finetuned], outputs[finetuned] = score_sets(model, sets, calib, args.per_window_scoring)
+            after = predict_sets(model, sets, calib, args.per_window_scoring)
+        with phase("metrics"):
+            if raw is not None:
+                name = "zero-shot (prompt)" + (f", first {len(prompt_q)}" if len(prompt_q) < len(test_q) else "")
+                report, texts = prompted_report(prompt_q, raw)
+                rows[name], outputs["zero_shot"] = {"test": report}, {"answers": texts, "replies": raw}
+            if before is not None:
+                rows[RANDOM_HEAD], outputs[RANDOM_HEAD] = report_sets(sets, before)
+            rows[finetuned], outputs[finetuned] = report_sets(sets, after)
         timings = phase.finish()
 
         with together(rank, world, args):  # the other ranks wait for rank 0's files, and stop if it fails

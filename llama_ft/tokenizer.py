@@ -5,6 +5,7 @@ import base64
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -254,18 +255,7 @@ class Tokenizer:
         if not self.chat_template:
             raise TokenizerError(f"{self.source}: no `chat_template` in tokenizer_config.json (base models have "
                                  "none); use the instruct model's tokenizer or set `tokenizer.chat_template`.")
-        try:
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
-        except ImportError:
-            raise TokenizerError("rendering a chat template needs jinja2: pip install jinja2") from None
-
-        def raise_exception(message: str) -> None:
-            raise TokenizerError(f"{self.source}: chat template: {message}")
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = raise_exception
-        env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
-        return env.from_string(self.chat_template).render(
+        return _compiled_template(self.chat_template, str(self.source)).render(
             messages=list(messages), add_generation_prompt=add_generation_prompt,
             bos_token=self.bos_token or "", eos_token=self.eos_token or "", **kwargs)
 
@@ -307,6 +297,24 @@ def _read_json(path: Path) -> dict:
         raise TokenizerError(f"{path}: must hold one JSON object of fields, found a JSON {type(doc).__name__}; "
                              "restore the file.")
     return doc
+
+
+@lru_cache(maxsize=8)
+def _compiled_template(template: str, source: str):
+    """The Jinja template `template` compiled once: compiling it took longer than rendering it, and a prompted
+    row renders it once per question (BENCHMARKS.md, session 24). `source` names the tokenizer in errors."""
+    try:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:
+        raise TokenizerError("rendering a chat template needs jinja2: pip install jinja2") from None
+
+    def raise_exception(message: str) -> None:
+        raise TokenizerError(f"{source}: chat template: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
+    return env.from_string(template)
 
 
 def _chat_template(folder: Path, tok_config: dict) -> str | None:

@@ -3,6 +3,7 @@ character offsets, QA windows, special tokens, pad policy, chat template, save/l
 
 Data: ../shared/data (llama3/tokenizer.model + Llama-3.2-1B configs, SST-2 train.tsv, SQuAD dev zip).
 """
+import copy
 import json
 import zipfile
 
@@ -230,6 +231,22 @@ def test_smollm2_chat_template(smollm2):
                       "<|im_start|>assistant\n")
     ids = smollm2.encode(prompt)
     assert ids[0] == 1 and ids.count(2) == 2 and smollm2.decode(ids) == prompt
+
+
+def test_a_chat_template_compiles_once_and_a_new_one_takes_effect(smollm2, monkeypatch):
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    compiled = []
+    from_string = ImmutableSandboxedEnvironment.from_string
+    monkeypatch.setattr(ImmutableSandboxedEnvironment, "from_string",
+                        lambda self, source, *a, **k: compiled.append(source) or from_string(self, source, *a, **k))
+    tok = copy.copy(smollm2)
+    tok.chat_template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
+    assert [tok.apply_chat_template([{"role": "user", "content": c}]) for c in ("a", "b")] == ["[a]", "[b]"]
+    assert len(compiled) == 1  # the second prompt rendered the compiled template
+    tok.chat_template = "{{ raise_exception('no system turn') }}"
+    with pytest.raises(TokenizerError, match=r"chat template: no system turn"):
+        tok.apply_chat_template([{"role": "user", "content": "a"}])
+    assert len(compiled) == 2
 
 
 def test_pad_falls_back_to_eos(smollm2, tmp_path):

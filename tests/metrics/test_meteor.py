@@ -102,7 +102,7 @@ def test_synonym_stage_sees_stems_like_nltk(nltk_wordnet):
 def test_released_lexicon_is_read_again_with_the_same_scores(nltk_wordnet):
     before = _lexicon()
     score = single_meteor(["auto"], ["car"])
-    release_lexicon()  # the recipe does this before training, to hand WordNet's tables back
+    release_lexicon()  # for long phases that score nothing: hands WordNet's tables back
     assert _lexicon() is not before
     assert single_meteor(["auto"], ["car"]) == score == single_meteor_score(["auto"], ["car"], wordnet=nltk_wordnet)
 

@@ -34,7 +34,7 @@ def test_whole_recipe_on_a_tiny_slice(tmp_path, tiny_model_dir, shared):
         assert (out / name).is_file(), name
     m = json.loads((out / "metrics.json").read_text())
     assert m["split"]["train"] == 40 and m["split"]["test"] == 20 and m["split"]["eval"] == 10
-    phases = ("zero_shot_prompt", "random_head", "train", "eval")
+    phases = ("zero_shot_prompt", "random_head", "train", "eval", "metrics")
     assert set(m["timings"]) == {f"{p}_seconds" for p in phases} | {"total_seconds"}
     # Each phase's peak resident memory: the whole process's so far, so it never falls from phase to phase.
     peaks = [m["peak_memory_bytes"][p] for p in phases]

@@ -3,6 +3,8 @@
 table of the recipe's rows."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from llama_ft.metrics import squad_em_f1, squad_report
 from llama_ft.tasks.squad.data import SquadExample, references
 from llama_ft.tasks.squad.decode import (
@@ -20,6 +22,16 @@ from llama_ft.tasks.squad.windows import build_windows, training_examples
 from llama_ft.tasks.squad.zero_shot import answer_by_prompt, clean_answer
 from llama_ft.train import predict
 from llama_ft.train.distributed import map_sharded
+
+
+@dataclass
+class Predicted:
+    """One model state's predictions on a QuestionSet (QuestionSet.predict): per question, and the windows'
+    logits when the study's per-window scoring wants them; `threshold`: the no-answer threshold the answers
+    take (SQuAD v2)."""
+    preds: dict[str, QuestionPrediction]
+    threshold: float | None
+    logits: list | None = None
 
 
 class QuestionSet:
@@ -59,17 +71,27 @@ class QuestionSet:
         """The SQuAD v2 no-answer threshold that maximises F1 on this (held-out) set."""
         return best_null_threshold(self.decode(model)[0], self.refs)
 
-    def score(self, model, threshold: float | None = None, per_window: bool = False) -> tuple[dict, dict[str, str]]:
-        """(the full report, {qid: answer}) of `model`; `per_window` adds the study's per-window scoring."""
+    def predict(self, model, threshold: float | None = None, per_window: bool = False) -> Predicted:
+        """`model`'s predictions on this set, to report on later (`report`); `threshold`: the no-answer
+        threshold its answers take; `per_window` keeps the windows' logits for the study's per-window scoring."""
         preds, logits = self.decode(model)
+        return Predicted(preds, threshold, logits if per_window else None)
+
+    def report(self, predicted: Predicted) -> tuple[dict, dict[str, str]]:
+        """(the full report, {qid: answer}) of predictions made by `predict`."""
+        preds, threshold = predicted.preds, predicted.threshold
         texts = answers(preds, threshold)
         report = squad_report(texts, self.refs, na_probs(preds, threshold) if threshold is not None else None)
         if threshold is not None:
             report["null_threshold"] = threshold
-        if per_window:
-            report["per_window"] = squad_report(*study_window_predictions(self.examples, self.windows, logits,
-                                                                          self.tokenizer))
+        if predicted.logits is not None:
+            report["per_window"] = squad_report(*study_window_predictions(self.examples, self.windows,
+                                                                          predicted.logits, self.tokenizer))
         return report, texts
+
+    def score(self, model, threshold: float | None = None, per_window: bool = False) -> tuple[dict, dict[str, str]]:
+        """(the full report, {qid: answer}) of `model`; `per_window` adds the study's per-window scoring."""
+        return self.report(self.predict(model, threshold, per_window))
 
     def em_f1(self, model) -> dict[str, float]:
         """Exact match and F1 (0-100) of `model`, the cheap metrics for evaluation during training; a v2 set
@@ -79,31 +101,50 @@ class QuestionSet:
         return squad_em_f1(answers(preds, best_null_threshold(preds, self.refs) if v2 else None), self.refs)
 
 
-def score_sets(model, sets: dict[str, QuestionSet], calibration: QuestionSet | None = None,
-               per_window: bool = False) -> tuple[dict[str, dict], dict[str, dict[str, str]]]:
-    """({set name: report}, {set name: {qid: answer}}) of `model` on every set; with a calibration set (SQuAD
-    v2) its no-answer threshold applies to all of them; `per_window` adds the study's scoring to `test`."""
+def predict_sets(model, sets: dict[str, QuestionSet], calibration: QuestionSet | None = None,
+                 per_window: bool = False) -> dict[str, Predicted]:
+    """{set name: `model`'s predictions} on every set, to report on later (report_sets): a recipe predicts with
+    each model state as it goes and computes every report at the end, so that the reports' lexicons (METEOR's
+    WordNet) load once and after training. With a calibration set (SQuAD v2) its no-answer threshold applies to
+    all of them; `per_window` keeps what the study's scoring of `test` needs."""
     threshold = calibration.threshold(model) if calibration is not None else None
+    return {key: qs.predict(model, threshold, per_window and key == "test") for key, qs in sets.items()}
+
+
+def report_sets(sets: dict[str, QuestionSet], predicted: dict[str, Predicted]
+                ) -> tuple[dict[str, dict], dict[str, dict[str, str]]]:
+    """({set name: report}, {set name: {qid: answer}}) of predict_sets' predictions."""
     reports, texts = {}, {}
-    for key, qs in sets.items():
-        reports[key], texts[key] = qs.score(model, threshold, per_window and key == "test")
+    for key, p in predicted.items():
+        reports[key], texts[key] = sets[key].report(p)
     return reports, texts
 
 
-def prompted_answers(lm, tokenizer, examples: list[SquadExample], amp: str = "auto"
-                     ) -> tuple[dict, dict[str, str], dict[str, str]]:
-    """(report, cleaned answers, raw replies) of a causal LM prompted zero-shot on `examples`; the report's
-    `unsnapped` entry scores the cleaned replies before they are snapped to the context. Under torchrun each
-    process prompts its shard of the questions and all score the whole set (every process must call it)."""
+def score_sets(model, sets: dict[str, QuestionSet], calibration: QuestionSet | None = None,
+               per_window: bool = False) -> tuple[dict[str, dict], dict[str, dict[str, str]]]:
+    """({set name: report}, {set name: {qid: answer}}) of `model` on every set (predict_sets, then
+    report_sets)."""
+    return report_sets(sets, predict_sets(model, sets, calibration, per_window))
+
+
+def prompted_replies(lm, tokenizer, examples: list[SquadExample], amp: str = "auto") -> dict[str, str]:
+    """{qid: raw reply} of a causal LM prompted zero-shot on `examples` (prompted_report scores them). Under
+    torchrun each process prompts its shard of the questions and all get every reply (every process must call
+    it)."""
+    unanswerable = any(not g for g in references(examples).values())
+    return map_sharded(lambda part: answer_by_prompt(lm, tokenizer, part, amp=amp, unanswerable=unanswerable),
+                       examples)
+
+
+def prompted_report(examples: list[SquadExample], raw: dict[str, str]) -> tuple[dict, dict[str, str]]:
+    """(report, cleaned answers) of prompted replies; the report's `unsnapped` entry scores the cleaned replies
+    before they are snapped to the context."""
     refs = references(examples)
-    unanswerable = any(not g for g in refs.values())
-    raw = map_sharded(lambda part: answer_by_prompt(lm, tokenizer, part, amp=amp, unanswerable=unanswerable),
-                      examples)
     ctx = {ex.qid: ex.context for ex in examples}
     texts = {q: clean_answer(r, ctx[q]) for q, r in raw.items()}
     report = squad_report(texts, refs)
     report["unsnapped"] = squad_em_f1({q: clean_answer(r, ctx[q], snap=False) for q, r in raw.items()}, refs)
-    return report, texts, raw
+    return report, texts
 
 
 def summary_table(rows: dict[str, dict[str, dict]]) -> str:

@@ -1,13 +1,16 @@
 """llama_ft/zero_shot_qa.py: the fixed prompt and the post-processing of generated replies."""
+import re
+
 import pytest
 import torch
 
 import llama_ft
 from llama_ft import LlamaConfig, LlamaForCausalLM
 from llama_ft.model import generate as gen
-from llama_ft.tasks.squad.data import SquadExample
-from llama_ft.tasks.squad.zero_shot import (DEMONSTRATION, INSTRUCTION, answer_by_prompt, clean_answer, decode_groups,
-                                            qa_prompt, snap_to_context)
+from llama_ft.metrics.squad import normalize_answer
+from llama_ft.tasks.squad.data import SquadExample, load_squad
+from llama_ft.tasks.squad.zero_shot import (DEMONSTRATION, INSTRUCTION, SNAP_EXTRA_WORDS, SNAP_MIN_SCORE,
+                                            answer_by_prompt, clean_answer, decode_groups, qa_prompt, snap_to_context)
 
 CONTEXT = "Super Bowl 50 was won by the Denver Broncos, who beat the Carolina Panthers 24-10 in 2016."
 
@@ -35,6 +38,48 @@ def test_snap_can_be_turned_off():
 def test_snap_keeps_the_contexts_text_when_lowercasing_changes_lengths():
     # "İ".lower() is two code points: an index found in context.lower() would be shifted in context.
     assert snap_to_context("ankara", "In İİstanbul and Ankara are cities") == "Ankara"
+
+
+def _snap_every_span(answer: str, context: str) -> str | None:
+    """The definition snap_to_context implements, scoring every span of up to len(answer words) + 3 words."""
+    if not answer:
+        return None
+    if m := re.search(re.escape(answer), context, re.IGNORECASE):
+        return m.group(0)
+    target = normalize_answer(answer).split()
+    if not target:
+        return None
+    words = [(m.start(), m.end()) for m in re.finditer(r"\S+", context)]
+    norm = [normalize_answer(context[s:e]).split() for s, e in words]
+    scored = []
+    for a in range(len(words)):
+        toks: list[str] = []
+        for b in range(a, min(a + len(answer.split()) + SNAP_EXTRA_WORDS, len(words))):
+            toks += norm[b]
+            if toks:
+                rest = list(target)
+                common = sum(1 for t in toks if t in rest and rest.remove(t) is None)
+                p, r = common / len(toks), common / len(target)
+                f = 1.25 * p * r / (0.25 * p + r) if common else 0.0
+                scored.append((-f, words[b][1] - words[a][0], a, words[a][0], words[b][1]))
+    f, _, _, start, end = min(scored, default=(0.0, 0, 0, 0, 0))
+    if -f < SNAP_MIN_SCORE:
+        return None
+    return context[start:end].strip(" \t\n\"'“”‘’()[],;:").rstrip(".") or None
+
+
+def test_snap_finds_the_best_span_of_all_on_squad_questions(shared):
+    # Chatty and partial replies built from real questions and answers: the search that skips spans starting or
+    # ending on a word the reply does not share must pick what scoring every span picks.
+    examples = load_squad(shared / "data/squad_v1.1/dev-v1.1-open.json.zip").examples[:300]
+    cases = 0
+    for ex in examples:
+        answer = ex.answers[0].text if ex.answers else ex.question
+        for reply in (ex.question, f"I think it was {answer}, the {ex.question.split()[0]}",
+                      " ".join(reversed(answer.split())) + " maybe", f"{answer} and the rest."):
+            assert snap_to_context(reply, ex.context) == _snap_every_span(reply, ex.context), (reply, ex.qid)
+            cases += 1
+    assert cases == 1200
 
 
 def test_prompt_layout_with_the_chat_template(smollm2_dir):
