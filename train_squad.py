@@ -41,7 +41,7 @@ from llama_ft.tasks.squad.data import SquadDataError, check_trainable, hold_out,
 from llama_ft.tasks.squad.scoring import (QuestionSet, predict_sets, prompted_replies, prompted_report, report_sets,
                                           summary_table)
 from llama_ft.tasks.squad.windows import QA_FORMATS, pair_tokenizer
-from llama_ft.train import train
+from llama_ft.train import prepare_for_training, train
 from llama_ft.train.distributed import close_distributed
 
 RANDOM_HEAD = "pre-trained (random head)"
@@ -195,13 +195,17 @@ def run(args) -> int:
                 del lm
 
         model = llama_ft.from_pretrained(args.model, task="qa", device=device, seed=args.seed)
+        cfg = train_config(args, out, device, amp)
         if not args.no_zero_shot:
+            # The random-head row runs the model as training will hold it (policy applied, frozen weights bf16):
+            # the weights and compiled graph of the fine-tuned pass.
+            prepare_for_training(model, cfg)
             with phase("random_head"):
                 before = predict_sets(model, sets, calib, args.per_window_scoring)
 
         with phase("train"):
             evaluate = wants_evaluation(args)
-            result = train(model, examples, train_config(args, out, device, amp),
+            result = train(model, examples, cfg,
                            eval_set=held.training_examples() if evaluate else None,
                            eval_fn=held.em_f1 if evaluate else None)
         with phase("eval"):

@@ -16,7 +16,6 @@ WordNet and the punkt tables come from the data root built by `python -m llama_f
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Sequence
 from functools import cache
 from itertools import pairwise
@@ -24,6 +23,7 @@ from itertools import pairwise
 import numpy as np
 
 import llama_ft.metrics.nltk_data as nltk_data
+from llama_ft.metrics.wordnet import WordNet
 
 _PLAIN = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
 _CONTRACTIONS = ("cannot", "gimme", "gonna", "gotta", "lemme", "wanna")  # each splits after its 3rd letter
@@ -39,17 +39,13 @@ class _Lexicon:
     def __init__(self, root: str):
         try:
             import nltk
-            from nltk.corpus.reader.wordnet import WordNetCorpusReader
             from nltk.stem.porter import PorterStemmer
         except ImportError:
             raise nltk_data.SetupError("METEOR needs nltk: pip install 'llama_ft[metrics]'") from None
 
         if root not in nltk.data.path:
             nltk.data.path.insert(0, root)  # nltk>=3.10 opens data files only under a listed data root
-        with warnings.catch_warnings():
-            # "the multilingual functions are not available": no Open Multilingual Wordnet, English only
-            warnings.simplefilter("ignore")
-            self.wordnet = WordNetCorpusReader(f"{root}/{nltk_data.WORDNET_DIR.as_posix()}", None)
+        self.wordnet = WordNet(f"{root}/{nltk_data.WORDNET_DIR.as_posix()}")
         self._word_tokenize = nltk.word_tokenize
         self._stemmer = PorterStemmer()
         self._tokens: dict[str, list[str]] = {}
@@ -76,7 +72,7 @@ class _Lexicon:
 
     def synonyms(self, word: str) -> frozenset[str]:
         if word not in self._synonyms:
-            names = {lemma.name() for synset in self.wordnet.synsets(word) for lemma in synset.lemmas()}
+            names = self.wordnet.synonyms(word)
             self._synonyms[word] = frozenset({name for name in names if "_" not in name} | {word})
         return self._synonyms[word]
 

@@ -172,6 +172,17 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, frozen_dtype: torch.dtype,
     model.train()
 
 
+def prepare_for_training(model: nn.Module, cfg: TrainConfig) -> None:
+    """Do now what train() does to `model` before its first step: apply cfg.policy (apply_training_policy), move
+    it to cfg's device, keep the trainable weights as fp32 masters and cast the frozen ones to the frozen dtype
+    (bf16 under autocast). train() then finds it done. A pass before training (a recipe's untrained row) so runs
+    the weights the fine-tuned pass runs: bf16 instead of fp32 cast at every call, faster, and one compiled
+    graph for both passes (BENCHMARKS.md, session 24). The frozen weights are cast once either way: the same
+    values as train() would cast. The adapters start at zero, so the model computes what it did."""
+    device = resolve_device(cfg.device)
+    prepare_model(model, cfg, resolve_frozen_dtype(cfg.frozen_dtype, resolve_amp(cfg.amp, device)), device)
+
+
 @dataclass(frozen=True)
 class Geometry:
     """How the training set is cut into optimizer steps over all processes."""

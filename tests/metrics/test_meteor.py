@@ -4,12 +4,15 @@ These tests need the data built by `python -m llama_ft.metrics.nltk_data`; witho
 command.
 """
 
+import warnings
+from pathlib import Path
+
 import nltk
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from metrics_squad_pairs import squad_pairs
+from metrics_squad_pairs import squad_pairs, squad_questions
 from nltk.corpus.reader.wordnet import WordNetCorpusReader
 from nltk.translate.meteor_score import meteor_score, single_meteor_score
 
@@ -62,16 +65,35 @@ DOCTEST_REF = [
 
 @pytest.fixture(scope="module")
 def nltk_wordnet():
-    """nltk's WordNetCorpusReader on the data root (the one METEOR loaded: a second load costs seconds)."""
+    """nltk's WordNetCorpusReader on the data root METEOR reads (the reference for its own WordNet reader)."""
     try:
         root = str(require_root())
     except SetupError as err:
         pytest.fail(str(err))
-    wordnet = _lexicon().wordnet
-    assert type(wordnet) is WordNetCorpusReader and wordnet.root.path == f"{root}/corpora/wordnet"
+    assert _lexicon().wordnet.folder == Path(root, "corpora", "wordnet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "the multilingual functions are not available": English only
+        wordnet = WordNetCorpusReader(f"{root}/corpora/wordnet", None)
     # nltk's own lookup, as `from nltk.corpus import wordnet` would do it, finds the same folder
     assert nltk.data.find("corpora/wordnet").path == wordnet.root.path
     return wordnet
+
+
+def test_wordnet_synonyms_are_nltks_lemma_names_of_every_synset(nltk_wordnet, tokens):
+    # Every word of the SQuAD pairs, of 150 dev contexts, and inflections that exercise each part of speech's
+    # exception list and detachment rules, against nltk: the same names in the same order.
+    words = {w.lower() for toks in tokens.values() for w in toks}
+    contexts = list(dict.fromkeys(q["context"] for q in squad_questions()))[:150]
+    words |= {w.lower() for ctx in contexts for w in nltk.word_tokenize(ctx)}
+    words |= {"geese", "went", "better", "best", "mice", "children", "boxes", "churches", "wolves", "running",
+              "happiest", "larger", "studies", "fishermen", "axes", "was", "are", "ran", "Paris", "U.S.", ""}
+    ours = _lexicon().wordnet
+    found = 0
+    for word in sorted(words):
+        expected = [lemma.name() for synset in nltk_wordnet.synsets(word) for lemma in synset.lemmas()]
+        assert ours.synonyms(word) == expected, word
+        found += bool(expected)
+    assert len(words) > 5000 and found > 3000
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from tiny import dataset, tiny_model, train_config
 
 from llama_ft.model.flops import training_flops
 from llama_ft.model.policies import apply_policy
-from llama_ft.train import predict, train
+from llama_ft.train import predict, prepare_for_training, train
 from llama_ft.train.batching import collate, example_lengths
 from llama_ft.train.config import resolve_amp
 from llama_ft.train.loop import TaskLoss, eval_loss, task_loss
@@ -147,6 +147,27 @@ def test_bf16_frozen_weights_fp32_masters():
     train(model, dataset(n=16), train_config(policy="last:1", amp="bf16", epochs=1))
     for n, p in model.named_parameters():
         assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16), n
+
+
+@pytest.mark.parametrize("policy", ["lora:4", "last:1", "full"])
+def test_preparing_before_training_scores_as_before_and_trains_the_same(policy):
+    # What a recipe's untrained row does: prepare the model as train() would, score it, then train it.
+    data = dataset("qa", 16)
+    cfg = train_config(policy=policy, amp="bf16", epochs=1)
+    fresh, prepared = tiny_model("qa"), tiny_model("qa")
+    untrained = predict(fresh, data, batch_size=8, amp="bf16", compile=False)
+    prepare_for_training(prepared, cfg)
+    for n, p in prepared.named_parameters():
+        assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16), n
+    # The same model: zero adapters, and bf16 weights where autocast cast them to bf16 at every call.
+    for (s1, e1), (s2, e2) in zip(untrained, predict(prepared, data, batch_size=8, amp="bf16", compile=False)):
+        torch.testing.assert_close(s2, s1, rtol=0.02, atol=0.02)
+        torch.testing.assert_close(e2, e1, rtol=0.02, atol=0.02)
+    # train() finds the policy applied and the weights cast: the same adapters' start, the same steps.
+    a, b = train(fresh, data, cfg), train(prepared, data, cfg)
+    assert a.losses == b.losses
+    for (n, p), q in zip(fresh.state_dict().items(), prepared.state_dict().values()):
+        assert torch.equal(p, q), n
 
 
 @pytest.mark.parametrize("task", ["classification", "qa"])
