@@ -12,9 +12,12 @@ transformers' run_qa does. Its spellings (--max_seq_length, --doc_stride, --lear
 Under torchrun (README "Several processes, several nodes") spell --n as --train-questions: torchrun's own parser
 takes --n for its --nnodes.
 Rows: the model with an untrained span head (the study's "before"), the causal LM prompted zero-shot, and the
-fine-tuned model. --eval-every / --save-best evaluate on a validation slice held out of the training questions
-(the last tenth, at most 1,000; for SQuAD v2 the slice that calibrates the no-answer threshold): exact_match and
-f1 per question (the cheap metrics: no BLEU/ROUGE/METEOR) and eval_loss over its windows. Outputs in
+fine-tuned model. Each row predicts when its model is ready; all are scored after training (metrics.json's
+timing `metrics_seconds`). The untrained row runs the model as training holds it: the policy applied (LoRA
+adapters start at zero) and the frozen weights in bf16 (with --amp none: fp32). --eval-every / --save-best
+evaluate on a validation slice held out of the training questions (the last tenth, at most 1,000; for SQuAD v2
+the slice that calibrates the no-answer threshold): exact_match and f1 per question (the cheap metrics: no
+BLEU/ROUGE/METEOR) and eval_loss over its windows. Outputs in
 --output-dir: metrics.json, results.md, predictions.json (official format {id: answer}, fine-tuned, test),
 predictions_zero_shot.json, predictions_eval.json, loss.png, run_config.json, train_log.jsonl and the fine-tuned
 model (model/, Hugging Face layout).
