@@ -8,7 +8,8 @@ The passes, as the recipes run them on the embedded model:
 - sst2-trunk: the trunk cache of `last:4` (the frozen bottom in bf16, as train() stores it) over the first N SST-2
   training sentences, batches of 128 (what the SST-2 recipe's training starts with).
 - squad-test: predict over the windows of the first N test questions of the `--n 4000` study split, batches of
-  32, the model as loaded (the random-head row of train_squad.py).
+  32, the model as train_squad.py's random-head row runs it (prepare_for_training under its default policy,
+  `lora:16`: the frozen weights in bf16).
 
 Each mode runs in a process of its own, one after the other: eager; compiled with an empty inductor cache (a
 fresh machine); compiled again with the cache that run filled. Each process runs the pass twice: the second pass
@@ -73,10 +74,12 @@ def squad_test_windows(n: int) -> list[dict]:
 def squad_test(n: int):
     """A function that scores the random-head row's windows once, and the pass's real tokens."""
     import llama_ft
-    from llama_ft.train import predict
+    from llama_ft.train import TrainConfig, predict, prepare_for_training
 
     windows = squad_test_windows(n)
     model = llama_ft.from_pretrained("smollm2-135m", task="qa", seed=0)
+    # As train_squad.py's random-head row runs it: the default policy applied, the frozen weights in bf16.
+    prepare_for_training(model, TrainConfig(policy="lora:16", device="cpu"))
 
     def run(compile: bool) -> None:
         predict(model, windows, batch_size=32, compile=compile)

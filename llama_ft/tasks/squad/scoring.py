@@ -35,7 +35,8 @@ class Predicted:
 
 
 class QuestionSet:
-    """One set of questions, windowed once for one tokenizer; `decode`/`score` work with any model state.
+    """One set of questions, windowed once for one tokenizer; `decode` and `predict` work with any model state,
+    `report` scores what `predict` returned.
 
     amp: the autocast dtype by name (auto, bf16, fp16 on CUDA, none; llama_ft.train.config.inference_amp);
     n_best / max_answer_tokens: see decode;
@@ -60,7 +61,7 @@ class QuestionSet:
     def decode(self, model, batch_size: int = 32) -> tuple[dict[str, QuestionPrediction], list]:
         """({qid: prediction}, the windows' span logits) of `model` on this set. Under torchrun each process
         predicts its shard of the windows and all decode the whole set (every process must call it, and so
-        `threshold`, `score`, `em_f1` and score_sets)."""
+        `threshold`, `predict`, `em_f1` and predict_sets)."""
         logits = map_sharded(lambda part: predict(model, [w.as_example() for w in part], batch_size=batch_size,
                                                   amp=self.amp, progress=f"score {self.name}" if self.progress
                                                   else None, compile=self.compile), self.windows)
@@ -89,10 +90,6 @@ class QuestionSet:
                                                                           predicted.logits, self.tokenizer))
         return report, texts
 
-    def score(self, model, threshold: float | None = None, per_window: bool = False) -> tuple[dict, dict[str, str]]:
-        """(the full report, {qid: answer}) of `model`; `per_window` adds the study's per-window scoring."""
-        return self.report(self.predict(model, threshold, per_window))
-
     def em_f1(self, model) -> dict[str, float]:
         """Exact match and F1 (0-100) of `model`, the cheap metrics for evaluation during training; a v2 set
         answers '' by the threshold calibrated on itself."""
@@ -118,13 +115,6 @@ def report_sets(sets: dict[str, QuestionSet], predicted: dict[str, Predicted]
     for key, p in predicted.items():
         reports[key], texts[key] = sets[key].report(p)
     return reports, texts
-
-
-def score_sets(model, sets: dict[str, QuestionSet], calibration: QuestionSet | None = None,
-               per_window: bool = False) -> tuple[dict[str, dict], dict[str, dict[str, str]]]:
-    """({set name: report}, {set name: {qid: answer}}) of `model` on every set (predict_sets, then
-    report_sets)."""
-    return report_sets(sets, predict_sets(model, sets, calibration, per_window))
 
 
 def prompted_replies(lm, tokenizer, examples: list[SquadExample], amp: str = "auto") -> dict[str, str]:
