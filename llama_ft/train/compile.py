@@ -37,7 +37,9 @@ AUTO_MIN_INFERENCE_SECONDS = {"cpu-amx": 40.0, "cpu": 200.0, "cuda": 60.0}
 # traces again where the model changed (bf16 frozen weights and merged adapters after training) and inductor finds
 # the kernels it built. By the same rule with the filled-cache warm-ups (3.4 s with AMX, BENCHMARKS.md session 20;
 # 4.6-8.6 s on EPYCs, sessions 15-16), such a pass compiles from these lengths. Weighed against a fresh warm-up, a
-# fine-tuned scoring pass after the random-head one stayed eager (session 23). A GPU keeps its value: not measured.
+# fine-tuned scoring pass after the random-head one stayed eager (session 23). train_squad.py's random-head row now
+# runs the prepared model, so its fine-tuned pass finds the same graph (session 24). A GPU keeps its value: not
+# measured.
 AUTO_MIN_INFERENCE_SECONDS_AGAIN = {"cpu-amx": 20.0, "cpu": 100.0, "cuda": 60.0}
 _compiled_for_inference = False   # whether this process has compiled blocks for an inference pass
 # torch.compile's `dynamic` for the blocks (benchmarks/compile_shapes.py measures both settings).

@@ -26,7 +26,7 @@ from llama_ft.train.distributed import map_sharded
 
 @dataclass
 class Predicted:
-    """One model state's predictions on a QuestionSet (QuestionSet.predict): per question, and the windows'
+    """One model state's predictions on a QuestionSet (QuestionSet.predictions): per question, and the windows'
     logits when the study's per-window scoring wants them; `threshold`: the no-answer threshold the answers
     take (SQuAD v2)."""
     preds: dict[str, QuestionPrediction]
@@ -35,8 +35,8 @@ class Predicted:
 
 
 class QuestionSet:
-    """One set of questions, windowed once for one tokenizer; `decode` and `predict` work with any model state,
-    `report` scores what `predict` returned.
+    """One set of questions, windowed once for one tokenizer; `decode` and `predictions` work with any model
+    state, `report` scores what `predictions` returned.
 
     amp: the autocast dtype by name (auto, bf16, fp16 on CUDA, none; llama_ft.train.config.inference_amp);
     n_best / max_answer_tokens: see decode;
@@ -61,7 +61,7 @@ class QuestionSet:
     def decode(self, model, batch_size: int = 32) -> tuple[dict[str, QuestionPrediction], list]:
         """({qid: prediction}, the windows' span logits) of `model` on this set. Under torchrun each process
         predicts its shard of the windows and all decode the whole set (every process must call it, and so
-        `threshold`, `predict`, `em_f1` and predict_sets)."""
+        `threshold`, `predictions`, `em_f1` and predict_sets)."""
         logits = map_sharded(lambda part: predict(model, [w.as_example() for w in part], batch_size=batch_size,
                                                   amp=self.amp, progress=f"score {self.name}" if self.progress
                                                   else None, compile=self.compile), self.windows)
@@ -72,14 +72,14 @@ class QuestionSet:
         """The SQuAD v2 no-answer threshold that maximises F1 on this (held-out) set."""
         return best_null_threshold(self.decode(model)[0], self.refs)
 
-    def predict(self, model, threshold: float | None = None, per_window: bool = False) -> Predicted:
+    def predictions(self, model, threshold: float | None = None, per_window: bool = False) -> Predicted:
         """`model`'s predictions on this set, to report on later (`report`); `threshold`: the no-answer
         threshold its answers take; `per_window` keeps the windows' logits for the study's per-window scoring."""
         preds, logits = self.decode(model)
         return Predicted(preds, threshold, logits if per_window else None)
 
     def report(self, predicted: Predicted) -> tuple[dict, dict[str, str]]:
-        """(the full report, {qid: answer}) of predictions made by `predict`."""
+        """(the full report, {qid: answer}) of predictions made by `predictions`."""
         preds, threshold = predicted.preds, predicted.threshold
         texts = answers(preds, threshold)
         report = squad_report(texts, self.refs, na_probs(preds, threshold) if threshold is not None else None)
@@ -105,7 +105,7 @@ def predict_sets(model, sets: dict[str, QuestionSet], calibration: QuestionSet |
     WordNet) load once and after training. With a calibration set (SQuAD v2) its no-answer threshold applies to
     all of them; `per_window` keeps what the study's scoring of `test` needs."""
     threshold = calibration.threshold(model) if calibration is not None else None
-    return {key: qs.predict(model, threshold, per_window and key == "test") for key, qs in sets.items()}
+    return {key: qs.predictions(model, threshold, per_window and key == "test") for key, qs in sets.items()}
 
 
 def report_sets(sets: dict[str, QuestionSet], predicted: dict[str, Predicted]
