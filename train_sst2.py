@@ -45,7 +45,7 @@ from llama_ft.tasks.sst2 import data as sst2
 from llama_ft.tasks.sst2.scoring import CALIBRATED, PROMPTED, prompted_rows
 from llama_ft.tasks.text import data as text
 from llama_ft.tasks.text.scoring import probabilities, score_rows, score_versions, write_predictions
-from llama_ft.train import apply_training_policy, train
+from llama_ft.train import apply_training_policy, prepare_for_training, train
 from llama_ft.train.checkpoint import trainable_state
 from llama_ft.train.versions import shares_bottom
 from llama_ft.train.distributed import close_distributed
@@ -214,6 +214,9 @@ def run(args) -> int:
         initial = trainable_state(model) if not args.no_zero_shot and shares_bottom(model) else None
         after = initial is not None
         if not args.no_zero_shot and not after:
+            # The random-head row runs the model as training will hold it (frozen weights bf16 under autocast):
+            # the weights and compiled graph of the fine-tuned pass, as in train_squad.py.
+            prepare_for_training(model, cfg)
             with phase("random_head"):
                 rows[RANDOM_HEAD] = score_rows(model, test_rows, tokenizer, args.max_length, amp, args.compile)
 
