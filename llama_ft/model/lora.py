@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as nn_module
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -49,6 +50,55 @@ class LoRALinear(nn.Linear):
         if self.bias is not None:
             out.bias = nn.Parameter(self.bias.detach().to(dtype, copy=True), requires_grad=False)
         return out
+
+
+# Projections that read the same input (q/k/v; gate/up) run their adapters' down-projections as one GEMM:
+# x is read once to produce all their r-wide tensors, and in the backward one GEMM gives the stacked A's
+# gradient and one gives x's, where each adapter would read x, and write a full-width gradient of x, on its
+# own. The adapters stay separate parameters with their Hugging Face names. Off: each adapter runs alone.
+STACK_SHARED_INPUT = True
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether a forward hook watches `module`: a stacked adapter's projection runs without its module call."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or nn_module._global_forward_hooks
+                or nn_module._global_forward_pre_hooks)
+
+
+def _stackable(projections: tuple[nn.Module, ...]) -> list[int]:
+    """Positions of the adapters among `projections` that can share one down-projection: same rank, scale and
+    dtype, no dropout (each adapter draws its own dropout mask, which a shared GEMM could not give), and no
+    forward hook (a hook on q_proj sees q_proj's call, which a stacked adapter does not make)."""
+    found = [i for i, p in enumerate(projections) if isinstance(p, LoRALinear) and isinstance(p.dropout, nn.Identity)
+             and not _hooked(p)]
+    if len(found) < 2 or not STACK_SHARED_INPUT:
+        return []
+    first = projections[found[0]]
+    if any(projections[i].rank != first.rank or projections[i].scaling != first.scaling
+           or projections[i].lora_A.dtype != first.lora_A.dtype for i in found):
+        return []
+    return found
+
+
+def project(x: Tensor, *projections: nn.Module) -> tuple[Tensor, ...]:
+    """Each of `projections` applied to x, as `tuple(p(x) for p in projections)`; adapters that can share a
+    down-projection (STACK_SHARED_INPUT) compute it in one GEMM."""
+    stacked = _stackable(projections)
+    if not stacked:
+        return tuple(p(x) for p in projections)
+    first = projections[stacked[0]]
+    r = first.rank
+    # [.., k r]; its column slices are views, which addmm reads in place with a leading dimension of k r.
+    z = (F.linear(x, torch.cat([projections[i].lora_A for i in stacked])) * first.scaling).flatten(0, -2)
+    out = []
+    for i, p in enumerate(projections):
+        if i not in stacked:
+            out.append(p(x))
+            continue
+        j = stacked.index(i)
+        y = F.linear(x, p.weight, p.bias)
+        out.append(torch.addmm(y.flatten(0, -2), z[:, j * r:(j + 1) * r], p.lora_B.t()).view(y.shape))
+    return tuple(out)
 
 
 def add_lora(module: nn.Module, rank: int, alpha: float | None = None, dropout: float = 0.0,

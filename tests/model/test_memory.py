@@ -18,18 +18,18 @@ from llama_ft.train.loop import prepare_model
 SMALL = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
              num_key_value_heads=4, vocab_size=1000, pad_token_id=0)
 B, T = 4, 128
-# Ops through which a saved tensor is still a weight: autocast's bf16 copy and the views matmuls take of it.
-WEIGHT_VIEWS = {"ToCopyBackward0", "TBackward0", "ViewBackward0", "TransposeBackward0"}
+# Ops through which a saved tensor is still a weight: autocast's bf16 copy and the views matmuls take of it, and
+# the concatenation that stacks the adapters of projections sharing their input (llama_ft.model.lora.project).
+WEIGHT_VIEWS = {"ToCopyBackward0", "TBackward0", "ViewBackward0", "TransposeBackward0", "CatBackward0"}
 
 
 def _is_weight_copy(t: torch.Tensor) -> bool:
-    fn = t.grad_fn
-    while fn is not None and type(fn).__name__ in WEIGHT_VIEWS:
+    def from_weights(fn) -> bool:
+        if type(fn).__name__ == "AccumulateGrad":
+            return True
         nxt = [f for f, _ in fn.next_functions if f is not None]
-        if len(nxt) != 1:
-            return False
-        fn = nxt[0]
-    return fn is not None and type(fn).__name__ == "AccumulateGrad" and fn is not t.grad_fn
+        return type(fn).__name__ in WEIGHT_VIEWS and bool(nxt) and all(from_weights(f) for f in nxt)
+    return t.grad_fn is not None and from_weights(t.grad_fn)
 
 
 def measure(policy: str, grad_checkpointing: bool) -> tuple[dict, dict]:

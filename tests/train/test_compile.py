@@ -74,9 +74,8 @@ def test_compiled_training_equals_eager_with_lora_trunk_cache_and_checkpointing(
 
 
 def test_compiled_lora_blocks_share_one_graph_whatever_the_depth():
-    """Every block runs the graphs the first one compiled: nothing in a block's forward may guard on a module's
-    identity (an adapter looked up by id(), say), which would compile a graph per block and make the warm-up
-    grow with the depth."""
+    """The blocks' adapters are stacked by position (llama_ft.model.lora.project), not by module identity: every
+    block runs the graphs the first one compiled. A guard on identity would compile a graph per block."""
     import torch._dynamo
 
     ids = torch.randint(3, 101, (4, 12), generator=torch.Generator().manual_seed(0))
