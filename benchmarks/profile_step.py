@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.train_step import Setting, batch, config, ours_stepper, timed  # noqa: E402
 from llama_ft.hf.loading import random_model  # noqa: E402
+from llama_ft.model.policies import parse_policy  # noqa: E402
 
 # Operator name fragments -> group; the first match wins, so the specific names come first.
 GROUPS = (
@@ -38,6 +39,8 @@ GROUPS = (
                      "elementwise_kernel")),
 )
 
+
+ADAPTER_OPS = ("aten::mm", "aten::addmm")
 
 # Ranges torch itself annotates (the optimizer step): on CUDA they span kernels counted on their own.
 ANNOTATIONS = ("Optimizer.", "ProfilerStep")
@@ -61,23 +64,30 @@ def profile(shape: str, policy: str, s: Setting, warmup: int, steps: int) -> dic
     wall = timed(step, b, steps, s.device)  # unprofiled, synchronised: the step as the user sees it
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
                                                     if s.device.type == "cuda" else [])
-    with torch.profiler.profile(activities=acts) as prof:
+    # Under LoRA the matrix multiplies split by shape: the adapters' rank-r ones (r wide, or k r where k adapters
+    # share their input) are bound by memory, unlike the frozen projections'.
+    rank = parse_policy(policy).rank if policy.startswith("lora") else None
+    with torch.profiler.profile(activities=acts, record_shapes=rank is not None) as prof:
         for _ in range(steps):
             step(b)
     by_group: dict[str, float] = defaultdict(float)
-    ops = []
+    per_op: dict[str, list] = defaultdict(lambda: [0.0, 0])  # name -> [us, calls], over every shape
     on_gpu = s.device.type == "cuda"
-    for e in prof.key_averages():
+    for e in prof.key_averages(group_by_input_shape=rank is not None):
         # On CUDA only the kernels themselves: an operator that launched one reports its time as well.
         if on_gpu and (e.device_type != torch.autograd.DeviceType.CUDA or e.key.startswith(ANNOTATIONS)):
             continue
         us = e.self_device_time_total if on_gpu else e.self_cpu_time_total
         if us <= 0:
             continue
-        by_group[group_of(e.key)] += us
-        ops.append((e.key, us, e.count))
+        group = group_of(e.key)
+        if rank and e.key in ADAPTER_OPS and {rank, 2 * rank, 3 * rank} & {d for x in e.input_shapes for d in x or ()}:
+            group = f"matmul: rank-{rank} adapters"
+        by_group[group] += us
+        per_op[e.key][0] += us
+        per_op[e.key][1] += e.count
     total = sum(by_group.values())
-    ops.sort(key=lambda o: -o[1])
+    ops = sorted(((k, us, n) for k, (us, n) in per_op.items()), key=lambda o: -o[1])
     # On CUDA the operators are kernels: their time over the wall time is how busy the GPU was (below 1, the
     # step waits on the Python and dispatch that launch them), and their count is launches per step.
     return {"shape": shape, "policy": policy, "compile": s.compile, "batch": s.batch, "seq": s.seq,

@@ -56,6 +56,8 @@ class LoRALinear(nn.Linear):
 # x is read once to produce all their r-wide tensors, and in the backward one GEMM gives the stacked A's
 # gradient and one gives x's, where each adapter would read x, and write a full-width gradient of x, on its
 # own. The adapters stay separate parameters with their Hugging Face names. Off: each adapter runs alone.
+# It pays where the frozen GEMMs are fast and the rank-r ones, bound by memory, are a larger share of the step:
+# on a CPU with AMX (BENCHMARKS.md, session 25); without AMX it measured even (session 17).
 STACK_SHARED_INPUT = True
 
 
