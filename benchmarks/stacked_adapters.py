@@ -44,6 +44,9 @@ def bench(shape: tuple[int, int], compiled: bool, policy: str, steps: int, reps:
     cfg = config("smollm2-135m")
     b = batch(cfg, s.batch, s.seq, s.device)
     release_memory()
+    # Each shape starts with no graphs: the two settings of an earlier shape, recompiled with dynamic shapes for
+    # this one, would take dynamo past its recompile limit, and the blocks would run eagerly.
+    torch._dynamo.reset()
     ours = ours_stepper(random_model(cfg, "classification", 2, dtype=torch.float32, device=s.device, seed=0),
                         policy, s, compile=compiled)
     peft = hf_stepper(hf_twin(ours.model, cfg, policy, s), s)
