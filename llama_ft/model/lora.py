@@ -34,7 +34,11 @@ class LoRALinear(nn.Linear):
         # The detour stays r wide until its last GEMM: the scale multiplies the [.., r] tensor, and addmm adds
         # the up-projection into y inside the GEMM, so no full-width elementwise pass is spent (forward or
         # backward) on the adapter.
-        z = F.linear(self.dropout(x), self.lora_A) * self.scaling
+        return self.add_up_projection(y, F.linear(self.dropout(x), self.lora_A) * self.scaling)
+
+    def add_up_projection(self, y: Tensor, z: Tensor) -> Tensor:
+        """y + z B^T, the sum taken inside the GEMM; z: the scaled r-wide tensor (a column slice of a stacked one
+        is read in place)."""
         return torch.addmm(y.flatten(0, -2), z.flatten(0, -2), self.lora_B.t()).view(y.shape)
 
     @torch.no_grad()
@@ -71,9 +75,11 @@ def _stackable(projections: tuple[nn.Module, ...]) -> list[int]:
     """Positions of the adapters among `projections` that can share one down-projection: same rank, scale and
     dtype, no dropout (each adapter draws its own dropout mask, which a shared GEMM could not give), and no
     forward hook (a hook on q_proj sees q_proj's call, which a stacked adapter does not make)."""
+    if not STACK_SHARED_INPUT:
+        return []
     found = [i for i, p in enumerate(projections) if isinstance(p, LoRALinear) and isinstance(p.dropout, nn.Identity)
              and not _hooked(p)]
-    if len(found) < 2 or not STACK_SHARED_INPUT:
+    if len(found) < 2:
         return []
     first = projections[found[0]]
     if any(projections[i].rank != first.rank or projections[i].scaling != first.scaling
@@ -91,15 +97,14 @@ def project(x: Tensor, *projections: nn.Module) -> tuple[Tensor, ...]:
     first = projections[stacked[0]]
     r = first.rank
     # [.., k r]; its column slices are views, which addmm reads in place with a leading dimension of k r.
-    z = (F.linear(x, torch.cat([projections[i].lora_A for i in stacked])) * first.scaling).flatten(0, -2)
+    z = F.linear(x, torch.cat([projections[i].lora_A for i in stacked])) * first.scaling
     out = []
     for i, p in enumerate(projections):
         if i not in stacked:
             out.append(p(x))
             continue
         j = stacked.index(i)
-        y = F.linear(x, p.weight, p.bias)
-        out.append(torch.addmm(y.flatten(0, -2), z[:, j * r:(j + 1) * r], p.lora_B.t()).view(y.shape))
+        out.append(p.add_up_projection(F.linear(x, p.weight, p.bias), z[..., j * r:(j + 1) * r]))
     return tuple(out)
 
 
