@@ -1,11 +1,17 @@
-"""The compiled training step with the GEMM attention backward (llama_ft/model/attention.py) or SDPA's CPU flash
-backward: one setting per process, so run them in turn and compare the medians pair by pair.
+"""The compiled training step with SDPA's CPU flash backward, or with the GEMM attention backward
+(llama_ft/model/attention.py) over 1 or more blocks of query rows, in the same run, with transformers + PEFT on
+the same batch.
 
-    for i in 1 2 3; do for m in flash gemm; do python benchmarks/attention_backward.py $m; done; done
-    python benchmarks/attention_backward.py gemm --policy full
+    python benchmarks/attention_backward.py [--shapes 4x384 16x256] [--blocks 1 4] [--policy lora:16]
+                                            [--steps 2] [--reps 6] [--threads 2] [--json out.json]
 
-Random SmolLM2-135M weights, classification head, bf16 autocast, the recipe's micro-batch (4 x 384), blocks
-compiled; three warm-up steps (compilation included), then ten timed ones. Prints one JSON line and a table row.
+A training step of the engine (random SmolLM2-135M weights, classification head, bf16 autocast, frozen weights
+bf16, fused AdamW), each decoder block compiled as TrainConfig.compile does. One model runs every setting (a
+compiled block keeps a graph for each), and the peer is transformers with the same weights (PEFT's LoRA under a
+LoRA policy; benchmarks/train_step.py). They alternate `--reps` times, in an order that reverses each turn:
+median seconds of `--steps` steps, and the medians of the turns' paired ratios against the flash backward and
+against the GEMM backward over one block (tests/model/test_attention.py checks their gradients). Prints JSON and
+a table.
 """
 from __future__ import annotations
 
@@ -13,7 +19,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -21,38 +26,90 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import llama_ft.model.attention as attention  # noqa: E402
-from benchmarks.train_step import Setting, batch, config, ours_stepper, timed  # noqa: E402
+from benchmarks.run import machine  # noqa: E402
+from benchmarks.train_step import (Setting, Stepper, batch, config, hf_stepper, hf_twin, ours_stepper,  # noqa: E402
+                                   release_memory, table, timed)
 from llama_ft.hf.loading import random_model  # noqa: E402
+
+
+def setting(name: str) -> tuple[bool, int]:
+    """'flash' or 'gemm-N' -> (GEMM_BACKWARD, QUERY_BLOCKS)."""
+    return (False, 1) if name == "flash" else (True, int(name.split("-")[1]))
+
+
+def toggled(stepper: Stepper, name: str):
+    """The stepper's step, run under one attention setting (both are read when a compiled block is traced)."""
+    def step(b):
+        attention.GEMM_BACKWARD, attention.QUERY_BLOCKS = setting(name)
+        return stepper(b)
+    return step
+
+
+def bench(shape: tuple[int, int], blocks: list[int], policy: str, steps: int, reps: int) -> dict:
+    s = Setting(torch.device("cpu"), torch.bfloat16, shape[0], shape[1], steps, reps)
+    cfg = config("smollm2-135m")
+    b = batch(cfg, s.batch, s.seq, s.device)
+    release_memory()
+    torch._dynamo.reset()  # each shape starts with no graphs (dynamo's recompile limit)
+    ours = ours_stepper(random_model(cfg, "classification", 2, dtype=torch.float32, device=s.device, seed=0),
+                        policy, s, compile=True)
+    names = ["flash"] + [f"gemm-{n}" for n in blocks]
+    steps_of = {name: toggled(ours, name) for name in names}
+    steps_of["peer"] = hf_stepper(hf_twin(ours.model, cfg, policy, s), s)
+    default = (attention.GEMM_BACKWARD, attention.QUERY_BLOCKS)
+    for fn in steps_of.values():  # warm-up (compilation of the backward graphs)
+        fn(b)
+    times = {k: [] for k in steps_of}
+    for rep in range(reps):
+        for k in (list(steps_of) if rep % 2 == 0 else list(steps_of)[::-1]):
+            times[k].append(timed(steps_of[k], b, steps, s.device))
+    attention.GEMM_BACKWARD, attention.QUERY_BLOCKS = default
+    med = {k: statistics.median(v) for k, v in times.items()}
+    tokens = s.batch * s.seq
+    paired = {f"{k}_vs_{base}": statistics.median(tb / tk for tk, tb in zip(times[k], times[base]))
+              for base in ("flash", "gemm-1") for k in names if k != base and base in times}
+    return {"batch": s.batch, "seq": s.seq, "policy": policy,
+            **{f"{k}_tok_s": tokens / v for k, v in med.items()}, **paired,
+            **{f"{k}_vs_peer": med["peer"] / med[k] for k in names},
+            "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()}}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("backward", choices=("gemm", "flash"))
+    ap.add_argument("--shapes", nargs="+", default=["4x384", "16x256"], help="BATCHxSEQ")
+    ap.add_argument("--blocks", nargs="+", type=int, default=[1, attention.QUERY_BLOCKS],
+                    help="query-row blocks of the GEMM backward to compare (each a setting)")
     ap.add_argument("--policy", default="lora:16")
-    ap.add_argument("--shape", default="smollm2-135m")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=384)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=2, help="steps per timed repetition")
+    ap.add_argument("--reps", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json")
     args = ap.parse_args(argv)
-    attention.GEMM_BACKWARD = args.backward == "gemm"
-    s = Setting(torch.device("cpu"), torch.bfloat16, args.batch, args.seq, compile=True)
-    cfg = config(args.shape)
-    step = ours_stepper(random_model(cfg, "classification", 2, dtype=torch.float32, seed=0), args.policy, s,
-                        compile=True)
-    b = batch(cfg, args.batch, args.seq, s.device)
-    t0 = time.perf_counter()
-    losses = [float(step(b)) for _ in range(3)]
-    warm = time.perf_counter() - t0
-    times = [timed(step, b, 1, s.device) for _ in range(args.steps)]
-    med = statistics.median(times)
-    row = {"backward": args.backward, "policy": args.policy, "batch": args.batch, "seq": args.seq,
-           "threads": torch.get_num_threads(), "warmup_s": round(warm, 1), "median_s": round(med, 3),
-           "min_s": round(min(times), 3), "tok_s": round(args.batch * args.seq / med, 1), "losses": losses}
-    print(json.dumps(row))
-    print(f"| {args.backward} | {args.policy} | {args.batch} x {args.seq} | {row['median_s']} | {row['min_s']} | "
-          f"{row['tok_s']} |")
+    shapes = []
+    for spec in args.shapes:
+        try:
+            bsz, seq = (int(v) for v in spec.lower().split("x"))
+        except ValueError:
+            ap.error(f"--shapes {spec}: expected BATCHxSEQ, e.g. 4x384")
+        shapes.append((bsz, seq))
+    if any(n < 1 for n in args.blocks):
+        ap.error(f"--blocks {args.blocks}: each is a count of query-row blocks, 1 or more")
+    torch.set_num_threads(args.threads)
+    blocks = list(dict.fromkeys(args.blocks))
+    rows = []
+    for shape in shapes:
+        rows.append(bench(shape, blocks, args.policy, args.steps, args.reps))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    out = {"machine": machine(torch.device("cpu")), "rows": rows}
+    print(json.dumps(out, indent=1))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    names = ["flash"] + [f"gemm-{n}" for n in blocks]
+    print(table(rows, ["batch", "seq", *[f"{k}_tok_s" for k in names], "peer_tok_s",
+                       *[k for k in rows[0] if "_vs_flash" in k or "_vs_gemm-1" in k], f"gemm-{blocks[-1]}_vs_peer"]))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

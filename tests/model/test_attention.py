@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from tiny import dataset, tiny_model
 
+import llama_ft.model.attention as attention
 import llama_ft.model.llama as llama
 from llama_ft.model.attention import CausalAttention, use_gemm_backward
 from llama_ft.train import TrainConfig, train
@@ -33,12 +34,13 @@ def sdpa(q, k, v, mask=None):
                                           attn_mask=mask, is_causal=mask is None)
 
 
-def compare(q, k, v, mask=None):
-    """Forward outputs (ours, flash) and gradient errors against fp32 (ours, flash), per input."""
+def compare(q, k, v, mask=None, ours=None):
+    """Forward outputs (ours, flash) and gradient errors against fp32 (ours, flash), per input. `ours`: how
+    CausalAttention is called (default: eagerly)."""
     d_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
     _, want = grads(lambda a, b, c: sdpa(a, b, c, mask), q.float(), k.float(), v.float(), d_out)
     flash_out, flash = grads(lambda a, b, c: sdpa(a, b, c, mask), q, k, v, d_out)
-    ours_out, ours = grads(lambda a, b, c: CausalAttention.apply(a, b, c, mask), q, k, v, d_out)
+    ours_out, ours = grads(ours or (lambda a, b, c: CausalAttention.apply(a, b, c, mask)), q, k, v, d_out)
     errors = {name: tuple(((g - w).norm() / w.norm()).item() for g in (g_ours, g_flash))
               for name, g_ours, g_flash, w in zip("qkv", ours, flash, want, strict=True)}
     return ours_out, flash_out, errors
@@ -49,16 +51,52 @@ def assert_as_close_as_flash(errors):
         assert err_ours < 1e-2 and err_ours <= 1.5 * err_flash + 1e-3, (name, err_ours, err_flash)
 
 
+@pytest.mark.parametrize("blocks", [1, 4])
 @pytest.mark.parametrize("heads,kv_heads,t", [(6, 2, 37), (4, 4, 64), (9, 3, 128)])
-def test_gemm_backward_is_as_close_to_fp32_as_the_flash_backward(heads, kv_heads, t):
+def test_gemm_backward_is_as_close_to_fp32_as_the_flash_backward(heads, kv_heads, t, blocks, monkeypatch):
+    monkeypatch.setattr(attention, "QUERY_BLOCKS", blocks)
     ours_out, flash_out, errors = compare(*qkv(heads, kv_heads, t))
     assert torch.equal(ours_out, flash_out)  # the same forward kernel
     assert_as_close_as_flash(errors)
 
 
-def test_a_padded_batch_takes_its_mask_along():
+def test_query_blocks_change_only_the_rounding(monkeypatch):
+    """Blocks of query rows skip keys that the causal mask hides: the gradients are those of the whole square up
+    to bf16 rounding, and as close to the fp32 reference (T = 37 splits unevenly; T = 3, below the block count,
+    runs one block)."""
+    for t in (37, 3):
+        q, k, v = qkv(6, 2, t)
+        got, errors = {}, {}
+        for blocks in (1, 4):
+            monkeypatch.setattr(attention, "QUERY_BLOCKS", blocks)
+            got[blocks] = grads(CausalAttention.apply, q, k, v, torch.ones(q.shape))[1]
+            errors[blocks] = compare(q, k, v)[2]
+        for whole, blocked in zip(got[1], got[4], strict=True):
+            assert ((blocked - whole).norm() / whole.norm()).item() < 1e-2
+        for name, (err_blocked, _) in errors[4].items():
+            assert err_blocked <= 1.25 * errors[1][name][0] + 5e-4, (t, name, err_blocked, errors[1][name])
+
+
+def test_compiled_under_autocast_the_backward_keeps_fp32_scores():
+    """Training runs this backward in a compiled block whose forward ran under bf16 autocast, and the backward is
+    traced then. Under that autocast S and dP came from bf16 GEMMs: on attention this sharp (scores of several
+    units) the gradients were 3-5x less accurate than the flash kernel's. The backward now turns autocast off."""
+    q, k, v = qkv(9, 3, 96)
+    q, k = 3 * q, 3 * k
+    compiled = torch.compile(lambda a, b, c: CausalAttention.apply(a, b, c, None), fullgraph=True, dynamic=False)
+
+    def under_autocast(a, b, c):
+        with torch.autocast("cpu", torch.bfloat16):
+            return compiled(a, b, c)
+    _, _, errors = compare(q, k, v, ours=under_autocast)
+    assert_as_close_as_flash(errors)
+
+
+@pytest.mark.parametrize("blocks", [1, 4])
+def test_a_padded_batch_takes_its_mask_along(blocks, monkeypatch):
     """LlamaModel's mask for right- and left-padded rows (padding queries see themselves): the same forward as
     SDPA with that mask, and gradients as close to the fp32 reference as the flash kernel's."""
+    monkeypatch.setattr(attention, "QUERY_BLOCKS", blocks)
     real = torch.ones(3, 24, dtype=torch.long)
     real[1, 17:] = 0
     real[2, :5] = 0
