@@ -26,7 +26,7 @@ _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 GEMM_BACKWARD = True
 
 # Blocks of query rows the backward runs in (1: the whole square; benchmarks/attention_backward.py measures them).
-QUERY_BLOCKS = 4
+QUERY_BLOCKS = 2
 
 
 def use_gemm_backward(q: Tensor, mask: Tensor | None) -> bool:
