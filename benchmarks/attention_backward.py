@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import llama_ft.model.attention as attention  # noqa: E402
-from benchmarks.run import machine  # noqa: E402
+from benchmarks.run import batch_shapes, emit  # noqa: E402
 from benchmarks.train_step import (Setting, Stepper, batch, config, hf_stepper, hf_twin, ours_stepper,  # noqa: E402
                                    release_memory, table, timed)
 from llama_ft.hf.loading import random_model  # noqa: E402
@@ -85,13 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    shapes = []
-    for spec in args.shapes:
-        try:
-            bsz, seq = (int(v) for v in spec.lower().split("x"))
-        except ValueError:
-            ap.error(f"--shapes {spec}: expected BATCHxSEQ, e.g. 4x384")
-        shapes.append((bsz, seq))
+    shapes = batch_shapes(ap, args.shapes)
     if any(n < 1 for n in args.blocks):
         ap.error(f"--blocks {args.blocks}: each is a count of query-row blocks, 1 or more")
     torch.set_num_threads(args.threads)
@@ -100,11 +94,7 @@ def main(argv=None) -> int:
     for shape in shapes:
         rows.append(bench(shape, blocks, args.policy, args.steps, args.reps))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    out = {"machine": machine(torch.device("cpu")), "rows": rows}
-    print(json.dumps(out, indent=1))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
+    emit(rows, args.json)
     names = ["flash"] + [f"gemm-{n}" for n in blocks]
     print(table(rows, ["batch", "seq", *[f"{k}_tok_s" for k in names], "peer_tok_s",
                        *[k for k in rows[0] if "_vs_flash" in k or "_vs_gemm-1" in k], f"gemm-{blocks[-1]}_vs_peer"]))

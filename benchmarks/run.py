@@ -93,6 +93,28 @@ def plan_amps(planned: list[str], device: torch.device, amp: str = "auto") -> li
     return list(dict.fromkeys(auto if a == "auto" else a for a in names))
 
 
+def batch_shapes(ap: argparse.ArgumentParser, specs: list[str]) -> list[tuple[int, int]]:
+    """`--shapes` values such as 4x384 -> [(batch, seq)]; anything else is the parser's error."""
+    shapes = []
+    for spec in specs:
+        try:
+            bsz, seq = (int(v) for v in spec.lower().split("x"))
+        except ValueError:
+            ap.error(f"--shapes {spec}: expected BATCHxSEQ, e.g. 4x384")
+        shapes.append((bsz, seq))
+    return shapes
+
+
+def emit(rows: list[dict], path: str | None) -> dict:
+    """The rows with this machine's description: printed as JSON, and written to `path` when given."""
+    out = {"machine": machine(torch.device("cpu")), "rows": rows}
+    print(json.dumps(out, indent=1))
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(out, indent=1))
+    return out
+
+
 def machine(device: torch.device) -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()}

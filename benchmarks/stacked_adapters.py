@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import llama_ft.model.lora as lora  # noqa: E402
-from benchmarks.run import machine  # noqa: E402
+from benchmarks.run import batch_shapes, emit  # noqa: E402
 from benchmarks.train_step import (Setting, Stepper, batch, config, hf_stepper, hf_twin, ours_stepper,  # noqa: E402
                                    release_memory, table, timed)
 from llama_ft.hf.loading import random_model  # noqa: E402
@@ -92,24 +92,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not args.policy.startswith("lora:"):
         ap.error(f"--policy {args.policy}: stacking concerns adapters; pass a lora:R policy")
-    shapes = []
-    for spec in args.shapes:
-        try:
-            bsz, seq = (int(v) for v in spec.lower().split("x"))
-        except ValueError:
-            ap.error(f"--shapes {spec}: expected BATCHxSEQ, e.g. 8x192")
-        shapes.append((bsz, seq))
+    shapes = batch_shapes(ap, args.shapes)
     torch.set_num_threads(args.threads)
     rows = []
     for compiled in [c == "compiled" for c in args.settings]:
         for shape in shapes:
             rows.append(bench(shape, compiled, args.policy, args.steps, args.reps))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    out = {"machine": machine(torch.device("cpu")), "rows": rows}
-    print(json.dumps(out, indent=1))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
+    emit(rows, args.json)
     print(table(rows, ["setting", "batch", "seq", "stacked_tok_s", "separate_tok_s", "speedup", "speedup_paired",
                        "peft_tok_s",
                        "stacked_vs_peft", "separate_vs_peft"]))

@@ -22,7 +22,7 @@ from torch import Tensor
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
-# Off: compiled blocks keep SDPA's flash backward too (benchmarks/attention.py compares the two).
+# Off: compiled blocks keep SDPA's flash backward too (benchmarks/attention_backward.py compares the two).
 GEMM_BACKWARD = True
 
 # Blocks of query rows the backward runs in (1: the whole square; benchmarks/attention_backward.py measures them).
@@ -39,7 +39,7 @@ def use_gemm_backward(q: Tensor, mask: Tensor | None) -> bool:
 
 class CausalAttention(torch.autograd.Function):
     """softmax(scale * q k^T + mask) v for q [B, H, T, D] and k, v [B, Hkv, T, D] (H a multiple of Hkv); `mask`
-    boolean [B, 1, T, T] (True: attend), None for plain causal attention."""
+    boolean [B, 1, T, T] (True: attend; causal, as LlamaModel builds it), None for plain causal attention."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
