@@ -32,15 +32,15 @@ from benchmarks.train_step import (Setting, Stepper, batch, config, hf_stepper, 
 from llama_ft.hf.loading import random_model  # noqa: E402
 
 
-def setting(name: str) -> tuple[bool, int]:
-    """'flash' or 'gemm-N' -> (GEMM_BACKWARD, QUERY_BLOCKS)."""
-    return (False, 1) if name == "flash" else (True, int(name.split("-")[1]))
+def settings(blocks: list[int]) -> dict[str, tuple[bool, int]]:
+    """Setting name -> (GEMM_BACKWARD, QUERY_BLOCKS): the flash backward, then the GEMM one over each count."""
+    return {"flash": (False, 1), **{f"gemm-{n}": (True, n) for n in blocks}}
 
 
-def toggled(stepper: Stepper, name: str):
+def toggled(stepper: Stepper, setting: tuple[bool, int]):
     """The stepper's step, run under one attention setting (both are read when a compiled block is traced)."""
     def step(b):
-        attention.GEMM_BACKWARD, attention.QUERY_BLOCKS = setting(name)
+        attention.GEMM_BACKWARD, attention.QUERY_BLOCKS = setting
         return stepper(b)
     return step
 
@@ -53,8 +53,8 @@ def bench(shape: tuple[int, int], blocks: list[int], policy: str, steps: int, re
     torch._dynamo.reset()  # each shape starts with no graphs (dynamo's recompile limit)
     ours = ours_stepper(random_model(cfg, "classification", 2, dtype=torch.float32, device=s.device, seed=0),
                         policy, s, compile=True)
-    names = ["flash"] + [f"gemm-{n}" for n in blocks]
-    steps_of = {name: toggled(ours, name) for name in names}
+    names = list(settings(blocks))
+    steps_of = {name: toggled(ours, setting) for name, setting in settings(blocks).items()}
     steps_of["peer"] = hf_stepper(hf_twin(ours.model, cfg, policy, s), s)
     default = (attention.GEMM_BACKWARD, attention.QUERY_BLOCKS)
     for fn in steps_of.values():  # warm-up (compilation of the backward graphs)
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         rows.append(bench(shape, blocks, args.policy, args.steps, args.reps))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     emit(rows, args.json)
-    names = ["flash"] + [f"gemm-{n}" for n in blocks]
+    names = list(settings(blocks))
     print(table(rows, ["batch", "seq", *[f"{k}_tok_s" for k in names], "peer_tok_s",
                        *[k for k in rows[0] if "_vs_flash" in k or "_vs_gemm-1" in k], f"gemm-{blocks[-1]}_vs_peer"]))
     return 0
