@@ -109,3 +109,18 @@ def test_inference_compile_break_even_repays_the_warm_up_and_is_never_without_a_
     # 30 s of warm-up at 1.5x: a pass of 90 s eagerly takes 60 s compiled, 90 s with the warm-up.
     assert break_even(30.0, 1.5) == pytest.approx(90.0)
     assert break_even(30.0, 1.0) == float("inf") and break_even(30.0, 0.9) == float("inf")
+
+
+def test_policy_ratio_pairs_the_policies_turn_by_turn(tmp_path, capsys):
+    from benchmarks import policy_ratio
+    times = {"a": [1.0, 2.0, 1.0], "b": [2.0, 2.0, 3.0]}
+    assert policy_ratio.paired(times, "a", "b") == 2.0  # per-turn ratios 2, 1, 3
+    out = tmp_path / "ratio.json"
+    policy_ratio.main(["--smoke", "--eager", "--policies", "lora:4", "full", "--shapes", "2x16", "--reps", "2",
+                       "--threads", "1", "--json", str(out)])
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["lora:4 first loss diff"] < 1e-2 and row["full first loss diff"] < 1e-2  # the peers compute the same
+    assert len(row["seconds"]["lora:4"]) == 2 and row["lora:4 vs full"] > 0 and 0 < row["full MFU"]
+    assert "lora:4 vs full" in capsys.readouterr().out  # the table
+    with pytest.raises(SystemExit):
+        policy_ratio.main(["--smoke", "--policies", "full"])
