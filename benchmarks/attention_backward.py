@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import llama_ft.model.attention as attention  # noqa: E402
 from benchmarks.run import batch_shapes, emit  # noqa: E402
 from benchmarks.train_step import (Setting, Stepper, batch, config, hf_stepper, hf_twin, ours_stepper,  # noqa: E402
-                                   release_memory, table, timed)
+                                   paired, release_memory, table, turns)
 from llama_ft.hf.loading import random_model  # noqa: E402
 
 
@@ -59,17 +59,14 @@ def bench(shape: tuple[int, int], blocks: list[int], policy: str, steps: int, re
     default = (attention.GEMM_BACKWARD, attention.QUERY_BLOCKS)
     for fn in steps_of.values():  # warm-up (compilation of the backward graphs)
         fn(b)
-    times = {k: [] for k in steps_of}
-    for rep in range(reps):
-        for k in (list(steps_of) if rep % 2 == 0 else list(steps_of)[::-1]):
-            times[k].append(timed(steps_of[k], b, steps, s.device))
+    times = turns(steps_of, b, s)
     attention.GEMM_BACKWARD, attention.QUERY_BLOCKS = default
     med = {k: statistics.median(v) for k, v in times.items()}
     tokens = s.batch * s.seq
-    paired = {f"{k}_vs_{base}": statistics.median(tb / tk for tk, tb in zip(times[k], times[base]))
+    ratios = {f"{k}_vs_{base}": paired(times, k, base)
               for base in ("flash", "gemm-1") for k in names if k != base and base in times}
     return {"batch": s.batch, "seq": s.seq, "policy": policy,
-            **{f"{k}_tok_s": tokens / v for k, v in med.items()}, **paired,
+            **{f"{k}_tok_s": tokens / v for k, v in med.items()}, **ratios,
             **{f"{k}_vs_peer": med["peer"] / med[k] for k in names},
             "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()}}
 

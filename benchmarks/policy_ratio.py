@@ -29,22 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import mfu  # noqa: E402
 from benchmarks.run import batch_shapes, emit  # noqa: E402
 from benchmarks.train_step import (Setting, batch, config, hf_stepper, hf_twin, ours_stepper,  # noqa: E402
-                                   release_memory, table, timed)
+                                   paired, release_memory, table, turns)
 from llama_ft.hf.loading import random_model  # noqa: E402
-
-
-def turns(steppers: dict, b: dict, s: Setting) -> dict[str, list[float]]:
-    """Seconds of `s.steps` steps of each stepper per turn, over `s.reps` turns whose order reverses each turn."""
-    times: dict[str, list[float]] = {k: [] for k in steppers}
-    for rep in range(s.reps):
-        for k in (list(steppers) if rep % 2 == 0 else list(steppers)[::-1]):
-            times[k].append(timed(steppers[k], b, s.steps, s.device))
-    return times
-
-
-def paired(times: dict[str, list[float]], a: str, b: str) -> float:
-    """The median over turns of b's seconds over a's: how many times faster a ran than b in the same turn."""
-    return statistics.median(tb / ta for ta, tb in zip(times[a], times[b]))
 
 
 def bench(model: str, shape: tuple[int, int], policies: list[str], compiled: bool, steps: int, reps: int) -> dict:

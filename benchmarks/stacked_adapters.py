@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import llama_ft.model.lora as lora  # noqa: E402
 from benchmarks.run import batch_shapes, emit  # noqa: E402
 from benchmarks.train_step import (Setting, Stepper, batch, config, hf_stepper, hf_twin, ours_stepper,  # noqa: E402
-                                   release_memory, table, timed)
+                                   paired, release_memory, table, turns)
 from llama_ft.hf.loading import random_model  # noqa: E402
 
 
@@ -61,19 +61,13 @@ def bench(shape: tuple[int, int], compiled: bool, policy: str, steps: int, reps:
     for fn in steps_of.values():  # warm-up; compiled blocks build a graph for each setting
         fn(b)
         fn(b)
-    # One model runs both settings, in turns whose order alternates (ABBA): the machine's drift over a run
-    # reaches both alike, and each turn gives a paired ratio.
-    times = {k: [] for k in steps_of}
-    for rep in range(reps):
-        order = ("stacked", "separate", "peft") if rep % 2 == 0 else ("peft", "separate", "stacked")
-        for k in order:
-            times[k].append(timed(steps_of[k], b, steps, s.device))
+    times = turns(steps_of, b, s)  # one model runs both settings, in turns whose order reverses (ABBA)
     med = {k: statistics.median(v) for k, v in times.items()}
     tokens = s.batch * s.seq
     lora.STACK_SHARED_INPUT = True
     return {"batch": s.batch, "seq": s.seq, "setting": "compiled" if compiled else "eager", "policy": policy,
             **{f"{k}_tok_s": tokens / v for k, v in med.items()},
-            "speedup_paired": statistics.median(sep / st for st, sep in zip(times["stacked"], times["separate"])),
+            "speedup_paired": paired(times, "stacked", "separate"),
             "speedup": med["separate"] / med["stacked"],
             "stacked_vs_peft": med["peft"] / med["stacked"], "separate_vs_peft": med["peft"] / med["separate"],
             "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},

@@ -300,6 +300,21 @@ def interleaved(fns: dict, b: dict, s: Setting) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def turns(fns: dict, b: dict, s: Setting) -> dict[str, list[float]]:
+    """Seconds of `s.steps` calls of each fn per turn, over `s.reps` turns whose order reverses each turn (ABBA):
+    a machine's drift over the run reaches all alike, and each turn gives a paired ratio (`paired`)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for rep in range(s.reps):
+        for k in (list(fns) if rep % 2 == 0 else list(fns)[::-1]):
+            times[k].append(timed(fns[k], b, s.steps, s.device))
+    return times
+
+
+def paired(times: dict[str, list[float]], a: str, b: str) -> float:
+    """The median over turns of b's seconds over a's: how many times faster a ran than b in the same turn."""
+    return statistics.median(tb / ta for ta, tb in zip(times[a], times[b]))
+
+
 def bench_policy(shape: str, policy: str, s: Setting, with_hf: bool = True, with_eval: bool = False,
                  with_cache: bool = True) -> dict:
     """Ours vs transformers (like for like, and as commonly run) on one policy: tokens/s, memory, first loss.

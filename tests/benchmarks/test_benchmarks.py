@@ -113,11 +113,16 @@ def test_inference_compile_break_even_repays_the_warm_up_and_is_never_without_a_
 
 def test_policy_ratio_pairs_the_policies_turn_by_turn(tmp_path, capsys):
     from benchmarks import policy_ratio
+    from benchmarks.train_step import Setting, paired, turns
+    calls = []
+    fns = {k: (lambda b, k=k: calls.append(k)) for k in "xyz"}
+    times = turns(fns, {}, Setting(torch.device("cpu"), None, 1, 1, steps=1, reps=3))
+    assert calls == list("xyzzyxxyz") and all(len(v) == 3 for v in times.values())  # ABBA order
     times = {"a": [1.0, 2.0, 1.0], "b": [2.0, 2.0, 3.0]}
-    assert policy_ratio.paired(times, "a", "b") == 2.0  # per-turn ratios 2, 1, 3
+    assert paired(times, "a", "b") == 2.0  # per-turn ratios 2, 1, 3
     out = tmp_path / "ratio.json"
     policy_ratio.main(["--smoke", "--eager", "--policies", "lora:4", "full", "--shapes", "2x16", "--reps", "2",
-                       "--threads", "1", "--json", str(out)])
+                       "--threads", str(torch.get_num_threads()), "--json", str(out)])  # the suite's threads kept
     row = json.loads(out.read_text())["rows"][0]
     assert row["lora:4 first loss diff"] < 1e-2 and row["full first loss diff"] < 1e-2  # the peers compute the same
     assert len(row["seconds"]["lora:4"]) == 2 and row["lora:4 vs full"] > 0 and 0 < row["full MFU"]
