@@ -12,7 +12,8 @@ adapter weights and targets; the head trained as `modules_to_save`). Our step is
 theirs is the plain loop (autocast forward with labels and use_cache=False, backward, clip, step, zero_grad).
 A second transformers column, "as commonly run", keeps every weight fp32 under the same autocast (what the HF
 Trainer does with bf16=True / fp16=True). --compile adds ours with TrainConfig.compile (its warm-up apart).
-Repetitions alternate ours/theirs so background load hits both alike; the median repetition counts.
+Repetitions take turns in an order that reverses each turn (`turns`), so background load hits all alike; the
+median repetition counts.
 
 Memory per model: resident bytes (weights, AdamW state) plus the peak growth during one step (activations,
 gradients): CUDA allocator counters, or on CPU the resident set sampled every 2 ms.
@@ -291,15 +292,6 @@ def eval_fn(model, is_hf: bool, s: Setting):
     return run
 
 
-def interleaved(fns: dict, b: dict, s: Setting) -> dict[str, float]:
-    """Median seconds per call of each fn, repetitions alternating between them."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(s.reps):
-        for k, fn in fns.items():
-            times[k].append(timed(fn, b, s.steps, s.device))
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def turns(fns: dict, b: dict, s: Setting) -> dict[str, list[float]]:
     """Seconds of `s.steps` calls of each fn per turn, over `s.reps` turns whose order reverses each turn (ABBA):
     a machine's drift over the run reaches all alike, and each turn gives a paired ratio (`paired`)."""
@@ -313,6 +305,11 @@ def turns(fns: dict, b: dict, s: Setting) -> dict[str, list[float]]:
 def paired(times: dict[str, list[float]], a: str, b: str) -> float:
     """The median over turns of b's seconds over a's: how many times faster a ran than b in the same turn."""
     return statistics.median(tb / ta for ta, tb in zip(times[a], times[b]))
+
+
+def interleaved(fns: dict, b: dict, s: Setting) -> dict[str, float]:
+    """Median seconds per call of each fn, over `turns`."""
+    return {k: statistics.median(v) for k, v in turns(fns, b, s).items()}
 
 
 def bench_policy(shape: str, policy: str, s: Setting, with_hf: bool = True, with_eval: bool = False,
