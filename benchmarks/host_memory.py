@@ -7,8 +7,9 @@
 Each setting runs `train_squad.py` with its defaults (lora:16, 384 / 128 windows, micro-batch 16 capped at 1,536
 tokens in eager steps and 2,560 in compiled ones, global batch 32, compiled by `auto`) on `--n 1000 --test-size 100
 --no-zero-shot --max-steps STEPS`:
-- trim: llama_ft as shipped (malloc_trim after every step and prediction pass);
-- glibc: heap.TRIM off, glibc's malloc as it is;
+- trim: llama_ft as shipped (malloc_trim after every long step and every prediction pass; between them glibc keeps
+  what each batch frees, heap.keep_freed_pages);
+- glibc: heap.TRIM and heap.KEEP_FREED_PAGES off, glibc's malloc as it is;
 - mmap: heap.TRIM off and mallopt(M_MMAP_THRESHOLD, 128 KiB): every tensor above it a mapping of its own,
   unmapped when freed (no fragmentation, a page fault for every page of every new tensor);
 - any of them with `/cap=N`: `--micro-batch-tokens N --compiled-micro-batch-tokens N` (one cap for every step);
@@ -19,6 +20,7 @@ tokens in eager steps and 2,560 in compiled ones, global batch 32, compiled by `
 - with `/growth=MIB`: heap.STEP_GROWTH, a step trims once the resident set grew this many MiB (0: every step);
 - with `/onednn=N`: ONEDNN_PRIMITIVE_CACHE_CAPACITY=N, oneDNN's cache of matmul kernels (one per shape) held at N
   shapes instead of llama_ft's bound (llama_ft.heap.ONEDNN_PRIMITIVE_CACHE; 1024 is oneDNN's own default);
+- with `/untuned`: heap.KEEP_FREED_PAGES off: glibc's own mmap and trim thresholds (llama_ft before session 28);
 - with `/thp`: THP_MEM_ALLOC_ENABLE=1, torch's CPU allocator asks for transparent huge pages (2 MiB) for tensors
   of 2 MiB and more (one page fault per 2 MiB instead of per 4 KiB).
 Prints JSON and a table: the process's peak resident set (VmHWM, metrics.json), resident memory after the first
@@ -45,7 +47,9 @@ import ctypes, runpy, sys
 import llama_ft.heap
 setting = sys.argv[1]
 llama_ft.heap.TRIM = setting == "trim"
-llama_ft.heap.EACH_MICRO_BATCH = sys.argv.pop(2) == "micro"
+flags = sys.argv.pop(2).split(",")
+llama_ft.heap.EACH_MICRO_BATCH = "micro" in flags
+llama_ft.heap.KEEP_FREED_PAGES = setting == "trim" and "untuned" not in flags  # glibc, mmap: malloc as set
 growth = sys.argv.pop(2)
 budget = sys.argv.pop(2)
 if budget != "-":
@@ -64,17 +68,17 @@ def one(setting: str, steps: int, threads: int | None, data: Path, compile_flag:
     heap, *mods = setting.split("/")
     opts = dict(m.split("=", 1) for m in mods if "=" in m)
     flags = {m for m in mods if "=" not in m}
-    if heap not in HEAPS or not flags <= {"micro", "thp"} or not opts.keys() <= {"cap", "bs", "budget", "onednn",
-                                                                                   "growth"}:
+    if heap not in HEAPS or not flags <= {"micro", "thp", "untuned"} or not opts.keys() <= {"cap", "bs", "budget",
+                                                                                              "onednn", "growth"}:
         raise SystemExit(f"--settings {setting}: use trim, glibc or mmap, optionally with /cap=TOKENS, /bs=WINDOWS, "
-                         "/budget=B, /onednn=SHAPES, /growth=MIB, /micro, /thp")
+                         "/budget=B, /onednn=SHAPES, /growth=MIB, /micro, /untuned, /thp")
     cap, windows, kernels = opts.get("cap"), opts.get("bs"), opts.get("onednn")
     with tempfile.TemporaryDirectory() as out:
         env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
                **({"THP_MEM_ALLOC_ENABLE": "1"} if "thp" in flags else {}),
                **({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": kernels} if kernels else {})}
         cmd = [sys.executable, "-c", CHILD.format(param=M_MMAP_THRESHOLD, recipe=str(ROOT / "train_squad.py")),
-               heap, "micro" if "micro" in flags else "-", opts.get("growth", "-"), opts.get("budget", "-"),
+               heap, ",".join(sorted(flags)) or "-", opts.get("growth", "-"), opts.get("budget", "-"),
                *(["--micro-batch-tokens", cap, "--compiled-micro-batch-tokens", cap] if cap else []),
                *(["--batch-size", windows] if windows else []),
                "--n", "1000", "--test-size", "100",

@@ -1,11 +1,15 @@
-"""Hand freed host memory back to the operating system between the phases and steps of a CPU run.
+"""Keep the host memory a CPU run frees for its next batch, and hand it back to the operating system between steps
+and phases.
 
-glibc's malloc keeps the chunks a program frees resident, to reuse them. A CPU training step allocates and frees
-gigabytes of activations whose sizes change with every batch's length, so the freed chunks rarely fit the next
-requests: the heap fragments, and the process's resident memory climbs step after step to well above what is live
-(BENCHMARKS.md, "Host memory"). `malloc_trim(0)` returns every free page of every arena; it costs milliseconds
-against a step's seconds. Other C libraries (musl, macOS, Windows) do not have it, and do not grow this way for
-the same reason, so there it does nothing.
+A CPU training step or inference pass allocates and frees gigabytes of activations, batch after batch. glibc's
+malloc, left to itself, gives large blocks mappings of their own and unmaps them when freed, and hands back the
+free top of its heap, so each batch faulted its activations' pages in anew, zeroed by the kernel first:
+keep_freed_pages has it keep them. Kept, they fragment: each batch's lengths differ, freed chunks do not always
+fit the next requests, and the resident memory would climb step after step to well above what is live
+(BENCHMARKS.md, "Host memory"). `malloc_trim(0)` returns every free page of every arena, in milliseconds; the
+engine calls it after a step once the resident set has grown (StepTrim: a long step's activations pass that at
+once) and at the start and end of every inference pass. Other C libraries (musl, macOS, Windows) have neither
+call, and do not grow this way for the same reason, so there this module does nothing.
 """
 from __future__ import annotations
 
@@ -26,6 +30,15 @@ EACH_MICRO_BATCH = False
 # fragment the heap and pass this at once, so such steps trim as before.
 STEP_GROWTH = 512 * 2**20
 
+# glibc's mallopt parameter numbers.
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+# Off only to measure what it buys (benchmarks/host_memory.py): keep_freed_pages.
+KEEP_FREED_PAGES = True
+# free() hands the heap's top back once this much is free there (glibc: 128 KiB, raised as mapped blocks are freed,
+# up to 64 MiB). A pass or step frees most of what it allocated at the top of the heap, and the next batch faulted
+# it in again; instead the engine trims where it decides (release_free_memory). mallopt takes an int: 2 GiB - 1.
+TRIM_THRESHOLD = 2**31 - 1
+
 # oneDNN, which runs the CPU's matrix multiplies, keeps a compiled kernel with its own buffers for each matmul
 # shape it has seen, 1,024 of them by default. A training step needs a few dozen; with length-grouped batches
 # almost every micro-batch brings new shapes, so the cache fills with ones that rarely come back and holds them
@@ -41,6 +54,25 @@ def _malloc_trim():
         return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
     except OSError:
         return None
+
+
+_kept = False
+
+
+def keep_freed_pages() -> bool:
+    """Have glibc's malloc keep the pages a batch frees for the next batch, until the engine trims
+    (release_free_memory). glibc gives every block of 128 KiB or more (up to 32 MiB, as it adapts) a mapping of its
+    own, unmapped when freed, and hands the free top of its heap back past TRIM_THRESHOLD's default: each batch of
+    an inference pass or micro-batch of a step then faulted its activations' pages in anew, zeroed by the kernel.
+    This takes every block from the heap (M_MMAP_MAX 0) and leaves the top to the trims (TRIM_THRESHOLD). The first
+    CPU training run, inference pass or generation calls it, and it holds for the rest of the process. True once
+    set; False where the C library is not glibc or KEEP_FREED_PAGES is off."""
+    global _kept
+    if _kept or not KEEP_FREED_PAGES or _malloc_trim() is None:
+        return _kept
+    mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    _kept = bool(mallopt(M_MMAP_MAX, 0)) & bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return _kept
 
 
 def release_free_memory() -> bool:

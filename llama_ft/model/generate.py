@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from llama_ft.heap import release_free_memory
+from llama_ft.heap import keep_freed_pages, release_free_memory
 from llama_ft.model.llama import KVCache, LlamaForCausalLM
 
 # A shared prefix shorter than this is not worth a separate forward.
@@ -219,6 +219,8 @@ def generate(model: LlamaForCausalLM, prompts: list[list[int]], max_new_tokens: 
     (llama_ft.heap); a caller that generates batch after batch passes False and releases once at the end, so that
     each batch reuses the pages the one before it freed instead of faulting them in again."""
     device = next(model.parameters()).device
+    if device.type == "cpu":
+        keep_freed_pages()
     cfg = model.config
     stop = set(stop_ids if stop_ids is not None else cfg.eos_ids)
     pad = pad_id if pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else 0)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from llama_ft import heap
-from llama_ft.heap import release_free_memory
+from llama_ft.heap import keep_freed_pages, release_free_memory
 from llama_ft.model.flops import device_peak, training_flops
 from llama_ft.model.lora import merged_adapters
 from llama_ft.model.params import count_parameters
@@ -501,6 +501,8 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
     features_in = feature_dtype(amp_dtype)
     torch.manual_seed(cfg.seed)
     prepare_model(model, cfg, frozen_dtype, device)
+    if device.type == "cpu":
+        keep_freed_pages()  # before the trunk cache's pass and the first step
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # the step log's peak_memory is this run's
     split, lengths, geo = find_split(model), example_lengths(train_set), batch_geometry(len(train_set), cfg, world)
@@ -628,6 +630,7 @@ def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: st
     if device.type == "cpu":
         # The pass starts from a trimmed heap: training hands freed pages back only once they add up
         # (heap.StepTrim), and a pass after it would otherwise peak on top of what its last steps left free.
+        keep_freed_pages()
         release_free_memory()
     lengths = example_lengths(dataset)
     if trunk is not None:

@@ -129,3 +129,19 @@ def test_policy_ratio_pairs_the_policies_turn_by_turn(tmp_path, capsys):
     assert "lora:4 vs full" in capsys.readouterr().out  # the table
     with pytest.raises(SystemExit):
         policy_ratio.main(["--smoke", "--policies", "full"])
+
+
+def test_kept_pages_runs_the_settings_in_reversing_turns_and_pairs_their_ratios(monkeypatch):
+    from benchmarks import kept_pages
+    calls = []
+
+    def fake(setting, name, n, compile, threads, cache_dir):
+        calls.append(setting)
+        seconds = {"glibc": [2.0, 3.0, 1.5], "kept": [1.0, 2.0, 1.0]}[setting][calls.count(setting) - 1]
+        return {"seconds": seconds, "minor_faults": 10 if setting == "glibc" else 1, "system_seconds": 0.1, "size": n}
+
+    monkeypatch.setattr(kept_pages, "in_process", fake)
+    row = kept_pages.measure("squad-test", 4, False, 1, turns=3)
+    assert calls == ["glibc", "kept", "kept", "glibc", "glibc", "kept"]  # ABBA order
+    assert row["glibc_over_kept"] == 1.5  # per-turn ratios 2, 1.5, 1.5
+    assert row["glibc_seconds"] == 2.0 and row["kept_minor_faults"] == 1
