@@ -91,6 +91,34 @@ print(sum(faults[1:]))
 """
 
 
+@pytest.mark.parametrize("entry", ["train", "predict", "predict_versions", "generate"])
+def test_every_cpu_entry_point_keeps_freed_pages_before_its_first_batch(monkeypatch, entry):
+    """Training, a scoring pass, several versions over a shared bottom (whose pass runs before any predict) and
+    generation each set keep_freed_pages before the model sees a batch, whichever of them a process runs first."""
+    from llama_ft.model import generate as gen
+    from llama_ft.model.llama import LlamaForCausalLM
+    from llama_ft.train import apply_training_policy, loop, predict, predict_versions, train, versions
+    from llama_ft.train.checkpoint import trainable_state
+    from tiny import dataset, tiny_config, tiny_model, train_config
+
+    calls = []
+    for module in (loop, versions, gen):
+        monkeypatch.setattr(module, "keep_freed_pages", lambda: calls.append("keep") or True)
+    model = LlamaForCausalLM(tiny_config()) if entry == "generate" else tiny_model()
+    # The first block sees every batch, the shared bottom's pass included (which bypasses the model's forward).
+    model.backbone.layers[0].register_forward_pre_hook(lambda *a: calls.append("batch"))
+    if entry == "train":
+        train(model, dataset(n=8), train_config(epochs=1, batch_size=4, global_batch=4, policy="full"))
+    elif entry == "predict":
+        predict(model, dataset(n=8), batch_size=4, compile=False)
+    elif entry == "predict_versions":
+        apply_training_policy(model, train_config(policy="last:1"))
+        predict_versions(model, dataset(n=8), [None, trainable_state(model)], batch_size=4, compile=False)
+    else:
+        gen.generate(model.eval(), [[5, 6, 7], [8, 9]], max_new_tokens=2)
+    assert "batch" in calls and calls.index("keep") < calls.index("batch"), calls
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt's thresholds are glibc's")
 def test_kept_pages_spare_the_next_step_its_page_faults():
     """glibc, left to itself, unmaps large freed blocks and the heap's free top, so each batch faulted its
