@@ -97,12 +97,12 @@ def test_every_cpu_entry_point_keeps_freed_pages_before_its_first_batch(monkeypa
     generation each set keep_freed_pages before the model sees a batch, whichever of them a process runs first."""
     from llama_ft.model import generate as gen
     from llama_ft.model.llama import LlamaForCausalLM
-    from llama_ft.train import apply_training_policy, loop, predict, predict_versions, train, versions
+    from llama_ft.train import apply_training_policy, loop, predict, predict_versions, train, trunk
     from llama_ft.train.checkpoint import trainable_state
     from tiny import dataset, tiny_config, tiny_model, train_config
 
     calls = []
-    for module in (loop, versions, gen):
+    for module in (loop, trunk, gen):
         monkeypatch.setattr(module, "keep_freed_pages", lambda: calls.append("keep") or True)
     model = LlamaForCausalLM(tiny_config()) if entry == "generate" else tiny_model()
     # The first block sees every batch, the shared bottom's pass included (which bypasses the model's forward).

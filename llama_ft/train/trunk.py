@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from llama_ft.files import left_by_dead_processes
+from llama_ft.heap import keep_freed_pages
 from llama_ft.train.batching import collate, padding_waste, sorted_batches
 from llama_ft.train.compile import InferenceCompiler
 
@@ -135,6 +136,8 @@ class TrunkCache:
         was_training = model.training
         model.eval()
         batches = sorted_batches(lengths, batch_size)
+        if device.type == "cpu":
+            keep_freed_pages()  # the pass may be a process's first (predict_versions): else each batch faults anew
         with InferenceCompiler(model, compile, padding_waste(lengths, batches)[1]) as compiler:
             for idx in tqdm(batches, desc="trunk cache", disable=not show_progress, leave=False):
                 t0 = time.perf_counter()

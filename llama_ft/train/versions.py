@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from llama_ft.heap import keep_freed_pages, release_free_memory
+from llama_ft.heap import release_free_memory
 from llama_ft.train.batching import example_lengths
 from llama_ft.train.checkpoint import load_trainable, trainable_state
 from llama_ft.train.config import inference_amp
@@ -54,8 +54,6 @@ def predict_versions(model: nn.Module, dataset: list[dict], versions: Sequence[M
     device = next(model.parameters()).device
     amp_dtype = inference_amp(amp, model, device)
     res = VersionScores(shared=len(versions) > 1 and shares_bottom(model))
-    if device.type == "cpu":
-        keep_freed_pages()  # before the shared bottom's pass, which would otherwise fault every batch in anew
     trunk = None
     try:
         if res.shared:
