@@ -3,6 +3,7 @@ with their peers (transformers + PEFT for a LoRA policy, transformers for the ot
 
     python benchmarks/policy_ratio.py [--policies lora:16 full] [--shapes 16x256 4x384] [--eager]
                                       [--steps 1] [--reps 6] [--threads 2] [--json out.json] [--smoke]
+                                      [--kept-pages]
 
 benchmarks/train_step.py times each policy against its peer, one policy after the other, so a host whose speed
 drifts between them (2-core cloud machines do, by 1.5x within minutes) puts its drift into the ratio of two
@@ -30,6 +31,7 @@ from benchmarks import mfu  # noqa: E402
 from benchmarks.run import batch_shapes, emit  # noqa: E402
 from benchmarks.train_step import (Setting, batch, config, hf_stepper, hf_twin, ours_stepper,  # noqa: E402
                                    paired, release_memory, table, turns)
+from llama_ft.heap import keep_freed_pages  # noqa: E402
 from llama_ft.hf.loading import random_model  # noqa: E402
 
 
@@ -78,6 +80,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     ap.add_argument("--smoke", action="store_true", help="a tiny model: a check of the plumbing, not a measurement")
+    ap.add_argument("--kept-pages", action="store_true",
+                    help="glibc keeps freed pages for the whole run (llama_ft.heap.keep_freed_pages, which train() "
+                         "sets), the peers' steps included; default: glibc as a transformers run has it")
     args = ap.parse_args(argv)
     shapes = batch_shapes(ap, args.shapes)
     policies = list(dict.fromkeys(args.policies))
@@ -86,6 +91,10 @@ def main(argv=None) -> int:
     if args.steps < 1 or args.reps < 1:
         ap.error("--steps and --reps: 1 or more")
     torch.set_num_threads(args.threads)
+    # Process-wide, so the peers run under it too. Off, a peer's step faults its freed activations in anew, and
+    # how much depends on glibc's adaptive thresholds, i.e. on what ran before: the peers' tok/s, and every ratio
+    # to them, move with it; ours, compiled, hardly does (BENCHMARKS.md, session 30).
+    kept = keep_freed_pages() if args.kept_pages else False
     cpu = torch.device("cpu")
     start = mfu.peaks(cpu, quick=False, smoke=args.smoke)
     rows = []
@@ -96,13 +105,14 @@ def main(argv=None) -> int:
     peak = mfu.merge_peaks(start, mfu.peaks(cpu, quick=False, smoke=args.smoke))["mfu_peak"]["bf16"]
     for row in rows:
         row["bf16 peak TFLOP/s"] = round(peak / 1e12, 3)
+        row["kept pages"] = kept
         for policy in policies:
             row[f"{policy} MFU"] = round(row[f"{policy} TFLOP/s"] * 1e12 / peak, 4)
             row[f"{policy} TFLOP/s"] = round(row[f"{policy} TFLOP/s"], 4)
     emit(rows, args.json)
     cols = ["batch", "seq", *[f"{k} tok/s" for p in policies for k in (p, f"{p} peer")],
             *[f"{p} vs {policies[-1]}" for p in policies[:-1]], *[f"{p} vs peer" for p in policies],
-            *[f"{p} MFU" for p in policies], "bf16 peak TFLOP/s"]
+            *[f"{p} MFU" for p in policies], "bf16 peak TFLOP/s", "kept pages"]
     print(table(rows, cols))
     return 0
 

@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,28 +31,15 @@ from benchmarks.train_step import (Setting, Stepper, batch, config, hf_stepper, 
 from llama_ft.hf.loading import random_model  # noqa: E402
 
 
-@dataclass(frozen=True)
-class Switch:
-    """A module-level switch of llama_ft.model.lora, and what its two settings are called."""
-    flag: str
-    on: str
-    off: str
-
-
-STACKED = Switch("STACK_SHARED_INPUT", "stacked", "separate")
-
-
-def toggled(stepper: Stepper, switch: Switch, on: bool):
-    """The stepper's step, run with the switch set to `on` (a compiled block keeps a graph for each)."""
+def toggled(stepper: Stepper, on: bool):
+    """The stepper's step, run with STACK_SHARED_INPUT set to `on` (a compiled block keeps a graph for each)."""
     def step(b):
-        setattr(lora, switch.flag, on)
+        lora.STACK_SHARED_INPUT = on
         return stepper(b)
     return step
 
 
-def bench(shape: tuple[int, int], compiled: bool, policy: str, steps: int, reps: int, switch: Switch = STACKED) -> dict:
-    """One shape and setting: ours with the switch on and off, and PEFT, in turns."""
-    on, off = switch.on, switch.off
+def bench(shape: tuple[int, int], compiled: bool, policy: str, steps: int, reps: int) -> dict:
     s = Setting(torch.device("cpu"), torch.bfloat16, shape[0], shape[1], steps, reps)
     cfg = config("smollm2-135m")
     b = batch(cfg, s.batch, s.seq, s.device)
@@ -64,12 +50,12 @@ def bench(shape: tuple[int, int], compiled: bool, policy: str, steps: int, reps:
     ours = ours_stepper(random_model(cfg, "classification", 2, dtype=torch.float32, device=s.device, seed=0),
                         policy, s, compile=compiled)
     peft = hf_stepper(hf_twin(ours.model, cfg, policy, s), s)
-    steps_of = {on: toggled(ours, switch, True), off: toggled(ours, switch, False), "peft": peft}
+    steps_of = {"stacked": toggled(ours, True), "separate": toggled(ours, False), "peft": peft}
     # From identical weights, before any update: the same loss to bf16 rounding.
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         first = {}
-        for name, setting in ((on, True), (off, False)):
-            setattr(lora, switch.flag, setting)
+        for name, on in (("stacked", True), ("separate", False)):
+            lora.STACK_SHARED_INPUT = on
             first[name] = float(torch.nn.functional.cross_entropy(ours.model(b["input_ids"], b["attention_mask"])
                                                                   .float(), b["label"]))
     for fn in steps_of.values():  # warm-up; compiled blocks build a graph for each setting
@@ -78,18 +64,18 @@ def bench(shape: tuple[int, int], compiled: bool, policy: str, steps: int, reps:
     times = turns(steps_of, b, s)  # one model runs both settings, in turns whose order reverses (ABBA)
     med = {k: statistics.median(v) for k, v in times.items()}
     tokens = s.batch * s.seq
-    setattr(lora, switch.flag, True)
+    lora.STACK_SHARED_INPUT = True
     return {"batch": s.batch, "seq": s.seq, "setting": "compiled" if compiled else "eager", "policy": policy,
             **{f"{k}_tok_s": tokens / v for k, v in med.items()},
-            "speedup_paired": paired(times, on, off),
-            "speedup": med[off] / med[on],
-            f"{on}_vs_peft": med["peft"] / med[on], f"{off}_vs_peft": med["peft"] / med[off],
+            "speedup_paired": paired(times, "stacked", "separate"),
+            "speedup": med["separate"] / med["stacked"],
+            "stacked_vs_peft": med["peft"] / med["stacked"], "separate_vs_peft": med["peft"] / med["separate"],
             "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
             **{f"{k}_first_loss": v for k, v in first.items()}}
 
 
-def main(argv=None, switch: Switch = STACKED, doc: str = __doc__) -> int:
-    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", default=["8x192", "4x384"], help="BATCHxSEQ")
     ap.add_argument("--settings", nargs="+", default=["eager", "compiled"], choices=("eager", "compiled"))
     ap.add_argument("--policy", default="lora:16")
@@ -99,18 +85,18 @@ def main(argv=None, switch: Switch = STACKED, doc: str = __doc__) -> int:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     if not args.policy.startswith("lora:"):
-        ap.error(f"--policy {args.policy}: {switch.flag} concerns adapters; pass a lora:R policy")
+        ap.error(f"--policy {args.policy}: stacking concerns adapters; pass a lora:R policy")
     shapes = batch_shapes(ap, args.shapes)
     torch.set_num_threads(args.threads)
     rows = []
     for compiled in [c == "compiled" for c in args.settings]:
         for shape in shapes:
-            rows.append(bench(shape, compiled, args.policy, args.steps, args.reps, switch))
+            rows.append(bench(shape, compiled, args.policy, args.steps, args.reps))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     emit(rows, args.json)
-    on, off = switch.on, switch.off
-    print(table(rows, ["setting", "batch", "seq", f"{on}_tok_s", f"{off}_tok_s", "speedup", "speedup_paired",
-                       "peft_tok_s", f"{on}_vs_peft", f"{off}_vs_peft"]))
+    print(table(rows, ["setting", "batch", "seq", "stacked_tok_s", "separate_tok_s", "speedup", "speedup_paired",
+                       "peft_tok_s",
+                       "stacked_vs_peft", "separate_vs_peft"]))
     return 0
 
 

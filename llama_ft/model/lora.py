@@ -10,14 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as nn_module
 
-from llama_ft.model.lora_gemm import adapted_linear
-
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-# An adapter over a frozen weight adds its up-projection into the frozen GEMM's output in place, in one operator
-# with a backward of its own (llama_ft.model.lora_gemm); off: torch.addmm, which first copies that whole output
-# (benchmarks/lora_gemm.py measures the two).
-IN_PLACE_UP_PROJECTION = True
 
 
 class LoRALinear(nn.Linear):
@@ -37,19 +30,15 @@ class LoRALinear(nn.Linear):
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def forward(self, x: Tensor) -> Tensor:
-        # The detour stays r wide until its last GEMM: the scale multiplies the [.., r] tensor, and the
-        # up-projection is added into the frozen GEMM's output, so no full-width elementwise pass is spent
-        # (forward or backward) on the adapter.
-        return self.adapted(x, F.linear(self.dropout(x), self.lora_A) * self.scaling)
-
-    def adapted(self, x: Tensor, z: Tensor) -> Tensor:
-        """x W^T + b + z B^T; z: the scaled r-wide tensor x A^T s (a column slice of a stacked one is read in
-        place). Over a frozen weight one operator adds the up-projection into the GEMM's output in place
-        (IN_PLACE_UP_PROJECTION, lora_gemm); otherwise torch.addmm adds it into a copy of that output."""
-        frozen = not self.weight.requires_grad and (self.bias is None or not self.bias.requires_grad)
-        if IN_PLACE_UP_PROJECTION and frozen:
-            return adapted_linear(x, self.weight, self.bias, z, self.lora_B)
         y = F.linear(x, self.weight, self.bias)
+        # The detour stays r wide until its last GEMM: the scale multiplies the [.., r] tensor, and addmm adds
+        # the up-projection into y inside the GEMM, so no full-width elementwise pass is spent (forward or
+        # backward) on the adapter.
+        return self.add_up_projection(y, F.linear(self.dropout(x), self.lora_A) * self.scaling)
+
+    def add_up_projection(self, y: Tensor, z: Tensor) -> Tensor:
+        """y + z B^T, the sum taken inside the GEMM; z: the scaled r-wide tensor (a column slice of a stacked one
+        is read in place)."""
         return torch.addmm(y.flatten(0, -2), z.flatten(0, -2), self.lora_B.t()).view(y.shape)
 
     @torch.no_grad()
@@ -115,7 +104,7 @@ def project(x: Tensor, *projections: nn.Module) -> tuple[Tensor, ...]:
             out.append(p(x))
             continue
         j = stacked.index(i)
-        out.append(p.adapted(x, z[..., j * r:(j + 1) * r]))
+        out.append(p.add_up_projection(F.linear(x, p.weight, p.bias), z[..., j * r:(j + 1) * r]))
     return tuple(out)
 
 

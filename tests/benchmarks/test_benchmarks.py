@@ -111,7 +111,7 @@ def test_inference_compile_break_even_repays_the_warm_up_and_is_never_without_a_
     assert break_even(30.0, 1.0) == float("inf") and break_even(30.0, 0.9) == float("inf")
 
 
-def test_policy_ratio_pairs_the_policies_turn_by_turn(tmp_path, capsys):
+def test_policy_ratio_pairs_the_policies_turn_by_turn(tmp_path, capsys, monkeypatch):
     from benchmarks import policy_ratio
     from benchmarks.train_step import Setting, paired, turns
     calls = []
@@ -121,9 +121,12 @@ def test_policy_ratio_pairs_the_policies_turn_by_turn(tmp_path, capsys):
     times = {"a": [1.0, 2.0, 1.0], "b": [2.0, 2.0, 3.0]}
     assert paired(times, "a", "b") == 2.0  # per-turn ratios 2, 1, 3
     out = tmp_path / "ratio.json"
+    kept = []
+    monkeypatch.setattr(policy_ratio, "keep_freed_pages", lambda: kept.append(1) or True)
     policy_ratio.main(["--smoke", "--eager", "--policies", "lora:4", "full", "--shapes", "2x16", "--reps", "2",
-                       "--threads", str(torch.get_num_threads()), "--json", str(out)])  # the suite's threads kept
-    row = json.loads(out.read_text())["rows"][0]
+                       "--threads", str(torch.get_num_threads()), "--json", str(out), "--kept-pages"])
+    row = json.loads(out.read_text())["rows"][0]  # (the suite's threads kept)
+    assert kept == [1] and row["kept pages"] is True  # set once, before the first step, and recorded
     assert row["lora:4 first loss diff"] < 1e-2 and row["full first loss diff"] < 1e-2  # the peers compute the same
     assert len(row["seconds"]["lora:4"]) == 2 and row["lora:4 vs full"] > 0 and 0 < row["full MFU"]
     assert "lora:4 vs full" in capsys.readouterr().out  # the table

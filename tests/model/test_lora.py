@@ -1,6 +1,5 @@
 """LoRA adapters folded into their weights for inference: the same outputs, the adapters back in place after;
-adapters of projections that share their input stacked into one down-projection, and the up-projection added
-into the frozen GEMM's output in place (lora_gemm): the same outputs and gradients."""
+adapters of projections that share their input stacked into one down-projection: the same outputs and gradients."""
 import pytest
 import torch
 from tiny import dataset, tiny_model
@@ -170,77 +169,3 @@ def test_adapters_that_cannot_share_a_gemm_run_alone():
     assert len(seen) == 1
     handle.remove()
     assert lora._stackable((mlp.gate_proj, mlp.up_proj)) == [0, 1]
-
-
-@pytest.mark.parametrize("frozen", [torch.float32, torch.bfloat16])
-def test_in_place_up_projection_gives_the_outputs_and_gradients_of_addmm(monkeypatch, frozen):
-    """The adapter's up-projection added into the frozen GEMM's output in place (lora_gemm) against torch.addmm
-    into a copy of it: the same outputs and gradients, fp32, and under bf16 autocast over bf16 frozen weights."""
-    model = trained_lora_model(frozen).train()
-    ids, mask = batch()
-    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=frozen == torch.bfloat16)
-    runs = {}
-    for on in (False, True):
-        monkeypatch.setattr(lora, "IN_PLACE_UP_PROJECTION", on)
-        with amp:
-            runs[on] = outputs_and_grads(model, ids, mask)
-    (want_out, want_grads, _), (got_out, got_grads, _) = runs[False], runs[True]
-    tol = 1e-5 if frozen == torch.float32 else 1e-2
-    for w, g in zip(want_out, got_out):
-        torch.testing.assert_close(g, w, rtol=tol, atol=tol)
-    assert got_grads.keys() == want_grads.keys() and any(".lora_B" in n for n in got_grads)
-    for n in want_grads:
-        torch.testing.assert_close(got_grads[n], want_grads[n], rtol=tol,
-                                   atol=tol * want_grads[n].abs().max().item(), msg=n)
-
-
-def test_in_place_up_projection_with_a_bias_and_without_an_input_gradient():
-    """A biased projection gives x W^T + b + z B^T; an input that needs no gradient gets none computed (the
-    backward operator is told not to), and B and z still get theirs."""
-    from llama_ft.model.lora_gemm import adapted_linear
-
-    g = torch.Generator().manual_seed(0)
-    x, w, b = torch.randn(2, 5, 8, generator=g), torch.randn(6, 8, generator=g), torch.randn(6, generator=g)
-    z = torch.randn(2, 5, 3, generator=g, requires_grad=True)
-    lora_b = torch.randn(6, 3, generator=g, requires_grad=True)
-    seen = []
-
-    class Watch(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is torch.ops.llama_ft.frozen_linear_with_adapter_backward.default:
-                seen.append(args[-1])
-            return func(*args, **(kwargs or {}))
-
-    with Watch():
-        y = adapted_linear(x, w, b, z, lora_b)
-        y.square().sum().backward()
-    torch.testing.assert_close(y, x @ w.t() + b + z @ lora_b.t())
-    z_ref, b_ref = z.detach().requires_grad_(), lora_b.detach().requires_grad_()
-    (x @ w.t() + b + z_ref @ b_ref.t()).square().sum().backward()
-    torch.testing.assert_close(z.grad, z_ref.grad)
-    torch.testing.assert_close(lora_b.grad, b_ref.grad)
-    assert seen == [False]
-
-
-def test_in_place_up_projection_operators_pass_torch_library_opcheck():
-    """Schema, fake (meta) kernels and the autograd registration, as torch.compile relies on them."""
-    from llama_ft.model import lora_gemm
-
-    g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(7, 8, generator=g, requires_grad=True), torch.randn(6, 8, generator=g)
-    z, lora_b = torch.randn(7, 3, generator=g, requires_grad=True), torch.randn(6, 3, generator=g, requires_grad=True)
-    torch.library.opcheck(lora_gemm.frozen_linear_with_adapter, (x, w, None, z, lora_b))
-    torch.library.opcheck(lora_gemm.frozen_linear_with_adapter, (x, w, torch.randn(6, generator=g), z, lora_b))
-    for input_grad in (True, False):
-        torch.library.opcheck(lora_gemm.frozen_linear_with_adapter_backward,
-                              (torch.randn(7, 6, generator=g), w, z.detach(), lora_b.detach(), input_grad))
-
-
-def test_an_adapted_projection_whose_weight_trains_takes_addmm_and_gets_its_weight_gradient():
-    layer = LoRALinear(torch.nn.Linear(8, 6, bias=False), rank=2, alpha=4)
-    with torch.no_grad():
-        layer.lora_B.normal_()
-    assert layer.weight.requires_grad  # only a policy freezes it
-    x = torch.randn(3, 8)
-    layer(x).sum().backward()
-    assert layer.weight.grad is not None and layer.lora_B.grad is not None
