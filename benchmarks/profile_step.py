@@ -1,11 +1,12 @@
 """Where a training step's time goes: torch.profiler over llama_ft's step, grouped into matrix multiplies,
 attention, elementwise work, copies/casts, the optimizer and the rest.
 
-    python benchmarks/profile_step.py --shape smollm2-135m --policy lora:16 --batch 16 --seq 256 [--compile]
+    python benchmarks/profile_step.py --shape smollm2-135m --policy lora:16 --batch 16 --seq 256 [--compile [--kernels]]
 
 Random weights, classification head, bf16 autocast, the engine's dtypes (frozen bf16, trainable fp32). Warm-up
 steps (and compilation) run before the profiled steps. Prints a table and JSON (self time per group and the
-top operators).
+top operators). --kernels: each of inductor's CPU kernels under its own name (its fused operations), instead of
+one entry per compiled graph.
 """
 from __future__ import annotations
 
@@ -46,8 +47,15 @@ ADAPTER_OPS = ("aten::mm", "aten::addmm")
 ANNOTATIONS = ("Optimizer.", "ProfilerStep")
 
 
+# inductor's CPU kernels by name (--kernels) list the operations they fuse (`cpp_fused__to_copy_exp_mul_...`),
+# which would match the groups above.
+KERNEL_NAMES = ("cpp_fused",)
+
+
 def group_of(name: str) -> str:
     low = name.lower()
+    if any(k in low for k in KERNEL_NAMES):
+        return "compiled kernels"
     for group, keys in GROUPS:
         if any(k in low for k in keys):
             return group
@@ -107,10 +115,20 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--kernels", action="store_true", help="with --compile on a CPU: inductor's kernels by name")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args(argv)
+    if args.kernels:
+        if not args.compile or args.device != "cpu":
+            ap.error("--kernels names inductor's CPU kernels: pass --compile, on --device cpu")
+        import torch._functorch.config as functorch_config
+        import torch._inductor.config as inductor_config
+        inductor_config.cpp.enable_kernel_profile = True  # read when the kernels are generated, before the warm-up
+        # Generated anew: a cached graph (from a run without this) would bring kernels that do not report.
+        inductor_config.fx_graph_cache = False
+        functorch_config.enable_autograd_cache = False
     if args.threads:
         torch.set_num_threads(args.threads)
     s = Setting(torch.device(args.device), torch.bfloat16, args.batch, args.seq, compile=args.compile)

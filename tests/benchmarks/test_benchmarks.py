@@ -148,3 +148,19 @@ def test_kept_pages_runs_the_settings_in_reversing_turns_and_pairs_their_ratios(
     assert calls == ["glibc", "kept", "kept", "glibc", "glibc", "kept"]  # ABBA order
     assert row["glibc_over_kept"] == 1.5  # per-turn ratios 2, 1.5, 1.5
     assert row["glibc_seconds"] == 2.0 and row["kept_minor_faults"] == 1
+
+
+def test_profile_step_names_inductors_kernels_and_groups_them_as_compiled(tmp_path):
+    """--kernels: inductor's CPU kernels appear under their own names (which list ops such as `_to_copy` or
+    `mm` that would match other groups) and count as compiled kernels; it needs --compile."""
+    from benchmarks import profile_step
+    assert profile_step.group_of("graph_0_cpp_fused__to_copy_exp_mul_where_12") == "compiled kernels"
+    assert profile_step.group_of("aten::copy_") == "copy/cast"
+    out = tmp_path / "profile.json"
+    profile_step.main(["--shape", "tiny", "--policy", "lora:4", "--batch", "8", "--seq", "64", "--warmup", "1",
+                       "--steps", "1", "--compile", "--kernels", "--threads", str(torch.get_num_threads()),
+                       "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert any("cpp_fused" in o["op"] for o in res["top_ops"]) and res["groups"]["compiled kernels"] > 0
+    with pytest.raises(SystemExit):
+        profile_step.main(["--shape", "tiny", "--kernels"])
