@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from collections import defaultdict
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import torch
@@ -60,6 +61,18 @@ def group_of(name: str) -> str:
         if any(k in low for k in keys):
             return group
     return "other"
+
+
+def kernel_names() -> ExitStack:
+    """A context in which inductor's CPU kernels report to the profiler under their names; the settings are read
+    when a graph's kernels are generated (the warm-up), so they hold around it, and torch's come back after."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+    stack = ExitStack()
+    # Generated anew: a cached graph (from a run without the setting) would bring kernels that do not report.
+    stack.enter_context(inductor_config.patch({"cpp.enable_kernel_profile": True, "fx_graph_cache": False}))
+    stack.enter_context(functorch_config.patch(enable_autograd_cache=False))
+    return stack
 
 
 def profile(shape: str, policy: str, s: Setting, warmup: int, steps: int) -> dict:
@@ -120,19 +133,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args(argv)
-    if args.kernels:
-        if not args.compile or args.device != "cpu":
-            ap.error("--kernels names inductor's CPU kernels: pass --compile, on --device cpu")
-        import torch._functorch.config as functorch_config
-        import torch._inductor.config as inductor_config
-        inductor_config.cpp.enable_kernel_profile = True  # read when the kernels are generated, before the warm-up
-        # Generated anew: a cached graph (from a run without this) would bring kernels that do not report.
-        inductor_config.fx_graph_cache = False
-        functorch_config.enable_autograd_cache = False
+    if args.kernels and (not args.compile or args.device != "cpu"):
+        ap.error("--kernels names inductor's CPU kernels: pass --compile, on --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     s = Setting(torch.device(args.device), torch.bfloat16, args.batch, args.seq, compile=args.compile)
-    res = profile(args.shape, args.policy, s, args.warmup, args.steps)
+    with kernel_names() if args.kernels else nullcontext():
+        res = profile(args.shape, args.policy, s, args.warmup, args.steps)
     print(f"{res['shape']} {res['policy']} compile={res['compile']} {res['batch']}x{res['seq']}, "
           f"{res['threads']} threads: {res['step_seconds']:.4f} s of operator self time per step, "
           f"{res['wall_seconds']:.4f} s wall ({100 * res['busy']:.0f}% busy), "

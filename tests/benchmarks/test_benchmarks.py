@@ -156,11 +156,14 @@ def test_profile_step_names_inductors_kernels_and_groups_them_as_compiled(tmp_pa
     from benchmarks import profile_step
     assert profile_step.group_of("graph_0_cpp_fused__to_copy_exp_mul_where_12") == "compiled kernels"
     assert profile_step.group_of("aten::copy_") == "copy/cast"
+    import torch._inductor.config as inductor_config
+    before = (inductor_config.cpp.enable_kernel_profile, inductor_config.fx_graph_cache)
     out = tmp_path / "profile.json"
     profile_step.main(["--shape", "tiny", "--policy", "lora:4", "--batch", "8", "--seq", "64", "--warmup", "1",
                        "--steps", "1", "--compile", "--kernels", "--threads", str(torch.get_num_threads()),
                        "--json", str(out)])
     res = json.loads(out.read_text())
     assert any("cpp_fused" in o["op"] for o in res["top_ops"]) and res["groups"]["compiled kernels"] > 0
+    assert (inductor_config.cpp.enable_kernel_profile, inductor_config.fx_graph_cache) == before  # torch's, back
     with pytest.raises(SystemExit):
         profile_step.main(["--shape", "tiny", "--kernels"])
