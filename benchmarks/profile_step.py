@@ -14,7 +14,8 @@ import argparse
 import json
 import sys
 from collections import defaultdict
-from contextlib import ExitStack, nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -27,6 +28,9 @@ from llama_ft.model.policies import parse_policy  # noqa: E402
 
 # Operator name fragments -> group; the first match wins, so the specific names come first.
 GROUPS = (
+    # inductor's CPU kernels by name (--kernels) list the operations they fuse (`cpp_fused__to_copy_exp_mul_...`),
+    # which the groups below would match.
+    ("compiled kernels", ("cpp_fused",)),
     ("attention", ("flash_attention", "scaled_dot_product", "_efficient_attention", "_cudnn_attention", "sdpa",
                    "fmha", "flash_")),
     ("optimizer", ("adam", "_foreach", "multi_tensor")),
@@ -35,7 +39,7 @@ GROUPS = (
                 "cutlass", "xmma", "splitk")),
     ("copy/cast", ("copy_", "to_copy", "_to_copy", "contiguous", "clone", "cat", "index", "gather", "scatter",
                    "fill_", "zero_", "empty", "memcpy", "memset", "copy_kernel")),
-    ("compiled kernels", ("compiled", "cpp_fused", "triton_", "graph_")),
+    ("compiled kernels", ("compiled", "triton_", "graph_")),
     ("elementwise", ("mul", "add", "sub", "div", "pow", "rsqrt", "silu", "neg", "mean", "sum", "exp", "where",
                      "masked", "softmax", "cross_entropy", "nll", "log_softmax", "sqrt", "cos", "sin", "reduce_kernel",
                      "elementwise_kernel")),
@@ -48,31 +52,24 @@ ADAPTER_OPS = ("aten::mm", "aten::addmm")
 ANNOTATIONS = ("Optimizer.", "ProfilerStep")
 
 
-# inductor's CPU kernels by name (--kernels) list the operations they fuse (`cpp_fused__to_copy_exp_mul_...`),
-# which would match the groups above.
-KERNEL_NAMES = ("cpp_fused",)
-
-
 def group_of(name: str) -> str:
     low = name.lower()
-    if any(k in low for k in KERNEL_NAMES):
-        return "compiled kernels"
     for group, keys in GROUPS:
         if any(k in low for k in keys):
             return group
     return "other"
 
 
-def kernel_names() -> ExitStack:
+@contextmanager
+def kernel_names() -> Iterator[None]:
     """A context in which inductor's CPU kernels report to the profiler under their names; the settings are read
     when a graph's kernels are generated (the warm-up), so they hold around it, and torch's come back after."""
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
-    stack = ExitStack()
     # Generated anew: a cached graph (from a run without the setting) would bring kernels that do not report.
-    stack.enter_context(inductor_config.patch({"cpp.enable_kernel_profile": True, "fx_graph_cache": False}))
-    stack.enter_context(functorch_config.patch(enable_autograd_cache=False))
-    return stack
+    with inductor_config.patch({"cpp.enable_kernel_profile": True, "fx_graph_cache": False}), \
+            functorch_config.patch(enable_autograd_cache=False):
+        yield
 
 
 def profile(shape: str, policy: str, s: Setting, warmup: int, steps: int) -> dict:
