@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from llama_ft.model.attention import causal_attention, use_gemm_backward
 from llama_ft.model.config import LlamaConfig
+from llama_ft.model.linear import Linear
 from llama_ft.model.lora import project
 
 
@@ -189,10 +190,10 @@ class LlamaAttention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         h, b = cfg.hidden_size, cfg.attention_bias
-        self.q_proj = nn.Linear(h, self.n_head * self.head_dim, bias=b)
-        self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=b)
-        self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=b)
-        self.o_proj = nn.Linear(self.n_head * self.head_dim, h, bias=b)
+        self.q_proj = Linear(h, self.n_head * self.head_dim, bias=b)
+        self.k_proj = Linear(h, self.n_kv * self.head_dim, bias=b)
+        self.v_proj = Linear(h, self.n_kv * self.head_dim, bias=b)
+        self.o_proj = Linear(self.n_head * self.head_dim, h, bias=b)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 kv_cache: KVCache | None = None) -> Tensor:
@@ -241,9 +242,9 @@ class LlamaMLP(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         h, i, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
-        self.gate_proj = nn.Linear(h, i, bias=b)
-        self.up_proj = nn.Linear(h, i, bias=b)
-        self.down_proj = nn.Linear(i, h, bias=b)
+        self.gate_proj = Linear(h, i, bias=b)
+        self.up_proj = Linear(h, i, bias=b)
+        self.down_proj = Linear(i, h, bias=b)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = project(x, self.gate_proj, self.up_proj)

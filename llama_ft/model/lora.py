@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as nn_module
 
+from llama_ft.model.linear import Linear, add_up_projection, linear
+
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -30,24 +32,24 @@ class LoRALinear(nn.Linear):
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        y = F.linear(x, self.weight, self.bias)  # frozen: no weight gradient to lay out
         # The detour stays r wide until its last GEMM: the scale multiplies the [.., r] tensor, and addmm adds
         # the up-projection into y inside the GEMM, so no full-width elementwise pass is spent (forward or
         # backward) on the adapter.
-        return self.add_up_projection(y, F.linear(self.dropout(x), self.lora_A) * self.scaling)
+        return self.add_up_projection(y, linear(self.dropout(x), self.lora_A) * self.scaling)
 
     def add_up_projection(self, y: Tensor, z: Tensor) -> Tensor:
         """y + z B^T, the sum taken inside the GEMM; z: the scaled r-wide tensor (a column slice of a stacked one
         is read in place)."""
-        return torch.addmm(y.flatten(0, -2), z.flatten(0, -2), self.lora_B.t()).view(y.shape)
+        return add_up_projection(y, z, self.lora_B)
 
     @torch.no_grad()
-    def merged(self, dtype: torch.dtype | None = None) -> nn.Linear:
-        """A plain nn.Linear with the adapter folded into its weight, in `dtype` (None: the frozen weight's).
+    def merged(self, dtype: torch.dtype | None = None) -> Linear:
+        """The model's own Linear with the adapter folded into its weight, in `dtype` (None: the frozen weight's).
         The sum is taken in fp32 and rounded once: a bf16 base exported to fp32 keeps all of the adapter."""
         dtype = dtype or self.weight.dtype
         # Built on the meta device: a real one would first fill its weight with a random init, only to overwrite it.
-        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        out = Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
         w = self.weight.to(torch.float32, copy=True)  # the sum in fp32, in place in one copy of W
         w.addmm_(self.lora_B.float(), self.lora_A.float(), alpha=self.scaling)
         out.weight = nn.Parameter(w.to(dtype), requires_grad=False)
@@ -97,7 +99,7 @@ def project(x: Tensor, *projections: nn.Module) -> tuple[Tensor, ...]:
     first = projections[stacked[0]]
     r = first.rank
     # [.., k r]; its column slices are views, which addmm reads in place with a leading dimension of k r.
-    z = F.linear(x, torch.cat([projections[i].lora_A for i in stacked])) * first.scaling
+    z = linear(x, torch.cat([projections[i].lora_A for i in stacked])) * first.scaling
     out = []
     for i, p in enumerate(projections):
         if i not in stacked:
@@ -121,7 +123,7 @@ def add_lora(module: nn.Module, rank: int, alpha: float | None = None, dropout: 
         if layers is not None and idx not in layers:
             continue
         for child_name, child in list(mod.named_children()):
-            if child_name in targets and type(child) is nn.Linear:
+            if child_name in targets and type(child) in (nn.Linear, Linear):
                 setattr(mod, child_name, LoRALinear(child, rank, alpha, dropout))
                 wrapped.append(f"{name}.{child_name}")
     return wrapped
@@ -140,7 +142,7 @@ def adapters(model: nn.Module) -> list[tuple[nn.Module, str, LoRALinear]]:
 
 @contextmanager
 def merged_adapters(model: nn.Module, enabled: bool = True) -> Iterator[int]:
-    """For the duration, every adapter of `model` is replaced by a plain nn.Linear holding a copy of its frozen
+    """For the duration, every adapter of `model` is replaced by a plain Linear holding a copy of its frozen
     weight with the adapter folded in (LoRALinear.merged); yields how many. An inference pass then runs one GEMM
     per projection, as the model without adapters does: unmerged, each projection adds two GEMMs that read the
     whole activation to produce an r-wide one, and an addmm that reads and writes the whole output again, all

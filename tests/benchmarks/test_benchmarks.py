@@ -167,3 +167,21 @@ def test_profile_step_names_inductors_kernels_and_groups_them_as_compiled(tmp_pa
     assert (inductor_config.cpp.enable_kernel_profile, inductor_config.fx_graph_cache) == before  # torch's, back
     with pytest.raises(SystemExit):
         profile_step.main(["--shape", "tiny", "--kernels"])
+
+
+def test_weight_grad_layout_runs_both_settings_in_one_model_and_restores_the_switch(tmp_path, capsys, monkeypatch):
+    from benchmarks import weight_grad_layout
+
+    import llama_ft.model.linear as linear
+    monkeypatch.setattr(linear, "AMX", True)  # the path as a CPU with AMX takes it
+    before = linear.TOKEN_MAJOR
+    out = tmp_path / "layout.json"
+    weight_grad_layout.main(["--shape", "tiny", "--policies", "full", "--shapes", "2x16", "--reps", "2",
+                             "--steps", "1", "--threads", str(torch.get_num_threads()), "--json", str(out)])
+    row = json.loads(out.read_text())["rows"][0]
+    assert linear.TOKEN_MAJOR == before
+    assert len(row["seconds"]["token-major"]) == len(row["seconds"]["autograd"]) == 2
+    assert row["token-major_vs_autograd"] > 0 and row["token-major_vs_peer"] > 0
+    assert abs(row["first_loss"] - row["peer_first_loss"]) < 1e-2  # the untrained model and its peer agree
+    assert "token-major_vs_autograd" in capsys.readouterr().out  # the table
+    torch._dynamo.reset()
