@@ -25,7 +25,7 @@ from llama_ft.hardware import cpu_has_amx
 # Off: every projection takes autograd's backward (benchmarks/weight_grad_layout.py compares the two in one run).
 TOKEN_MAJOR = True
 
-_CONTIGUOUS = getattr(torch.Tag, "needs_contiguous_strides", None)  # torch 2.7+; without it the path stays off
+_CONTIGUOUS = getattr(torch.Tag, "needs_contiguous_strides", None)  # an older torch lacks the tag: the path stays off
 # Read once here: a compiled block cannot trace the CPU's feature table.
 AMX = cpu_has_amx()
 
