@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import llama_ft.model.attention as attention  # noqa: E402
-from benchmarks.run import batch_shapes, emit  # noqa: E402
+from benchmarks.run import add_turn_flags, batch_shapes, emit  # noqa: E402
 from benchmarks.train_step import (Setting, Stepper, batch, config, hf_stepper, hf_twin, ours_stepper,  # noqa: E402
                                    paired, release_memory, table, turns)
 from llama_ft.hf.loading import random_model  # noqa: E402
@@ -77,10 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--blocks", nargs="+", type=int, default=[1, attention.QUERY_BLOCKS],
                     help="query-row blocks of the GEMM backward to compare (each a setting)")
     ap.add_argument("--policy", default="lora:16")
-    ap.add_argument("--steps", type=int, default=2, help="steps per timed repetition")
-    ap.add_argument("--reps", type=int, default=6)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json")
+    add_turn_flags(ap)
     args = ap.parse_args(argv)
     shapes = batch_shapes(ap, args.shapes)
     if any(n < 1 for n in args.blocks):

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import mfu  # noqa: E402
-from benchmarks.run import batch_shapes, emit  # noqa: E402
+from benchmarks.run import add_turn_flags, batch_shapes, emit  # noqa: E402
 from benchmarks.train_step import (Setting, batch, config, hf_stepper, hf_twin, ours_stepper,  # noqa: E402
                                    paired, release_memory, table, turns)
 from llama_ft.heap import keep_freed_pages  # noqa: E402
@@ -75,10 +75,7 @@ def main(argv=None) -> int:
                     help="two or more; the last is the one the others are compared with")
     ap.add_argument("--shapes", nargs="+", default=["16x256", "4x384"], help="BATCHxSEQ")
     ap.add_argument("--eager", action="store_true", help="ours with eager blocks (default: compiled)")
-    ap.add_argument("--steps", type=int, default=1, help="steps per timed turn")
-    ap.add_argument("--reps", type=int, default=6, help="turns")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json")
+    add_turn_flags(ap, steps=1)
     ap.add_argument("--smoke", action="store_true", help="a tiny model: a check of the plumbing, not a measurement")
     ap.add_argument("--kept-pages", action="store_true",
                     help="glibc keeps freed pages for the whole run (llama_ft.heap.keep_freed_pages, which train() "

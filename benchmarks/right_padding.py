@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import llama_ft.model.llama as llama  # noqa: E402
+from benchmarks.run import add_turn_flags  # noqa: E402
 
 SETTINGS = {"mask": False, "causal": True}
 
@@ -143,10 +144,7 @@ def main(argv=None) -> int:
                     choices=["squad-test", "sst2-trunk", "train"])
     ap.add_argument("--squad", type=int, default=250)
     ap.add_argument("--sst2", type=int, default=4000)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json")
+    add_turn_flags(ap, steps=10, reps=3)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -93,6 +93,14 @@ def plan_amps(planned: list[str], device: torch.device, amp: str = "auto") -> li
     return list(dict.fromkeys(auto if a == "auto" else a for a in names))
 
 
+def add_turn_flags(ap: argparse.ArgumentParser, steps: int = 2, reps: int = 6) -> None:
+    """The flags of a benchmark that times settings in turns: --steps per turn, --reps turns, --threads, --json."""
+    ap.add_argument("--steps", type=int, default=steps, help="steps per timed turn")
+    ap.add_argument("--reps", type=int, default=reps, help="turns")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", help="also write the result here")
+
+
 def batch_shapes(ap: argparse.ArgumentParser, specs: list[str]) -> list[tuple[int, int]]:
     """`--shapes` values such as 4x384 -> [(batch, seq)]; anything else is the parser's error."""
     shapes = []

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import llama_ft.model.lora as lora  # noqa: E402
-from benchmarks.run import batch_shapes, emit  # noqa: E402
+from benchmarks.run import add_turn_flags, batch_shapes, emit  # noqa: E402
 from benchmarks.train_step import (Setting, Stepper, batch, config, hf_stepper, hf_twin, ours_stepper,  # noqa: E402
                                    paired, release_memory, table, turns)
 from llama_ft.hf.loading import random_model  # noqa: E402
@@ -79,10 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", nargs="+", default=["8x192", "4x384"], help="BATCHxSEQ")
     ap.add_argument("--settings", nargs="+", default=["eager", "compiled"], choices=("eager", "compiled"))
     ap.add_argument("--policy", default="lora:16")
-    ap.add_argument("--steps", type=int, default=2, help="steps per timed repetition")
-    ap.add_argument("--reps", type=int, default=6)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json")
+    add_turn_flags(ap)
     args = ap.parse_args(argv)
     if not args.policy.startswith("lora:"):
         ap.error(f"--policy {args.policy}: stacking concerns adapters; pass a lora:R policy")

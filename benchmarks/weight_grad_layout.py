@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import llama_ft.model.linear as linear  # noqa: E402
-from benchmarks.run import batch_shapes, emit  # noqa: E402
+from benchmarks.run import add_turn_flags, batch_shapes, emit  # noqa: E402
 from benchmarks.train_step import (Setting, Stepper, batch, config, hf_stepper, hf_twin, ours_stepper,  # noqa: E402
                                    paired, release_memory, table, turns)
 from llama_ft.hf.loading import random_model  # noqa: E402
@@ -72,10 +72,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", default="smollm2-135m", help="model shape (benchmarks/train_step.py's names)")
     ap.add_argument("--policies", nargs="+", default=["full", "lora:16"])
     ap.add_argument("--shapes", nargs="+", default=["16x256"], help="BATCHxSEQ")
-    ap.add_argument("--steps", type=int, default=2, help="steps per timed repetition")
-    ap.add_argument("--reps", type=int, default=6)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json")
+    add_turn_flags(ap)
     args = ap.parse_args(argv)
     shapes = batch_shapes(ap, args.shapes)
     torch.set_num_threads(args.threads)
