@@ -99,9 +99,11 @@ def main(argv=None) -> int:
         rows.append(bench("tiny" if args.smoke else "smollm2-135m", shape, policies, not args.eager, args.steps,
                           args.reps))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    peak = mfu.merge_peaks(start, mfu.peaks(cpu, quick=False, smoke=args.smoke))["mfu_peak"]["bf16"]
+    peaks = mfu.merge_peaks(start, mfu.peaks(cpu, quick=False, smoke=args.smoke))
+    peak = peaks["mfu_peak"]["bf16"]
     for row in rows:
         row["bf16 peak TFLOP/s"] = round(peak / 1e12, 3)
+        row["bf16 peak shape"] = "x".join(map(str, peaks["best_shape"]["bf16"]))
         row["kept pages"] = kept
         for policy in policies:
             row[f"{policy} MFU"] = round(row[f"{policy} TFLOP/s"] * 1e12 / peak, 4)

@@ -3,15 +3,21 @@ attention, elementwise work, copies/casts, the optimizer and the rest.
 
     python benchmarks/profile_step.py --shape smollm2-135m --policy lora:16 --batch 16 --seq 256 [--compile [--kernels]]
 
-Random weights, classification head, bf16 autocast, the engine's dtypes (frozen bf16, trainable fp32). Warm-up
-steps (and compilation) run before the profiled steps. Prints a table and JSON (self time per group and the
-top operators). --kernels: each of inductor's CPU kernels under its own name (its fused operations), instead of
-one entry per compiled graph.
+Random weights, classification head, bf16 autocast, the engine's dtypes (frozen bf16, trainable fp32), and on a
+CPU glibc keeping freed pages, as `train()` has it. Warm-up steps (and compilation) run before the profiled steps,
+and one more step runs under the profiler unrecorded. The profiler's own buffers move the heap, and the kernel that
+first writes a fresh page is charged for faulting it in: on a CPU --resident-gib of heap is written and left free
+first, for both to reuse. The minor page faults of the recorded steps are reported (`faults_per_step`). Prints a
+table and JSON (self time per group and the top operators). --kernels: each of inductor's CPU kernels under its
+own name (its fused operations), instead of one entry per compiled graph.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
+import resource
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
@@ -23,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.train_step import Setting, batch, config, ours_stepper, timed  # noqa: E402
+from llama_ft.heap import keep_freed_pages  # noqa: E402
 from llama_ft.hf.loading import random_model  # noqa: E402
 from llama_ft.model.policies import parse_policy  # noqa: E402
 
@@ -72,7 +79,25 @@ def kernel_names() -> Iterator[None]:
         yield
 
 
-def profile(shape: str, policy: str, s: Setting, warmup: int, steps: int) -> dict:
+CHUNK = 256 * 2**20
+
+
+def resident_heap(nbytes: int) -> None:
+    """Leave `nbytes` of glibc's heap free but resident, so that neither the profiled steps nor the profiler's
+    buffers fault pages in: chunks are allocated and written, a small block above them keeps the heap's top from
+    being handed back when they are freed (keep_freed_pages keeps the rest), and they are freed."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    chunks = [libc.malloc(CHUNK) for _ in range(nbytes // CHUNK)]
+    for c in chunks:
+        ctypes.memset(c, 1, CHUNK)
+    libc.malloc(4096)  # the fence, never freed
+    for c in chunks:
+        libc.free(c)
+
+
+def profile(shape: str, policy: str, s: Setting, warmup: int, steps: int, resident_gib: float = 0) -> dict:
     cfg = config(shape)
     b = batch(cfg, s.batch, s.seq, s.device)
     model = random_model(cfg, "classification", 2, dtype=torch.float32, device=s.device, seed=0)
@@ -85,9 +110,18 @@ def profile(shape: str, policy: str, s: Setting, warmup: int, steps: int) -> dic
     # Under LoRA the matrix multiplies split by shape: the adapters' rank-r ones (r wide, or k r where k adapters
     # share their input) are bound by memory, unlike the frozen projections'.
     rank = parse_policy(policy).rank if policy.startswith("lora") else None
-    with torch.profiler.profile(activities=acts, record_shapes=rank is not None) as prof:
+    if s.device.type == "cpu" and resident_gib > 0:
+        resident_heap(int(resident_gib * 2**30))
+    schedule = torch.profiler.schedule(wait=0, warmup=1, active=steps, repeat=1)
+    with torch.profiler.profile(activities=acts, record_shapes=rank is not None, schedule=schedule,
+                                acc_events=True) as prof:
+        step(b)
+        prof.step()
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(steps):
             step(b)
+            prof.step()
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     by_group: dict[str, float] = defaultdict(float)
     per_op: dict[str, list] = defaultdict(lambda: [0.0, 0])  # name -> [us, calls], over every shape
     on_gpu = s.device.type == "cuda"
@@ -110,7 +144,8 @@ def profile(shape: str, policy: str, s: Setting, warmup: int, steps: int) -> dic
     # step waits on the Python and dispatch that launch them), and their count is launches per step.
     return {"shape": shape, "policy": policy, "compile": s.compile, "batch": s.batch, "seq": s.seq,
             "threads": torch.get_num_threads(), "step_seconds": total / 1e6 / steps, "wall_seconds": wall,
-            "busy": round(total / 1e6 / steps / wall, 3), "operator_calls_per_step": sum(c for _, _, c in ops) // steps,
+            "busy": round(total / 1e6 / steps / wall, 3), "faults_per_step": faults // steps,
+            "operator_calls_per_step": sum(c for _, _, c in ops) // steps,
             "groups": {g: round(us / total, 4) for g, us in sorted(by_group.items(), key=lambda kv: -kv[1])},
             "top_ops": [{"op": k, "share": round(us / total, 4), "calls_per_step": c // steps}
                         for k, us, c in ops[:15]]}
@@ -128,18 +163,22 @@ def main(argv=None) -> int:
     ap.add_argument("--kernels", action="store_true", help="with --compile on a CPU: inductor's kernels by name")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--resident-gib", type=float, default=6.0,
+                    help="on a CPU, heap left free but resident before the profiled steps (0: none)")
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args(argv)
     if args.kernels and (not args.compile or args.device != "cpu"):
         ap.error("--kernels names inductor's CPU kernels: pass --compile, on --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cpu":
+        keep_freed_pages()
     s = Setting(torch.device(args.device), torch.bfloat16, args.batch, args.seq, compile=args.compile)
     with kernel_names() if args.kernels else nullcontext():
-        res = profile(args.shape, args.policy, s, args.warmup, args.steps)
+        res = profile(args.shape, args.policy, s, args.warmup, args.steps, args.resident_gib)
     print(f"{res['shape']} {res['policy']} compile={res['compile']} {res['batch']}x{res['seq']}, "
           f"{res['threads']} threads: {res['step_seconds']:.4f} s of operator self time per step, "
-          f"{res['wall_seconds']:.4f} s wall ({100 * res['busy']:.0f}% busy), "
+          f"{res['wall_seconds']:.4f} s wall ({100 * res['busy']:.0f}% busy), {res['faults_per_step']} page faults, "
           f"{res['operator_calls_per_step']} operator calls per step")
     print("| group | share of step |\n|---|---:|")
     for g, share in res["groups"].items():

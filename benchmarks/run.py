@@ -340,7 +340,8 @@ class Suite:
             pk = r["peaks"]
             measured = ", ".join(f"{k} {v / 1e12:.3f}" for k, v in pk["measured"].items())
             divisor = {k: round(v / 1e12, 3) for k, v in pk["mfu_peak"].items()}
-            parts.append(f"matmul peaks (TFLOP/s, best of n={pk['matmul_n']}, start and end of the run): {measured}; "
+            parts.append(f"matmul peaks (TFLOP/s, best of (m, k, n) in {pk['matmul_shapes']}: "
+                         f"{pk['best_shape']}; start and end of the run): {measured}; "
                          f"MFU divides by {pk['peak_source']} {divisor}")
         if r.get("steps"):
             parts.append(table(r["steps"], [

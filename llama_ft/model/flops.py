@@ -127,15 +127,32 @@ def _time_matmul(a: torch.Tensor, b: torch.Tensor, reps: int) -> list[float]:
     return times
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, n: int, reps: int = 5) -> float:
-    """FLOP/s of an n x n x n matmul in `dtype` on random data, after two warm-ups: the fastest repetition on
-    CPU (other jobs only ever slow it down), the median on CUDA (synchronised, timings are steady there)."""
+def matmul_peak(dtype: torch.dtype, device: torch.device, shape: int | tuple[int, int, int], reps: int = 5) -> float:
+    """FLOP/s of an [m, k] x [k, n] matmul (`shape` (m, k, n), or n for n x n x n) in `dtype` on random data,
+    after two warm-ups: the fastest repetition on CPU (other jobs only ever slow it down), the median on CUDA
+    (synchronised, timings are steady there)."""
+    m, k, n = (shape, shape, shape) if isinstance(shape, int) else shape
     g = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, generator=g).to(dtype)
-    b = torch.randn(n, n, device=device, generator=g).to(dtype)
+    a = torch.randn(m, k, device=device, generator=g).to(dtype)
+    b = torch.randn(k, n, device=device, generator=g).to(dtype)
     _time_matmul(a, b, 2)
     times = _time_matmul(a, b, reps)
-    return 2 * n ** 3 / (statistics.median(times) if device.type == "cuda" else min(times))
+    return 2 * m * k * n / (statistics.median(times) if device.type == "cuda" else min(times))
+
+
+# The matmuls a peak probe takes the best of, (m, k, n). A CPU's matrix units run fastest on a tall product whose
+# narrow operand stays in the core's cache, not on a large square one: on a Xeon with AMX, 1024^3 ran at well under
+# half the rate of 8192 x 256 x 1024, and 2048^3 or 4096^3 below the decoder's own projections (BENCHMARKS.md,
+# session 32), so a square probe made MFU read about twice too high. The square stays in the set for CPUs where it
+# is the fastest. Each is a few GFLOP: the whole probe takes well under a second on a CPU.
+CPU_PEAK_SHAPES = ((8192, 256, 1024), (4096, 512, 512), (1024, 1024, 1024))
+CUDA_PEAK_SHAPES = ((4096, 4096, 4096),)
+
+
+def probe_peak(device: torch.device, dtype: torch.dtype, shapes=None, reps: int = 3) -> tuple[float, tuple]:
+    """(FLOP/s, shape): the fastest of `shapes` (default: this device type's PEAK_SHAPES) in `dtype`."""
+    shapes = shapes or (CUDA_PEAK_SHAPES if device.type == "cuda" else CPU_PEAK_SHAPES)
+    return max((matmul_peak(dtype, device, sh, reps), sh) for sh in shapes)
 
 
 _PROBED: dict[tuple, float] = {}
@@ -143,7 +160,7 @@ _PROBED: dict[tuple, float] = {}
 
 def device_peak(device: torch.device, dtype: torch.dtype, again: bool = False) -> float:
     """Peak FLOP/s MFU divides by: the datasheet's for a known CUDA card, else a short matmul probe in `dtype`
-    (1024^3 on CPU, 4096^3 on CUDA; well under a second), measured once per process, device, dtype and threads.
+    (the fastest of PEAK_SHAPES; well under a second), measured once per process, device, dtype and threads.
     again: probe once more and keep the fastest probe so far: a probe that ran beside something else (compile
     workers starting, another process) reads low, never high, and would inflate MFU."""
     spec = spec_peak(device)
@@ -152,6 +169,6 @@ def device_peak(device: torch.device, dtype: torch.dtype, again: bool = False) -
         return spec[key]
     probe = (str(device), dtype, torch.get_num_threads())
     if again or probe not in _PROBED:
-        measured = matmul_peak(dtype, device, 4096 if device.type == "cuda" else 1024, reps=3)
+        measured, _ = probe_peak(device, dtype)
         _PROBED[probe] = max(measured, _PROBED.get(probe, 0.0))
     return _PROBED[probe]

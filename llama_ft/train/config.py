@@ -76,9 +76,10 @@ class TrainConfig:
         device holds only its shards); checkpoints are sharded safetensors.
     peak_flops: the FLOP/s that MFU (model FLOPs per second, logged in every step line) divides by, per
         process. `auto`: the datasheet's dense peak for a known CUDA card (H100, H200, A100), else a short matmul
-        probe in the run's compute dtype (1024^3 on CPU: well under a second), once as training starts, again
-        if a step reads above 100% (the probe ran beside other work) and after a run of a minute or more; MFU
-        divides by the fastest. A number: that peak. None: MFU is not logged.
+        probe in the run's compute dtype (the fastest of a few matmul shapes, flops.CPU_PEAK_SHAPES on a CPU; well
+        under a second), once as training starts, again if a step reads above 100% (the probe ran beside other
+        work) and after a run of a minute or more; MFU divides by the fastest. A number: that peak. None: MFU is
+        not logged.
     """
     policy: str = "head"
     lr: float = 2e-4

@@ -161,12 +161,29 @@ def test_profile_step_names_inductors_kernels_and_groups_them_as_compiled(tmp_pa
     out = tmp_path / "profile.json"
     profile_step.main(["--shape", "tiny", "--policy", "lora:4", "--batch", "8", "--seq", "64", "--warmup", "1",
                        "--steps", "1", "--compile", "--kernels", "--threads", str(torch.get_num_threads()),
-                       "--json", str(out)])
+                       "--resident-gib", "0.25", "--json", str(out)])
     res = json.loads(out.read_text())
     assert any("cpp_fused" in o["op"] for o in res["top_ops"]) and res["groups"]["compiled kernels"] > 0
+    assert res["faults_per_step"] >= 0 and res["step_seconds"] > 0  # the recorded step, not the unrecorded one
     assert (inductor_config.cpp.enable_kernel_profile, inductor_config.fx_graph_cache) == before  # torch's, back
     with pytest.raises(SystemExit):
         profile_step.main(["--shape", "tiny", "--kernels"])
+
+
+def test_matmul_peak_prints_every_shape_against_the_best(tmp_path, capsys):
+    from benchmarks import matmul_peak
+    from llama_ft.model.flops import CPU_PEAK_SHAPES
+    out = tmp_path / "peak.json"
+    matmul_peak.main(["--shape", "tiny", "--tokens", "32", "--dtype", "fp32", "--reps", "1", "--squares", "64",
+                      "--threads", str(torch.get_num_threads()), "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    shapes, summary = rows[:-1], rows[-1]
+    assert [(r["m"], r["k"], r["n"]) for r in shapes[:len(CPU_PEAK_SHAPES)]] == list(CPU_PEAK_SHAPES)
+    assert max(r["of best"] for r in shapes) == 1.0 and summary["best TFLOP/s"] >= summary["library probe TFLOP/s"]
+    # tiny: hidden 64, intermediate 128, 2 of 4 heads for keys and values (k/v 32 wide), 32 tokens
+    assert {(r["m"], r["k"], r["n"]) for r in shapes if "gate/up forward" in r["what"]} == {(32, 64, 128)}
+    assert {(r["m"], r["k"], r["n"]) for r in shapes if "k/v weight grad" in r["what"]} == {(32, 32, 64)}
+    assert "| what |" in capsys.readouterr().out
 
 
 def test_weight_grad_layout_runs_both_settings_in_one_model_and_restores_the_switch(tmp_path, capsys, monkeypatch):

@@ -71,10 +71,34 @@ def test_peak_probe_is_short_and_measured_once(monkeypatch):
 def test_probing_again_keeps_the_fastest_probe(monkeypatch):
     """A probe beside other work reads low, never high: probing again can only raise the peak."""
     readings = iter([2e9, 5e9, 3e9])
-    monkeypatch.setattr(flops, "matmul_peak", lambda *a, **k: next(readings))
+    monkeypatch.setattr(flops, "probe_peak", lambda *a, **k: (next(readings), (1, 1, 1)))
     monkeypatch.setattr(flops, "_PROBED", {})
     cpu = torch.device("cpu")
     assert device_peak(cpu, torch.float32) == 2e9
     assert device_peak(cpu, torch.float32) == 2e9  # measured once
     assert device_peak(cpu, torch.float32, again=True) == 5e9
     assert device_peak(cpu, torch.float32, again=True) == 5e9  # the slower third probe does not lower it
+
+
+def test_the_cpu_probe_takes_the_fastest_of_its_shapes_a_tall_one_among_them(monkeypatch):
+    """A CPU's matrix units reach their best on a tall product with a narrow operand, not on a square one: the
+    probe measures each of CPU_PEAK_SHAPES and keeps the fastest (a square-only probe made MFU read high)."""
+    seen = []
+
+    def rate(dtype, device, shape, reps=5):
+        seen.append(shape)
+        m, k, n = shape
+        return 1e12 * m / max(k, n)  # fastest where the product is tallest
+    monkeypatch.setattr(flops, "matmul_peak", rate)
+    monkeypatch.setattr(flops, "_PROBED", {})
+    peak = device_peak(torch.device("cpu"), torch.float32)
+    assert seen == list(flops.CPU_PEAK_SHAPES)
+    assert peak == max(rate(None, None, sh) for sh in flops.CPU_PEAK_SHAPES) == 8e12
+    assert any(m >= 8 * max(k, n) for m, k, n in flops.CPU_PEAK_SHAPES)
+    assert flops.probe_peak(torch.device("cpu"), torch.float32, ((64, 64, 64), (256, 32, 64))) == (4e12, (256, 32, 64))
+
+
+def test_matmul_peak_counts_the_flops_of_a_rectangular_product(monkeypatch):
+    monkeypatch.setattr(flops, "_time_matmul", lambda a, b, reps: [2.0] * reps if reps > 2 else [])
+    assert flops.matmul_peak(torch.float32, torch.device("cpu"), (8, 4, 2)) == 2 * 8 * 4 * 2 / 2.0
+    assert flops.matmul_peak(torch.float32, torch.device("cpu"), 4) == 2 * 4 ** 3 / 2.0

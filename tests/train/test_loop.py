@@ -238,7 +238,7 @@ def test_mfu_divides_by_the_faster_probe_of_the_start_and_the_end_of_training(mo
     from llama_ft.model import flops
     from llama_ft.train import loop
     readings = iter([1e13, 4e13])  # more than the tiny model's steps reach: no step reads above 100% MFU
-    monkeypatch.setattr(flops, "matmul_peak", lambda *a, **k: next(readings))
+    monkeypatch.setattr(flops, "probe_peak", lambda *a, **k: (next(readings), (1, 1, 1)))
     monkeypatch.setattr(flops, "_PROBED", {})
     short = train(tiny_model(), dataset(n=16), train_config(policy="head", epochs=1))
     assert short.peak_flops == 1e13  # a run under REPROBE_MIN_SECONDS keeps its one probe
@@ -255,8 +255,8 @@ def test_a_step_above_100_percent_mfu_probes_the_peak_again_once(monkeypatch, tm
 
     def probe(*args, **kwargs):
         calls.append(args)
-        return readings[len(calls) - 1]
-    monkeypatch.setattr(flops, "matmul_peak", probe)
+        return readings[len(calls) - 1], (1, 1, 1)
+    monkeypatch.setattr(flops, "probe_peak", probe)
     monkeypatch.setattr(flops, "_PROBED", {})
     r = train(tiny_model(), dataset(n=16), train_config(policy="head", epochs=2, output_dir=str(tmp_path)))
     lines = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
