@@ -110,7 +110,7 @@ def profile(shape: str, policy: str, s: Setting, warmup: int, steps: int, reside
     # Under LoRA the matrix multiplies split by shape: the adapters' rank-r ones (r wide, or k r where k adapters
     # share their input) are bound by memory, unlike the frozen projections'.
     rank = parse_policy(policy).rank if policy.startswith("lora") else None
-    if s.device.type == "cpu" and resident_gib > 0:
+    if s.device.type == "cpu" and resident_gib > 0 and keep_freed_pages():  # glibc: the fence holds the pages
         resident_heap(int(resident_gib * 2**30))
     schedule = torch.profiler.schedule(wait=0, warmup=1, active=steps, repeat=1)
     with torch.profiler.profile(activities=acts, record_shapes=rank is not None, schedule=schedule,
