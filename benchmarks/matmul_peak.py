@@ -9,8 +9,7 @@ MFU divides by a peak, and on a CPU that peak is measured, not read from a datas
 shapes; this prints every shape's rate with its share of the best, so a probe that reads low on some CPU shows here.
 The model's GEMMs: the projections' forward x W^T, input gradient dY W and weight gradient dY^T X (the summed token
 dimension laid out contiguously, the narrower operand transposed, as llama_ft/model/linear.py runs it), over
---tokens tokens. Each rate is the
-fastest of --reps repetitions after two warm-ups.
+--tokens tokens. Each rate is the fastest of --reps repetitions after two warm-ups.
 """
 from __future__ import annotations
 
@@ -34,9 +33,9 @@ def model_gemms(shape: str, tokens: int) -> list[tuple[str, tuple[int, int, int]
     """(name, (m, k, n)) of the decoder's distinct projection GEMMs over `tokens` tokens."""
     cfg = config(shape)
     h, i = cfg.hidden_size, cfg.intermediate_size
-    kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
+    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
     out = []
-    for name, k, n in (("q/o", h, h), ("k/v", h, kv), ("gate/up", h, i), ("down", i, h)):
+    for name, k, n in (("q/o", h, q), ("k/v", h, kv), ("gate/up", h, i), ("down", i, h)):
         out += [(f"{name} forward", (tokens, k, n)), (f"{name} input grad", (tokens, n, k)),
                 (f"{name} weight grad", (min(n, k), tokens, max(n, k)))]
     names: dict[tuple[int, int, int], list[str]] = {}  # down's GEMMs are gate/up's, transposed

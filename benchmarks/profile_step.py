@@ -110,7 +110,7 @@ def profile(shape: str, policy: str, s: Setting, warmup: int, steps: int, reside
     # Under LoRA the matrix multiplies split by shape: the adapters' rank-r ones (r wide, or k r where k adapters
     # share their input) are bound by memory, unlike the frozen projections'.
     rank = parse_policy(policy).rank if policy.startswith("lora") else None
-    if s.device.type == "cpu" and resident_gib > 0 and keep_freed_pages():  # glibc: the fence holds the pages
+    if resident_gib > 0:
         resident_heap(int(resident_gib * 2**30))
     schedule = torch.profiler.schedule(wait=0, warmup=1, active=steps, repeat=1)
     with torch.profiler.profile(activities=acts, record_shapes=rank is not None, schedule=schedule,
@@ -171,11 +171,11 @@ def main(argv=None) -> int:
         ap.error("--kernels names inductor's CPU kernels: pass --compile, on --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "cpu":
-        keep_freed_pages()
+    # glibc keeps freed pages, as train() has it; only then does the resident heap stay resident (the fence).
+    kept = args.device == "cpu" and keep_freed_pages()
     s = Setting(torch.device(args.device), torch.bfloat16, args.batch, args.seq, compile=args.compile)
     with kernel_names() if args.kernels else nullcontext():
-        res = profile(args.shape, args.policy, s, args.warmup, args.steps, args.resident_gib)
+        res = profile(args.shape, args.policy, s, args.warmup, args.steps, args.resident_gib if kept else 0)
     print(f"{res['shape']} {res['policy']} compile={res['compile']} {res['batch']}x{res['seq']}, "
           f"{res['threads']} threads: {res['step_seconds']:.4f} s of operator self time per step, "
           f"{res['wall_seconds']:.4f} s wall ({100 * res['busy']:.0f}% busy), {res['faults_per_step']} page faults, "

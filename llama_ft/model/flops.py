@@ -143,14 +143,14 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, shape: int | tuple[int
 # The matmuls a peak probe takes the best of, (m, k, n). A CPU's matrix units run fastest on a tall product whose
 # narrow operand stays in the core's cache, not on a large square one: on a Xeon with AMX, 1024^3 ran at well under
 # half the rate of 8192 x 256 x 1024, and 2048^3 or 4096^3 below the decoder's own projections (BENCHMARKS.md,
-# session 32), so a square probe made MFU read about twice too high. The square stays in the set for CPUs where it
-# is the fastest. Each is a few GFLOP: the whole probe takes well under a second on a CPU.
+# session 32), so a square probe made MFU read high. The square stays in the set for CPUs where it is the fastest.
+# Each is a few GFLOP: the whole probe takes well under a second on a CPU.
 CPU_PEAK_SHAPES = ((8192, 256, 1024), (4096, 512, 512), (1024, 1024, 1024))
 CUDA_PEAK_SHAPES = ((4096, 4096, 4096),)
 
 
 def probe_peak(device: torch.device, dtype: torch.dtype, shapes=None, reps: int = 3) -> tuple[float, tuple]:
-    """(FLOP/s, shape): the fastest of `shapes` (default: this device type's PEAK_SHAPES) in `dtype`."""
+    """(FLOP/s, shape): the fastest of `shapes` (default: CPU_PEAK_SHAPES or CUDA_PEAK_SHAPES) in `dtype`."""
     shapes = shapes or (CUDA_PEAK_SHAPES if device.type == "cuda" else CPU_PEAK_SHAPES)
     return max((matmul_peak(dtype, device, sh, reps), sh) for sh in shapes)
 
@@ -160,9 +160,9 @@ _PROBED: dict[tuple, float] = {}
 
 def device_peak(device: torch.device, dtype: torch.dtype, again: bool = False) -> float:
     """Peak FLOP/s MFU divides by: the datasheet's for a known CUDA card, else a short matmul probe in `dtype`
-    (the fastest of PEAK_SHAPES; well under a second), measured once per process, device, dtype and threads.
-    again: probe once more and keep the fastest probe so far: a probe that ran beside something else (compile
-    workers starting, another process) reads low, never high, and would inflate MFU."""
+    (the fastest of CPU_PEAK_SHAPES or CUDA_PEAK_SHAPES; well under a second), measured once per process, device,
+    dtype and threads. again: probe once more and keep the fastest probe so far: a probe that ran beside something
+    else (compile workers starting, another process) reads low, never high, and would inflate MFU."""
     spec = spec_peak(device)
     key = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
     if spec is not None and not math.isnan(spec[key]):
