@@ -46,6 +46,7 @@ from llama_ft.model.policies import parse_policy
 from llama_ft.train import TrainConfig, train_step
 from llama_ft.train.compile import InferenceCompiler, activation_budget, compile_blocks
 from llama_ft.train.config import resolve_frozen_dtype
+from llama_ft.train.graphs import MODE as GRAPHS_MODE
 from llama_ft.train.loop import TaskLoss, prepare_model
 from llama_ft.train.optim import build_optimizer, build_scheduler
 from llama_ft.train.trunk import bottom_forward, find_split
@@ -156,7 +157,7 @@ def ours_stepper(model, policy: str, s: Setting, compile: bool = False) -> Stepp
     prepare_model(model, TrainConfig(policy=policy), s.frozen_dtype, s.device)
     if compile:
         compile_blocks(model, mode=s.compile_mode)
-    graphs = compile and s.compile_mode == "reduce-overhead"
+    graphs = compile and s.compile_mode == GRAPHS_MODE
     opt = build_optimizer(model, 1e-5, 0.01, s.device)
     sched = build_scheduler(opt, 10**6, 0.0, "linear")
     scaler = torch.amp.GradScaler(s.device.type, enabled=s.amp == torch.float16)
@@ -165,11 +166,9 @@ def ours_stepper(model, policy: str, s: Setting, compile: bool = False) -> Stepp
     loss_model = TaskLoss(model, find_split(model), feature_dtype)
 
     def step(b):
-        if graphs:  # CUDA graph trees: a new step may overwrite the last one's graph outputs
-            torch.compiler.cudagraph_mark_step_begin()
         with activation_budget(s.device.type) if compile else nullcontext():  # as the engine's compiled blocks run
             loss, _ = train_step(loss_model, [b], opt, sched, scaler, params, step_examples=len(b["label"]),
-                                 world=1, amp_dtype=s.amp, device=s.device, max_grad_norm=1.0)
+                                 world=1, amp_dtype=s.amp, device=s.device, max_grad_norm=1.0, graphs=graphs)
         return loss
     stepper = Stepper(model, opt, step)
     split = loss_model.split

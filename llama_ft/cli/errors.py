@@ -29,7 +29,8 @@ FLAGS = {
     "weight_decay": "--weight-decay", "warmup_ratio": "--warmup-ratio", "schedule": "--schedule",
     "max_grad_norm": "--max-grad-norm", "amp": "--amp", "device": "--device", "seed": "--seed",
     "eval_every": "--eval-every", "select_metric": "--save-best", "log_every": "--log-every",
-    "output_dir": "--output-dir", "compile": "--compile", "grad_checkpointing": "--grad-checkpointing",
+    "output_dir": "--output-dir", "compile": "--compile", "cuda_graphs": "--cuda-graphs",
+    "grad_checkpointing": "--grad-checkpointing",
     "resume": "--resume", "shard": "--shard", "text_column": "--text-column", "text_pair_column": "--text-pair-column",
     "label_column": "--label-column", "predict_file": "--predict-file", "dataset_config": "--dataset-config",
 }

@@ -47,6 +47,10 @@ def add_shared_flags(ap: argparse.ArgumentParser, *, presets: dict[str, dict], o
                     help="torch.compile the decoder blocks, for training and for each long inference pass (scoring, "
                          "the trunk cache); default: when its first steps or batches show it is long enough to "
                          "repay the warm-up (TrainConfig.compile='auto', predict(compile='auto'))")
+    hp.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default="auto",
+                    help="on a GPU, replay the compiled blocks' kernels as CUDA graphs instead of launching them one "
+                         "by one; default: on a CUDA device, without --grad-checkpointing, in one process "
+                         "(TrainConfig.cuda_graphs='auto')")
     hp.add_argument("--log-every", type=int, default=10, help="steps between progress-bar updates")
     ev = ap.add_argument_group("evaluation during training")
     ev.add_argument("--eval-every", type=int, metavar="N", help=f"evaluate every N optimizer steps: {eval_help}")

@@ -34,6 +34,7 @@ def train_config(args: argparse.Namespace, out: Path, device: str, amp: str) -> 
                        compiled_micro_batch_tokens=args.compiled_micro_batch_tokens,
                        epochs=args.epochs, max_steps=args.max_steps, max_grad_norm=args.max_grad_norm or None,
                        amp=amp, seed=args.seed, grad_checkpointing=args.grad_checkpointing, compile=args.compile,
+                       cuda_graphs=args.cuda_graphs,
                        output_dir=str(out), eval_every=args.eval_every, select_metric=args.save_best,
                        log_every=args.log_every, device=device, resume=args.resume,
                        shard=args.shard)

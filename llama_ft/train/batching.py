@@ -11,11 +11,12 @@ def example_lengths(dataset: list[dict]) -> np.ndarray:
     return np.fromiter((len(ex["input_ids"]) for ex in dataset), dtype=np.int64, count=len(dataset))
 
 
-def collate(examples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad `input_ids` to the longest example; attention_mask marks real tokens; labels as tensors."""
+def collate(examples: list[dict], pad_token_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Right-pad `input_ids` to the longest example, rounded up to a multiple of `multiple`; attention_mask marks
+    real tokens; labels as tensors."""
     if pad_token_id is None:
         raise ValueError("model.config.pad_token_id is None; set it (e.g. to the EOS id) before training.")
-    T = max(len(ex["input_ids"]) for ex in examples)
+    T = padded_length(max(len(ex["input_ids"]) for ex in examples), multiple)
     ids = torch.full((len(examples), T), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(examples), T), dtype=torch.long)
     for i, ex in enumerate(examples):
@@ -27,6 +28,11 @@ def collate(examples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
         if key in examples[0]:
             out[key] = torch.tensor([int(ex[key]) for ex in examples], dtype=torch.long)
     return out
+
+
+def padded_length(longest: int, multiple: int) -> int:
+    """`longest` rounded up to a multiple of `multiple`."""
+    return -(-longest // multiple) * multiple
 
 
 def epoch_batches(lengths: np.ndarray, global_batch: int, seed: int, epoch: int,
@@ -73,13 +79,14 @@ def cap_tokens(piece: np.ndarray, lengths: np.ndarray, max_tokens: int) -> list[
     return [q for half in np.array_split(piece, 2) for q in cap_tokens(half, lengths, max_tokens)]
 
 
-def padding_waste(lengths: np.ndarray, pieces: list[np.ndarray]) -> tuple[int, int]:
-    """(real tokens, padded tokens) of a list of micro-batches of indices."""
+def padding_waste(lengths: np.ndarray, pieces: list[np.ndarray], multiple: int = 1) -> tuple[int, int]:
+    """(real tokens, padded tokens) of a list of micro-batches of indices, each padded to its longest example
+    rounded up to a multiple of `multiple`."""
     real = padded = 0
     for p in pieces:
         ln = lengths[p]
         real += int(ln.sum())
-        padded += int(ln.max()) * len(p)
+        padded += padded_length(int(ln.max()), multiple) * len(p)
     return real, padded
 
 

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from llama_ft.hardware import cpu_has_amx
+from llama_ft.train.graphs import MODE as GRAPHS_MODE
+from llama_ft.train.graphs import release as release_graphs
 
 # `auto` compiles once the first eager steps project at least this much more training, per machine (threshold_for): the
 # warm-up is then repaid at the speed-up compile gives the step there (rule: eager seconds left > warm-up x
@@ -169,10 +171,11 @@ def projected_step_seconds(probe: list[tuple[float, int]], mean_step_tokens: flo
 class Compiler:
     """TrainConfig.compile during a run: now (True), never (False), or `auto`, after AUTO_PROBE_STEPS eager
     steps, when compile_pays on their projected time (projected_step_seconds, averaged over processes, so all of
-    them decide alike)."""
+    them decide alike). `graphs`: the compiled blocks record and replay CUDA graphs (llama_ft.train.graphs)."""
 
-    def __init__(self, model: nn.Module, mode: bool | str, min_seconds: float, reduce_mean):
+    def __init__(self, model: nn.Module, mode: bool | str, min_seconds: float, reduce_mean, graphs: bool = False):
         self.model, self.mode, self.min_seconds, self.reduce_mean = model, mode, min_seconds, reduce_mean
+        self.graphs = graphs
         self.probe: list[tuple[float, int]] = []
         self.stats: CompileStats | None = None
         self.settings = ExitStack()  # what compiling changed for the run (activation_budget), undone by finish
@@ -183,12 +186,17 @@ class Compiler:
         raise_recompile_limit()
         self.stats = CompileStats(at_step=step, frames_before=frames_compiled())
         self.settings.enter_context(activation_budget(next(self.model.parameters()).device.type))
-        compile_blocks(self.model, dynamic=DYNAMIC)
+        compile_blocks(self.model, dynamic=DYNAMIC, mode=GRAPHS_MODE if self.graphs else None)
 
     @property
     def compiled(self) -> bool:
         """Whether the blocks run compiled from the next step on."""
         return self.stats is not None
+
+    @property
+    def replays(self) -> bool:
+        """Whether the blocks replay CUDA graphs from the next step on."""
+        return self.graphs and self.compiled
 
     def after_step(self, step: int, seconds: float, total_steps: int, tokens: int = 0,
                    mean_step_tokens: float = 0.0) -> None:
@@ -220,7 +228,9 @@ class Compiler:
             return None
         self.stats.frames_compiled = frames_compiled() - self.stats.frames_before
         uncompile_blocks(self.model)
-        return self.stats.to_dict()
+        if self.graphs:
+            release_graphs()
+        return {**self.stats.to_dict(), "cuda_graphs": self.graphs}
 
 
 class InferenceCompiler:

@@ -45,6 +45,11 @@ class TrainConfig:
         compile_min_seconds (the warm-up, BENCHMARKS.md, is then repaid); False: eager. One graph serves
         every block; a new batch length recompiles once, then lengths are dynamic. The blocks are eager again
         when train() returns; names, state dict and exports are unchanged.
+    cuda_graphs: once the blocks compile on a GPU, record each block's forward and backward as CUDA graphs and
+        replay them (torch.compile's `reduce-overhead`, llama_ft.train.graphs): a small model's step no longer
+        waits on the host launching its kernels one by one. Micro-batch lengths are then padded up to a multiple
+        of 64 (graphs.LENGTH_MULTIPLE: each new shape records graphs of its own); the loss and gradient do not
+        change. `auto`: on a CUDA device, without grad_checkpointing, in one process; True insists; False: off.
     compile_min_seconds: `auto`'s threshold, in projected eager seconds (None: the device's, 200 s on CPU and
         60 s on CUDA, llama_ft.train.compile.AUTO_MIN_SECONDS).
     trunk_cache: store the frozen trunk's output once and train every epoch from it; `auto` does so when the
@@ -60,8 +65,9 @@ class TrainConfig:
     log_every: steps between progress-bar refreshes (the JSONL log has every step).
     resume: continue from output_dir/checkpoint when it exists. The checkpoint must come from the same run:
         every field that changes the math (all but progress, log_every, output_dir, device, compile,
-        eval_every, checkpoint_every, trunk_cache_ram_gib, resume, peak_flops, divergence_factor) and the
-        training examples must be those it was written with, else resuming is refused naming each difference.
+        cuda_graphs, compile_min_seconds, eval_every, checkpoint_every, trunk_cache_ram_gib, resume, peak_flops,
+        divergence_factor) and the training examples must be those it was written with, else resuming is refused
+        naming each difference.
     divergence_factor: stop with DivergenceError when a step's loss exceeds this multiple of its reference (the
         largest of chance level, the run's first loss and the running mean of its losses), or the gradient norm
         this multiple squared of its running mean (after 5 steps). The weights are checked again after the
@@ -97,6 +103,7 @@ class TrainConfig:
     seed: int = 1
     grad_checkpointing: bool = False
     compile: bool | str = "auto"
+    cuda_graphs: bool | str = "auto"
     compile_min_seconds: float | None = None
     trunk_cache: str | bool = "auto"
     trunk_cache_ram_gib: float = 4.0
@@ -123,6 +130,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.frozen_dtype={self.frozen_dtype!r}; use bf16, fp32 or auto.")
         if self.compile not in ("auto", True, False):
             raise ValueError(f"TrainConfig.compile={self.compile!r}; use auto, True or False.")
+        if self.cuda_graphs not in ("auto", True, False):
+            raise ValueError(f"TrainConfig.cuda_graphs={self.cuda_graphs!r}; use auto, True or False.")
         if self.trunk_cache not in ("auto", True, False):
             raise ValueError(f"TrainConfig.trunk_cache={self.trunk_cache!r}; use auto, True or False.")
         if not 0.0 <= self.warmup_ratio < 1.0:

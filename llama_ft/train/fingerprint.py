@@ -15,9 +15,9 @@ import torch
 from llama_ft.train.config import TrainConfig
 
 # TrainConfig fields a resumed run may change: they move no number of the optimisation.
-SAFE_TO_CHANGE = frozenset({"progress", "log_every", "output_dir", "device", "compile", "compile_min_seconds",
-                            "eval_every", "checkpoint_every", "trunk_cache_ram_gib", "resume", "peak_flops",
-                            "divergence_factor"})
+SAFE_TO_CHANGE = frozenset({"progress", "log_every", "output_dir", "device", "compile", "cuda_graphs",
+                            "compile_min_seconds", "eval_every", "checkpoint_every", "trunk_cache_ram_gib", "resume",
+                            "peak_flops", "divergence_factor"})
 TARGETS = ("label", "start_positions", "end_positions")
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", None: "none"}
 

@@ -45,6 +45,7 @@ from llama_ft.train.distributed import all_reduce_sum, barrier, init_distributed
 from llama_ft.train.divergence import DivergenceError, DivergenceGuard, NonFiniteError, TrainingError, chance_loss
 from llama_ft.train.fsdp import check_fsdp, full_tensor, load_sharded, save_sharded
 from llama_ft.train.fingerprint import check_same_run, run_fingerprint
+from llama_ft.train.graphs import LENGTH_MULTIPLE, begin_forward, own_grads, resolve_cuda_graphs
 from llama_ft.train.log import JsonlLog, memory_bytes
 from llama_ft.train.optim import build_optimizer, build_scheduler
 from llama_ft.train.trunk import (
@@ -82,7 +83,7 @@ class TrainResult:
     best_metric: float | None = None
     best_step: int | None = None
     trunk_cache: dict | None = None     # {"kind", "start_layer", "bytes", "file", "seconds", "flop_ratio"}
-    compile: dict | None = None         # {"at_step", "eager_step_seconds", "warmup_seconds", "frames_compiled"}
+    compile: dict | None = None  # {"at_step", "eager_step_seconds", "warmup_seconds", "frames_compiled", "cuda_graphs"}
     resumed_from: int | None = None
     paths: dict[str, str] = field(default_factory=dict)
 
@@ -122,16 +123,21 @@ class TaskLoss(nn.Module):
 def train_step(loss_model: nn.Module, micro_batches: list[dict], optimizer: torch.optim.Optimizer,
                scheduler, scaler: torch.amp.GradScaler, params: list[Tensor], *, step_examples: int,
                world: int, amp_dtype: torch.dtype | None, device: torch.device,
-               max_grad_norm: float | None) -> tuple[float, float]:
-    """One optimizer step over this process's micro-batches; returns (mean loss over the step, grad norm)."""
+               max_grad_norm: float | None, graphs: bool = False) -> tuple[float, float]:
+    """One optimizer step over this process's micro-batches; returns (mean loss over the step, grad norm).
+    `graphs`: the compiled blocks replay CUDA graphs (llama_ft.train.graphs)."""
     loss_sum = torch.zeros((), device=device)
     for i, mb in enumerate(micro_batches):
+        if graphs:
+            begin_forward()
         # DDP all-reduces gradients only in the last micro-batch's backward.
         with no_sync(loss_model, skip=i < len(micro_batches) - 1):
             with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                 loss = loss_model(**mb)
             # Gradient of the mean over all the step's examples; DDP divides by `world`, so multiply it back.
             scaler.scale(loss * (world / step_examples)).backward()
+        if graphs and i < len(micro_batches) - 1:
+            own_grads(params)
         loss_sum += loss.detach()
         if device.type == "cpu" and heap.EACH_MICRO_BATCH and i < len(micro_batches) - 1:
             release_free_memory()
@@ -316,12 +322,13 @@ def start_trunk_cache(model: nn.Module, split: TrunkSplit, train_set: list[dict]
 
 
 def micro_batch(train_set: list[dict], idx: np.ndarray, pad: int, device: torch.device,
-                cache: TrunkCache | None) -> dict:
-    """TaskLoss's inputs for the examples `idx`: ids, or the trunk cache's features when there is one."""
-    b = collate([train_set[i] for i in idx], pad)
+                cache: TrunkCache | None, multiple: int = 1) -> dict:
+    """TaskLoss's inputs for the examples `idx`: ids, or the trunk cache's features when there is one, their
+    length rounded up to a multiple of `multiple`."""
+    b = collate([train_set[i] for i in idx], pad, multiple)
     mb = {"attention_mask": b["attention_mask"].to(device), **{k: v.to(device) for k, v in _targets(b).items()}}
     if cache is not None:
-        return {**mb, "input_ids": None, "features": cache.batch(idx, device)}
+        return {**mb, "input_ids": None, "features": cache.batch(idx, device, b["attention_mask"].shape[1])}
     return {**mb, "input_ids": b["input_ids"].to(device), "features": None}
 
 
@@ -544,8 +551,10 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
     guard = DivergenceGuard(cfg.divergence_factor, chance_loss(model.task, lengths, getattr(model, "num_labels", 2)),
                             res.losses, res.grad_norms)
     min_seconds = cfg.compile_min_seconds if cfg.compile_min_seconds is not None else auto_min_seconds(device.type)
-    compiler = Compiler(work, False if sharded else cfg.compile, min_seconds, lambda s: all_reduce_sum(
-        torch.tensor(s, device=device)).item() / world)
+    compile_mode = False if sharded else cfg.compile
+    compiler = Compiler(work, compile_mode, min_seconds, lambda s: all_reduce_sum(
+        torch.tensor(s, device=device)).item() / world,
+        graphs=resolve_cuda_graphs(cfg.cuda_graphs, device.type, compile_mode, cfg.grad_checkpointing, world))
     epoch_t0, batches, trim = time.perf_counter(), {}, heap.StepTrim()
     try:
         while step < geo.total_steps:
@@ -555,14 +564,15 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
                 step_tokens = padding_waste(lengths, batches[epoch])[0] / max(len(batches[epoch]), 1)
             batch, cap = batches[epoch][k], cfg.token_cap(compiler.compiled)
             all_pieces = [p for r in range(world) for p in split_batch(batch, geo.n_micro, r, world, lengths, cap)]
-            real, padded = padding_waste(lengths, all_pieces)
+            multiple = LENGTH_MULTIPLE if compiler.replays else 1
+            real, padded = padding_waste(lengths, all_pieces, multiple)
             lr, t0 = optimizer.param_groups[0]["lr"], time.perf_counter()
-            mbs = [micro_batch(train_set, p, model.config.pad_token_id, device, cache)
+            mbs = [micro_batch(train_set, p, model.config.pad_token_id, device, cache, multiple)
                    for p in split_batch(batch, geo.n_micro, rank, world, lengths, cap)]
             try:
                 loss, gnorm = train_step(loss_model, mbs, optimizer, scheduler, scaler, params,
                                          step_examples=len(batch), world=world, amp_dtype=amp_dtype,
-                                         device=device, max_grad_norm=cfg.max_grad_norm)
+                                         device=device, max_grad_norm=cfg.max_grad_norm, graphs=compiler.replays)
             except NonFiniteError as e:
                 raise stopped(NonFiniteError, log, step + 1, str(e), ckpts.last_good, lr=lr) from None
             if device.type == "cpu":  # the next step's activations differ in size: hand this step's back

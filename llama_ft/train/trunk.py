@@ -167,10 +167,11 @@ class TrunkCache:
                              f"{self.split.start}, but the model's policy now trains from {split.kind} / layer "
                              f"{split.start}; build the TrunkCache after applying the policy.")
 
-    def batch(self, indices: np.ndarray, device: torch.device) -> Tensor:
+    def batch(self, indices: np.ndarray, device: torch.device, length: int | None = None) -> Tensor:
+        """The features of examples `indices`, right-padded with zeros to `length` (None: the longest's)."""
         if self.split.kind == "pooled":
             return self.store[torch.as_tensor(indices)].to(device, non_blocking=True)
-        T = int(self.lengths[indices].max())
+        T = length or int(self.lengths[indices].max())
         out = torch.zeros(len(indices), T, self.store.shape[1], dtype=self.dtype)
         for row, i in enumerate(indices):
             out[row, :self.lengths[i]] = self.store[self.offsets[i]:self.offsets[i + 1]]

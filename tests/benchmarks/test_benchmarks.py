@@ -202,3 +202,16 @@ def test_weight_grad_layout_runs_both_settings_in_one_model_and_restores_the_swi
     assert abs(row["first_loss"] - row["peer_first_loss"]) < 1e-2  # the untrained model and its peer agree
     assert "token-major_vs_autograd" in capsys.readouterr().out  # the table
     torch._dynamo.reset()
+
+
+def test_cuda_graphs_times_the_engine_against_the_peer_over_the_same_batches(tmp_path, capsys):
+    """On a CPU only the run without graphs exists (here eager, to be quick): the engine's epoch and the peer's
+    over the same batches, the ratio over the same steps."""
+    from benchmarks import cuda_graphs
+    out = tmp_path / "graphs.json"
+    cuda_graphs.main(["--device", "cpu", "--shape", "tiny", "--policies", "lora:4", "--settings", "off", "--eager",
+                      "--examples", "24", "--batch", "4", "--min-len", "4", "--max-len", "40", "--json", str(out)])
+    row, = json.loads(out.read_text())["rows"]
+    assert row["steps"] == 6 and row["timed_after_step"] == 2
+    assert row["off_over_peer"] == pytest.approx(row["off_tok_s"] / row["peer_tok_s"])
+    assert "| lora:4 |" in capsys.readouterr().out
