@@ -2,17 +2,18 @@
 (+ PEFT) on the same batches, over examples of varying length.
 
     python benchmarks/cuda_graphs.py --device cuda [--shape smollm2-135m] [--policies lora:16 full]
-                                     [--examples 1024] [--batch 16] [--json out.json]
+                                     [--examples 512] [--batch 16] [--json out.json]
 
 `llama_ft.train.train` (compile=True, classification head, random weights of the shape) runs one epoch over the
 same examples twice, cuda_graphs False then True, from the same weights; lengths are drawn once (seeded) between
 --min-len and --max-len, so the graphs run meets several length buckets and records each. Reported from each
-run's train_log.jsonl: real tokens/s over the steps after the first third (the warm-up and the first bucket
-recordings behind), the step that compiled, the whole run's wall time and the device's peak memory. The peer
+run's train_log.jsonl: the median step and real tokens/s over the steps after the first third (the median is
+what a long run spends per step; the rate still carries each new length bucket's recording), the compile report,
+the whole run's wall time, the device's peak memory, and every step's seconds and real tokens. The peer
 trains the same weights on the engine's own batches (llama_ft.train.batching.epoch_batches, each right-padded
 to its longest example) with the plain loop of benchmarks/train_step.py (PEFT's LoRA for `lora:R`). Ratios:
-graphs over no graphs, graphs over the peer, each over the same steps. On a CPU only the run without graphs
-exists (--settings off; with --eager, a quick smoke test of the benchmark).
+graphs over no graphs, graphs over the peer, each over the same steps, by median step and by rate. On a CPU
+only the run without graphs exists (--settings off; with --eager, a quick smoke test of the benchmark).
 """
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--shape", default="smollm2-135m")
     ap.add_argument("--policies", nargs="+", default=["lora:16", "full"])
-    ap.add_argument("--examples", type=int, default=1024)
+    ap.add_argument("--examples", type=int, default=512)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--min-len", type=int, default=96)
     ap.add_argument("--max-len", type=int, default=384)
@@ -126,20 +127,25 @@ def main(argv=None) -> int:
         for name, run in runs.items():
             row[f"{name}_tok_s"] = rate(run, skip)
             row[f"{name}_median_step_s"] = statistics.median(run["seconds"][skip:])
+            row[f"{name}_step_seconds"], row[f"{name}_real_tokens"] = run["seconds"], run["real"]
             for key in ("wall_s", "peak_memory_bytes", "compile"):
                 if key in run:
                     row[f"{name}_{key}"] = run[key]
         if {"on", "off"} <= runs.keys():
             row["on_over_off"] = row["on_tok_s"] / row["off_tok_s"]
+            row["on_over_off_median_step"] = row["off_median_step_s"] / row["on_median_step_s"]
             row["first_losses"] = {k: runs[k]["losses"][:3] for k in ("off", "on")}
             row["max_loss_difference"] = float(np.max(np.abs(np.subtract(runs["on"]["losses"], runs["off"]["losses"]))))
         for name in args.settings:
             if "peer" in runs:
                 row[f"{name}_over_peer"] = row[f"{name}_tok_s"] / row["peer_tok_s"]
+                row[f"{name}_over_peer_median_step"] = row["peer_median_step_s"] / row[f"{name}_median_step_s"]
         rows.append(row)
     emit(rows, args.json)
-    cols = [c for c in ("off_tok_s", "on_tok_s", "peer_tok_s", "on_over_off", "on_over_peer", "off_over_peer",
-                        "off_wall_s", "on_wall_s", "max_loss_difference") if c in rows[0]]
+    cols = [c for c in ("off_median_step_s", "on_median_step_s", "peer_median_step_s", "on_over_off_median_step",
+                        "on_over_peer_median_step", "off_over_peer_median_step", "off_tok_s", "on_tok_s", "peer_tok_s",
+                        "on_over_off", "on_over_peer", "off_over_peer", "off_wall_s", "on_wall_s",
+                        "max_loss_difference") if c in rows[0]]
     print("| policy | " + " | ".join(cols) + " |")
     print("|---|" + "---:|" * len(cols))
     for r in rows:

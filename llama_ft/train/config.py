@@ -49,7 +49,8 @@ class TrainConfig:
         replay them (torch.compile's `reduce-overhead`, llama_ft.train.graphs): a small model's step no longer
         waits on the host launching its kernels one by one. Micro-batch lengths are then padded up to a multiple
         of 64 (graphs.LENGTH_MULTIPLE: each new shape records graphs of its own); the loss and gradient do not
-        change. `auto`: on a CUDA device, without grad_checkpointing, in one process; True insists; False: off.
+        change. `auto`: on a CUDA device, without grad_checkpointing, in one process; True: the same, but an error
+        names what stands in the way; False: off. Either way the graphs start when the blocks compile (`compile`).
     compile_min_seconds: `auto`'s threshold, in projected eager seconds (None: the device's, 200 s on CPU and
         60 s on CUDA, llama_ft.train.compile.AUTO_MIN_SECONDS).
     trunk_cache: store the frozen trunk's output once and train every epoch from it; `auto` does so when the

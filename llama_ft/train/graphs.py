@@ -30,7 +30,7 @@ def resolve_cuda_graphs(setting: bool | str, device_type: str, compile: bool | s
         (device_type != "cuda", f"the run's device is {device_type}, and CUDA graphs exist only on a CUDA device"),
         (compile is False, "compile=False: graphs are recorded by compiling the blocks"),
         # A checkpointed block runs its forward again inside backward, which a recorded graph cannot replay.
-        (grad_checkpointing, "grad_checkpointing recomputes each block's forward inside backward"),
+        (grad_checkpointing, "grad_checkpointing=True recomputes each block's forward inside backward"),
         # Not measured under DDP, whose gradient hooks read the graphs' outputs as backward produces them.
         (world > 1, f"the run has {world} processes; graphs are used in single-process runs only"),
     ) if bad]

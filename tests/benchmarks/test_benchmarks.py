@@ -214,4 +214,7 @@ def test_cuda_graphs_times_the_engine_against_the_peer_over_the_same_batches(tmp
     row, = json.loads(out.read_text())["rows"]
     assert row["steps"] == 6 and row["timed_after_step"] == 2
     assert row["off_over_peer"] == pytest.approx(row["off_tok_s"] / row["peer_tok_s"])
+    assert row["off_over_peer_median_step"] == pytest.approx(row["peer_median_step_s"] / row["off_median_step_s"])
+    assert len(row["off_step_seconds"]) == len(row["peer_real_tokens"]) == 6
+    assert row["off_real_tokens"] == row["peer_real_tokens"]       # the same batches, the same real tokens
     assert "| lora:4 |" in capsys.readouterr().out
