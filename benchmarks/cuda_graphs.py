@@ -36,6 +36,7 @@ from benchmarks.train_step import Setting, config, hf_stepper, hf_twin, release_
 from llama_ft.hf.loading import random_model
 from llama_ft.train import TrainConfig, train
 from llama_ft.train.batching import collate, epoch_batches, example_lengths
+from llama_ft.train.loop import prepare_model
 
 SEED = 1
 
@@ -71,7 +72,6 @@ def peer(shape: str, policy: str, data: list[dict], batch: int, device: torch.de
     release_memory()
     s = Setting(device=device, amp=torch.bfloat16, batch=batch, seq=0)
     model = random_model(config(shape), "classification", 2, device=device, seed=0)
-    from llama_ft.train.loop import prepare_model
     prepare_model(model, TrainConfig(policy=policy), s.frozen_dtype, device)
     twin = hf_twin(model, config(shape), policy, s)
     del model
