@@ -63,17 +63,19 @@ ACTIVATION_MEMORY_BUDGET: dict[str, float] = {"cpu": 0.9}
 
 @dataclass
 class CompileStats:
-    """What compilation cost a run: the step it started after, the extra seconds of the step that compiled, and
-    the frames dynamo compiled (recompilations for new shapes included)."""
+    """What compilation cost a run: the step it started after, the extra seconds of the step that compiled, the
+    frames dynamo compiled (recompilations for new shapes included), and whether the blocks replayed CUDA graphs."""
     at_step: int
     frames_before: int
     eager_step_seconds: float | None = None
     warmup_seconds: float | None = None
     frames_compiled: int = 0
+    cuda_graphs: bool = False
 
     def to_dict(self) -> dict:
         return {"at_step": self.at_step, "eager_step_seconds": self.eager_step_seconds,
-                "warmup_seconds": self.warmup_seconds, "frames_compiled": self.frames_compiled}
+                "warmup_seconds": self.warmup_seconds, "frames_compiled": self.frames_compiled,
+                "cuda_graphs": self.cuda_graphs}
 
 
 def trainable_blocks(model: nn.Module) -> list[nn.Module]:
@@ -184,7 +186,7 @@ class Compiler:
 
     def _start(self, step: int) -> None:
         raise_recompile_limit()
-        self.stats = CompileStats(at_step=step, frames_before=frames_compiled())
+        self.stats = CompileStats(at_step=step, frames_before=frames_compiled(), cuda_graphs=self.graphs)
         self.settings.enter_context(activation_budget(next(self.model.parameters()).device.type))
         compile_blocks(self.model, dynamic=DYNAMIC, mode=GRAPHS_MODE if self.graphs else None)
 
@@ -230,7 +232,7 @@ class Compiler:
         uncompile_blocks(self.model)
         if self.graphs:
             release_graphs()
-        return {**self.stats.to_dict(), "cuda_graphs": self.graphs}
+        return self.stats.to_dict()
 
 
 class InferenceCompiler:
