@@ -1,6 +1,8 @@
 """Batches: dynamic right padding, length-grouped shuffling, gradient-accumulation and rank splits."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -79,14 +81,16 @@ def cap_tokens(piece: np.ndarray, lengths: np.ndarray, max_tokens: int) -> list[
     return [q for half in np.array_split(piece, 2) for q in cap_tokens(half, lengths, max_tokens)]
 
 
-def padding_waste(lengths: np.ndarray, pieces: list[np.ndarray], multiple: int = 1) -> tuple[int, int]:
+def padding_waste(lengths: np.ndarray, pieces: list[np.ndarray],
+                  multiple: int | Callable[[int], int] = 1) -> tuple[int, int]:
     """(real tokens, padded tokens) of a list of micro-batches of indices, each padded to its longest example
-    rounded up to a multiple of `multiple`."""
+    rounded up to a multiple of `multiple` (or of multiple(longest))."""
     real = padded = 0
     for p in pieces:
         ln = lengths[p]
+        longest = int(ln.max())
         real += int(ln.sum())
-        padded += padded_length(int(ln.max()), multiple) * len(p)
+        padded += padded_length(longest, multiple(longest) if callable(multiple) else multiple) * len(p)
     return real, padded
 
 

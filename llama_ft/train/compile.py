@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from llama_ft.hardware import cpu_has_amx
+from llama_ft.train.graphs import LENGTH_MULTIPLE as GRAPHS_LENGTH_MULTIPLE
 from llama_ft.train.graphs import MODE as GRAPHS_MODE
 from llama_ft.train.graphs import release as release_graphs
 
@@ -44,6 +45,14 @@ AUTO_MIN_INFERENCE_SECONDS = {"cpu-amx": 40.0, "cpu": 200.0, "cuda": 60.0}
 # measured.
 AUTO_MIN_INFERENCE_SECONDS_AGAIN = {"cpu-amx": 20.0, "cpu": 100.0, "cuda": 60.0}
 _compiled_for_inference = False   # whether this process has compiled blocks for an inference pass
+# Compiled bf16 blocks on a CPU with AMX pad a micro-batch whose longest example has at least CPU_BUCKET_MIN_LENGTH
+# tokens up to a multiple of CPU_LENGTH_MULTIPLE tokens. oneDNN, which runs the CPU's bf16 matmuls, builds a kernel
+# for each matmul shape it has not seen (or has evicted from its bounded cache, llama_ft.heap.ONEDNN_PRIMITIVE_CACHE),
+# and length-grouped batches bring a new token count at almost every micro-batch; rounded lengths repeat. Measured
+# on SQuAD's windows, whose micro-batches are all longer than the minimum (BENCHMARKS.md, session 33); shorter ones,
+# where the padding costs a larger share, keep their length, as do other CPUs (not measured).
+CPU_LENGTH_MULTIPLE = 16
+CPU_BUCKET_MIN_LENGTH = 128
 # torch.compile's `dynamic` for the blocks (benchmarks/compile_shapes.py measures both settings).
 DYNAMIC: bool | None = None
 # The blocks' forward sees several input variants in one run, each a graph of its own: the first trainable
@@ -177,7 +186,8 @@ class Compiler:
 
     def __init__(self, model: nn.Module, mode: bool | str, min_seconds: float, reduce_mean, graphs: bool = False):
         self.model, self.mode, self.min_seconds, self.reduce_mean = model, mode, min_seconds, reduce_mean
-        self.graphs = graphs
+        self.graphs, self.device_type = graphs, next(model.parameters()).device.type
+        self.cpu_buckets = machine_kind(self.device_type) == "cpu-amx"  # where CPU_LENGTH_MULTIPLE was measured
         self.probe: list[tuple[float, int]] = []
         self.stats: CompileStats | None = None
         self.settings = ExitStack()  # what compiling changed for the run (activation_budget), undone by finish
@@ -187,7 +197,7 @@ class Compiler:
     def _start(self, step: int) -> None:
         raise_recompile_limit()
         self.stats = CompileStats(at_step=step, frames_before=frames_compiled(), cuda_graphs=self.graphs)
-        self.settings.enter_context(activation_budget(next(self.model.parameters()).device.type))
+        self.settings.enter_context(activation_budget(self.device_type))
         compile_blocks(self.model, dynamic=DYNAMIC, mode=GRAPHS_MODE if self.graphs else None)
 
     @property
@@ -199,6 +209,16 @@ class Compiler:
     def replays(self) -> bool:
         """Whether the blocks replay CUDA graphs from the next step on."""
         return self.graphs and self.compiled
+
+    def length_multiple(self, longest: int, amp_dtype: torch.dtype | None) -> int:
+        """The multiple of tokens a micro-batch whose longest example has `longest` tokens is padded up to in the
+        next step: CUDA graphs' (graphs.LENGTH_MULTIPLE), compiled bf16 blocks' on a CPU with AMX
+        (CPU_LENGTH_MULTIPLE, from CPU_BUCKET_MIN_LENGTH tokens), else 1 (the longest example's length)."""
+        if self.replays:
+            return GRAPHS_LENGTH_MULTIPLE
+        if self.compiled and self.cpu_buckets and amp_dtype == torch.bfloat16 and longest >= CPU_BUCKET_MIN_LENGTH:
+            return CPU_LENGTH_MULTIPLE
+        return 1
 
     def after_step(self, step: int, seconds: float, total_steps: int, tokens: int = 0,
                    mean_step_tokens: float = 0.0) -> None:

@@ -45,7 +45,7 @@ from llama_ft.train.distributed import all_reduce_sum, barrier, init_distributed
 from llama_ft.train.divergence import DivergenceError, DivergenceGuard, NonFiniteError, TrainingError, chance_loss
 from llama_ft.train.fsdp import check_fsdp, full_tensor, load_sharded, save_sharded
 from llama_ft.train.fingerprint import check_same_run, run_fingerprint
-from llama_ft.train.graphs import LENGTH_MULTIPLE, begin_forward, own_grads, resolve_cuda_graphs
+from llama_ft.train.graphs import begin_forward, own_grads, resolve_cuda_graphs
 from llama_ft.train.log import JsonlLog, memory_bytes
 from llama_ft.train.optim import build_optimizer, build_scheduler
 from llama_ft.train.trunk import (
@@ -564,10 +564,10 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
                 step_tokens = padding_waste(lengths, batches[epoch])[0] / max(len(batches[epoch]), 1)
             batch, cap = batches[epoch][k], cfg.token_cap(compiler.compiled)
             all_pieces = [p for r in range(world) for p in split_batch(batch, geo.n_micro, r, world, lengths, cap)]
-            multiple = LENGTH_MULTIPLE if compiler.replays else 1
+            multiple = partial(compiler.length_multiple, amp_dtype=amp_dtype)
             real, padded = padding_waste(lengths, all_pieces, multiple)
             lr, t0 = optimizer.param_groups[0]["lr"], time.perf_counter()
-            mbs = [micro_batch(train_set, p, model.config.pad_token_id, device, cache, multiple)
+            mbs = [micro_batch(train_set, p, model.config.pad_token_id, device, cache, multiple(int(lengths[p].max())))
                    for p in split_batch(batch, geo.n_micro, rank, world, lengths, cap)]
             try:
                 loss, gnorm = train_step(loss_model, mbs, optimizer, scheduler, scaler, params,

@@ -218,3 +218,14 @@ def test_cuda_graphs_times_the_engine_against_the_peer_over_the_same_batches(tmp
     assert len(row["off_step_seconds"]) == len(row["peer_real_tokens"]) == 6
     assert row["off_real_tokens"] == row["peer_real_tokens"]       # the same batches, the same real tokens
     assert "| lora:4 |" in capsys.readouterr().out
+
+
+def test_length_buckets_pairs_consecutive_runs_and_sums_onednns_kernel_builds():
+    from benchmarks.length_buckets import kernel_seconds, paired_ratios
+    rows = [{"multiple": 1, "tokens_per_s": 100.0}, {"multiple": 16, "tokens_per_s": 110.0},
+            {"multiple": 16, "tokens_per_s": 120.0}, {"multiple": 1, "tokens_per_s": 100.0}]
+    assert paired_ratios(rows) == pytest.approx([1.1, 1.2])
+    log = ("onednn_verbose,v1,primitive,create:cache_miss,cpu,matmul,brg,undef,src:bf16,,,2.5\n"
+           "onednn_verbose,v1,primitive,create:cache_hit,cpu,matmul,brg,undef,src:bf16,,,0.01\n"
+           "onednn_verbose,v1,primitive,create:cache_miss,cpu,matmul,brg,undef,src:bf16,,,1.5\n")
+    assert kernel_seconds(log) == pytest.approx(0.004)

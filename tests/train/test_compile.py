@@ -234,3 +234,46 @@ def test_compiled_predict_equals_eager_over_every_length_with_one_graph_and_rest
     impls = [layer._compiled_call_impl for layer in model.backbone.layers]
     predict(model, data[:6], batch_size=6, compile=True)
     assert [layer._compiled_call_impl for layer in model.backbone.layers] == impls
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_compiled_bf16_cpu_blocks_pad_long_micro_batches_to_a_multiple_of_16_with_amx(monkeypatch, amx):
+    """Rounded lengths repeat, so oneDNN reuses its kernels (BENCHMARKS.md, session 33): on a CPU with AMX, once the
+    blocks compile, a bf16 micro-batch of 128 tokens or more is padded up to a multiple of 16; shorter ones, fp32,
+    eager blocks and other CPUs keep the longest example's length; CUDA graphs take theirs."""
+    from llama_ft.train import compile as compile_mod
+    from llama_ft.train.graphs import LENGTH_MULTIPLE
+    monkeypatch.setattr(compile_mod, "cpu_has_amx", lambda: amx)
+    compiler = compile_mod.Compiler(tiny_model(), False, 0.0, lambda s: s)
+    assert compiler.length_multiple(200, torch.bfloat16) == 1  # eager blocks
+    compiler._start(0)
+    try:
+        assert compiler.length_multiple(200, torch.bfloat16) == (16 if amx else 1)
+        assert compiler.length_multiple(128, torch.bfloat16) == (16 if amx else 1)
+        assert compiler.length_multiple(127, torch.bfloat16) == 1
+        assert compiler.length_multiple(200, None) == 1
+        compiler.graphs = True
+        assert compiler.length_multiple(20, torch.bfloat16) == LENGTH_MULTIPLE
+    finally:
+        compiler.finish()
+
+
+def test_the_loop_pads_each_micro_batch_to_the_compilers_multiple_and_logs_that_padding(monkeypatch, tmp_path):
+    """The loop asks Compiler.length_multiple for each micro-batch's longest example and pads it up to that
+    multiple: the step log's padded tokens count the rounding (an eager run, the multiple stubbed)."""
+    import json
+
+    from llama_ft.train import compile as compile_mod
+    asked = []
+    monkeypatch.setattr(compile_mod.Compiler, "length_multiple",
+                        lambda self, longest, amp_dtype: asked.append(longest) or 16)
+    data = dataset("classification", n=16)
+    model, lengths_seen = tiny_model(), []
+    model.backbone.layers[0].register_forward_pre_hook(lambda m, args: lengths_seen.append(args[0].shape[1]))
+    train(model, data, TrainConfig(epochs=1, batch_size=8, amp="bf16", progress=False, seed=3, compile=False,
+                                   policy="last:2", trunk_cache=False, output_dir=str(tmp_path)))
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    padded = [r["padded_tokens"] for r in log]
+    assert all(p % 16 == 0 for p in padded) and sum(padded) > sum(r["real_tokens"] for r in log)
+    assert lengths_seen and all(t % 16 == 0 for t in lengths_seen)  # the batches the blocks ran
+    assert set(asked) <= {len(d["input_ids"]) for d in data} and len(asked) >= 2 * len(log)
