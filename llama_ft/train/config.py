@@ -44,7 +44,9 @@ class TrainConfig:
         the first step; `auto`: after two eager steps, when the steps left would take at least
         compile_min_seconds (the warm-up, BENCHMARKS.md, is then repaid); False: eager. One graph serves
         every block; a new batch length recompiles once, then lengths are dynamic. The blocks are eager again
-        when train() returns; names, state dict and exports are unchanged.
+        when train() returns; names, state dict and exports are unchanged. Compiled bf16 blocks on a CPU with AMX
+        pad micro-batches of 128 tokens or more up to a multiple of 16 (compile.CPU_LENGTH_MULTIPLE: oneDNN then
+        reuses its kernels); the loss and gradient do not change.
     cuda_graphs: once the blocks compile on a GPU, record each block's forward and backward as CUDA graphs and
         replay them (torch.compile's `reduce-overhead`, llama_ft.train.graphs): a small model's step no longer
         waits on the host launching its kernels one by one. Micro-batch lengths are then padded up to a multiple
