@@ -26,16 +26,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import llama_ft  # noqa: E402
+import llama_ft.train.compile as compile_mod  # noqa: E402
+from benchmarks.compile_shapes import training_examples  # noqa: E402
+from llama_ft.train import TrainConfig, train  # noqa: E402
+from train_squad import PRESETS  # noqa: E402
+
 SKIP = 2  # the steps that compile (static, then dynamic lengths)
 
 
 def one(multiple: int, steps: int) -> dict:
     """In this process: one run of the preset with CPU_LENGTH_MULTIPLE = multiple; the step log's figures."""
-    import llama_ft
-    import llama_ft.train.compile as compile_mod
-    from benchmarks.compile_shapes import training_examples
-    from llama_ft.train import TrainConfig, train
-    from train_squad import PRESETS
     compile_mod.CPU_LENGTH_MULTIPLE = multiple
     preset = PRESETS["default"]
     examples = training_examples(steps)

@@ -82,15 +82,15 @@ def cap_tokens(piece: np.ndarray, lengths: np.ndarray, max_tokens: int) -> list[
 
 
 def padding_waste(lengths: np.ndarray, pieces: list[np.ndarray],
-                  multiple: int | Callable[[int], int] = 1) -> tuple[int, int]:
-    """(real tokens, padded tokens) of a list of micro-batches of indices, each padded to its longest example
-    rounded up to a multiple of `multiple` (or of multiple(longest))."""
+                  multiple: Callable[[int], int] | None = None) -> tuple[int, int]:
+    """(real tokens, padded tokens) of a list of micro-batches of indices, each padded to its longest example,
+    rounded up to a multiple of multiple(longest) when given."""
     real = padded = 0
     for p in pieces:
         ln = lengths[p]
         longest = int(ln.max())
         real += int(ln.sum())
-        padded += padded_length(longest, multiple(longest) if callable(multiple) else multiple) * len(p)
+        padded += padded_length(longest, multiple(longest) if multiple else 1) * len(p)
     return real, padded
 
 
