@@ -41,6 +41,7 @@ from llama_ft import LlamaConfig
 from llama_ft.heap import resident_bytes
 from llama_ft.hf.loading import build_model, random_model
 from llama_ft.model.lora import TARGETS as LORA_TARGETS
+from llama_ft.model.lora import MergedTraining, merged_dtype
 from llama_ft.model.params import count_parameters
 from llama_ft.model.policies import parse_policy
 from llama_ft.train import TrainConfig, train_step
@@ -164,17 +165,33 @@ def ours_stepper(model, policy: str, s: Setting, compile: bool = False) -> Stepp
     params = [p for p in model.parameters() if p.requires_grad]
     feature_dtype = torch.bfloat16 if s.amp is not None else torch.float32  # as train() does
     loss_model = TaskLoss(model, find_split(model), feature_dtype)
+    merged = MergedTraining(model, merged_dtype(s.device, s.amp, 1))  # LoRA through merged weights, as train() does
 
     def step(b):
         with activation_budget(s.device.type) if compile else nullcontext():  # as the engine's compiled blocks run
             loss, _ = train_step(loss_model, [b], opt, sched, scaler, params, step_examples=len(b["label"]),
                                  world=1, amp_dtype=s.amp, device=s.device, max_grad_norm=1.0, graphs=graphs)
+        merged.refresh()
         return loss
     stepper = Stepper(model, opt, step)
+    stepper.merged = merged
     split = loss_model.split
     if split.has_frozen_bottom and (split.start > 0 or not split.per_token):
         stepper.with_cache = lambda b: _cached_step(step, model, split, feature_dtype, b, s)
     return stepper
+
+
+def compiled_cpu_row(model_shape: str, shape: tuple[int, int], policy: str, steps: int, reps: int):
+    """(setting, config, batch, ours) for a row of a benchmark that toggles the engine's settings on the CPU: bf16,
+    each block compiled, and no graphs left from earlier rows (dynamo's recompile limit)."""
+    s = Setting(torch.device("cpu"), torch.bfloat16, shape[0], shape[1], steps, reps)
+    cfg = config(model_shape)
+    b = batch(cfg, s.batch, s.seq, s.device)
+    release_memory()
+    torch._dynamo.reset()
+    ours = ours_stepper(random_model(cfg, "classification", 2, dtype=torch.float32, device=s.device, seed=0),
+                        policy, s, compile=True)
+    return s, cfg, b, ours
 
 
 def _cached_step(step, model, split, feature_dtype, b: dict, s: Setting):

@@ -26,9 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import llama_ft.model.linear as linear  # noqa: E402
 from benchmarks.run import add_turn_flags, batch_shapes, emit  # noqa: E402
-from benchmarks.train_step import (Setting, Stepper, batch, config, hf_stepper, hf_twin, ours_stepper,  # noqa: E402
-                                   paired, release_memory, table, turns)
-from llama_ft.hf.loading import random_model  # noqa: E402
+from benchmarks.train_step import (Stepper, compiled_cpu_row, hf_stepper, hf_twin, paired, table, turns)
 
 SETTINGS = {"autograd": False, "token-major": True}
 
@@ -42,13 +40,7 @@ def toggled(stepper: Stepper, token_major: bool):
 
 
 def bench(model_shape: str, shape: tuple[int, int], policy: str, steps: int, reps: int) -> dict:
-    s = Setting(torch.device("cpu"), torch.bfloat16, shape[0], shape[1], steps, reps)
-    cfg = config(model_shape)
-    b = batch(cfg, s.batch, s.seq, s.device)
-    release_memory()
-    torch._dynamo.reset()  # each row starts with no graphs (dynamo's recompile limit)
-    ours = ours_stepper(random_model(cfg, "classification", 2, dtype=torch.float32, device=s.device, seed=0),
-                        policy, s, compile=True)
+    s, cfg, b, ours = compiled_cpu_row(model_shape, shape, policy, steps, reps)
     steps_of = {name: toggled(ours, on) for name, on in SETTINGS.items()}
     steps_of["peer"] = hf_stepper(hf_twin(ours.model, cfg, policy, s), s)
     default = linear.TOKEN_MAJOR

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as nn_module
 
+from llama_ft.hardware import cpu_has_amx
 from llama_ft.model.linear import Linear, add_up_projection, linear
+from llama_ft.model.merged_lora import merged_projections, runs_merged
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -30,8 +32,14 @@ class LoRALinear(nn.Linear):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=dev, dtype=dt))
         if not self.lora_A.is_meta:
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        # W + s B A, s A and s B while MergedTraining holds them (llama_ft.model.merged_lora); not saved.
+        self.register_buffer("merged_weight", None, persistent=False)
+        self.register_buffer("scaled_A", None, persistent=False)
+        self.register_buffer("scaled_B", None, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if runs_merged(x, self):
+            return merged_projections(x, (self,))[0]
         y = F.linear(x, self.weight, self.bias)  # frozen: no weight gradient to lay out
         # The detour stays r wide until its last GEMM: the scale multiplies the [.., r] tensor, and addmm adds
         # the up-projection into y inside the GEMM, so no full-width elementwise pass is spent (forward or
@@ -42,6 +50,16 @@ class LoRALinear(nn.Linear):
         """y + z B^T, the sum taken inside the GEMM; z: the scaled r-wide tensor (a column slice of a stacked one
         is read in place)."""
         return add_up_projection(y, z, self.lora_B)
+
+    @torch.no_grad()
+    def refresh_merged(self) -> None:
+        """Recompute the merged buffers from the adapter as it is now (after each optimizer step)."""
+        dt = self.merged_weight.dtype
+        # W + s B A summed in the GEMM's fp32 accumulator and rounded once.
+        torch.addmm(self.weight.to(dt), self.lora_B.to(dt), self.lora_A.to(dt), alpha=self.scaling,
+                    out=self.merged_weight)
+        torch.mul(self.lora_A, self.scaling, out=self.scaled_A)
+        torch.mul(self.lora_B, self.scaling, out=self.scaled_B)
 
     @torch.no_grad()
     def merged(self, dtype: torch.dtype | None = None) -> Linear:
@@ -92,7 +110,10 @@ def _stackable(projections: tuple[nn.Module, ...]) -> list[int]:
 
 def project(x: Tensor, *projections: nn.Module) -> tuple[Tensor, ...]:
     """Each of `projections` applied to x, as `tuple(p(x) for p in projections)`; adapters that can share a
-    down-projection (STACK_SHARED_INPUT) compute it in one GEMM."""
+    down-projection (STACK_SHARED_INPUT) compute it in one GEMM, through their merged weights where training
+    holds them (MergedTraining)."""
+    if all(runs_merged(x, p) and not _hooked(p) for p in projections):
+        return merged_projections(x, projections)
     stacked = _stackable(projections)
     if not stacked:
         return tuple(p(x) for p in projections)
@@ -108,6 +129,43 @@ def project(x: Tensor, *projections: nn.Module) -> tuple[Tensor, ...]:
         j = stacked.index(i)
         out.append(p.add_up_projection(F.linear(x, p.weight, p.bias), z[..., j * r:(j + 1) * r]))
     return tuple(out)
+
+
+# Off: LoRA trains as written, each projection's adapter in GEMMs of its own (benchmarks/merged_lora.py compares).
+MERGED_TRAINING = True
+
+
+def merged_dtype(device: torch.device, amp_dtype: torch.dtype | None, world: int) -> torch.dtype | None:
+    """The dtype train() holds merged weights in (MergedTraining), None for none: bf16 GEMMs on a CPU with AMX,
+    one process. Measured there only; a DDP run would also broadcast the buffers every step."""
+    on = MERGED_TRAINING and device.type == "cpu" and amp_dtype == torch.bfloat16 and world == 1 and cpu_has_amx()
+    return amp_dtype if on else None
+
+
+class MergedTraining:
+    """For a training run, the merged buffers (in `dtype`, the GEMMs'; None: none) of each adapter of `model`
+    that can hold them: no dropout, which only the adapter's input takes; no forward hook, which a merged q/k/v
+    would skip; no bias, which the merged GEMMs leave out; a whole weight, not an FSDP shard. The adapters then
+    train through llama_ft.model.merged_lora. `refresh()` after each optimizer step; `close()` drops the buffers
+    (the frozen weights' size once more), and the model runs as written again."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype | None):
+        self.adapters = [a for _, _, a in adapters(model) if isinstance(a.dropout, nn.Identity) and not _hooked(a)
+                         and not a.weight.requires_grad and a.bias is None] if dtype is not None else []
+        for a in self.adapters:
+            dev = a.weight.device
+            a.merged_weight = torch.empty(a.out_features, a.in_features, dtype=dtype, device=dev)
+            a.scaled_A = torch.empty(a.rank, a.in_features, dtype=dtype, device=dev)
+            a.scaled_B = torch.empty(a.out_features, a.rank, dtype=dtype, device=dev)
+        self.refresh()
+
+    def refresh(self) -> None:
+        for a in self.adapters:
+            a.refresh_merged()
+
+    def close(self) -> None:
+        for a in self.adapters:
+            a.merged_weight = a.scaled_A = a.scaled_B = None
 
 
 def add_lora(module: nn.Module, rank: int, alpha: float | None = None, dropout: float = 0.0,

@@ -36,6 +36,13 @@ def autocast_copies(module: nn.Module) -> int:
                for p in m.parameters(recurse=False) if p.requires_grad)
 
 
+def merged_copies(module: nn.Module) -> int:
+    """Elements LoRA training through merged weights (lora.MergedTraining) holds beyond autocast's copies: each
+    adapted projection's W + s B A (its s A and s B take the place of autocast's bf16 copies of A and B)."""
+    return sum(m.out_features * m.in_features for m in module.modules() if isinstance(m, LoRALinear)
+               and isinstance(m.dropout, nn.Identity) and m.bias is None)
+
+
 def _norm_bytes(h: int, residual_bytes: int, input_grad: bool, weight_trains: bool) -> int:
     # RMSNorm squares and scales an fp32 copy of its input (pow and mul keep it: 4h) and rsqrt keeps its
     # [.., 1] result; the weight's gradient needs the normalised input, in the residual's dtype.
@@ -111,9 +118,10 @@ def activation_bytes(model: nn.Module, batch: int, seq_len: int, fsdp: bool = Fa
 
 
 def training_memory(model: nn.Module, *, batch: int, seq_len: int, devices: int = 1,
-                    shard: str = "none") -> dict[str, int]:
+                    shard: str = "none", merged_lora: bool = False) -> dict[str, int]:
     """Bytes per device of a training step: weights, grads, optimizer, working copies, communication buffers,
-    activations (with and without gradient checkpointing) and the totals. `batch` is per device."""
+    activations (with and without gradient checkpointing) and the totals. `batch` is per device. `merged_lora`:
+    the adapters train through merged weights (llama_ft.model.lora.merged_dtype says where train() does)."""
     if shard not in SHARDS:
         raise ValueError(f"shard={shard!r}; use one of {', '.join(SHARDS)}.")
     for name, v in (("batch", batch), ("seq_len", seq_len), ("devices", devices)):
@@ -135,7 +143,7 @@ def training_memory(model: nn.Module, *, batch: int, seq_len: int, devices: int 
         # The largest unit's unsharded gradients: bf16 from backward, then an fp32 copy for the reduce-scatter.
         out["comm"] = 6 * max([root_trainable] + [_numel(layer, True) for layer in layers])
     else:
-        out["working"] = 2 * autocast_copies(model)
+        out["working"] = 2 * (autocast_copies(model) + (merged_copies(model) if merged_lora else 0))
         # DDP all-reduces gradients through fp32 buckets that copy every trainable parameter's gradient.
         out["comm"] = 4 * trainable if devices > 1 else 0
     out["activations"], out["activations_checkpointed"] = activation_bytes(model, batch, seq_len, fsdp)

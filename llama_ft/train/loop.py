@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from llama_ft import heap
 from llama_ft.heap import keep_freed_pages, release_free_memory
 from llama_ft.model.flops import device_peak, training_flops
-from llama_ft.model.lora import merged_adapters
+from llama_ft.model.lora import MergedTraining, merged_adapters, merged_dtype
 from llama_ft.model.params import count_parameters
 from llama_ft.model.policies import apply_policy, parse_policy
 from llama_ft.train.batching import collate, epoch_batches, example_lengths, padding_waste, sorted_batches, split_batch
@@ -556,6 +556,7 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
         torch.tensor(s, device=device)).item() / world,
         graphs=resolve_cuda_graphs(cfg.cuda_graphs, device.type, compile_mode, cfg.grad_checkpointing, world))
     epoch_t0, batches, trim = time.perf_counter(), {}, heap.StepTrim()
+    merged = MergedTraining(work, merged_dtype(device, amp_dtype, world))
     try:
         while step < geo.total_steps:
             epoch, k = divmod(step, geo.steps_per_epoch)
@@ -575,6 +576,7 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
                                          device=device, max_grad_norm=cfg.max_grad_norm, graphs=compiler.replays)
             except NonFiniteError as e:
                 raise stopped(NonFiniteError, log, step + 1, str(e), ckpts.last_good, lr=lr) from None
+            merged.refresh()  # the adapters just changed
             if device.type == "cpu":  # the next step's activations differ in size: hand this step's back
                 trim()
             dt, step = time.perf_counter() - t0, step + 1
@@ -598,6 +600,7 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
             if ckpts.due(step):
                 ckpts.save(step, work, res, optimizer, scheduler, scaler)
     finally:
+        merged.close()
         steplog.close()
         res.compile = compiler.finish()
         if cache is not None:

@@ -150,10 +150,15 @@ def test_kept_pages_runs_the_settings_in_reversing_turns_and_pairs_their_ratios(
     assert row["glibc_seconds"] == 2.0 and row["kept_minor_faults"] == 1
 
 
-def test_profile_step_names_inductors_kernels_and_groups_them_as_compiled(tmp_path):
+def test_profile_step_names_inductors_kernels_and_groups_them_as_compiled(tmp_path, monkeypatch):
     """--kernels: inductor's CPU kernels appear under their own names (which list ops such as `_to_copy` or
     `mm` that would match other groups) and count as compiled kernels; it needs --compile."""
     from benchmarks import profile_step
+
+    from llama_ft.model import lora
+    # Adapters as written: on a CPU with AMX the merged weights' refresh, a few hundred small ops a step, would
+    # crowd the tiny model's kernels out of the top operators this reads.
+    monkeypatch.setattr(lora, "MERGED_TRAINING", False)
     assert profile_step.group_of("graph_0_cpp_fused__to_copy_exp_mul_where_12") == "compiled kernels"
     assert profile_step.group_of("aten::copy_") == "copy/cast"
     import torch._inductor.config as inductor_config
@@ -218,6 +223,40 @@ def test_cuda_graphs_times_the_engine_against_the_peer_over_the_same_batches(tmp
     assert len(row["off_step_seconds"]) == len(row["peer_real_tokens"]) == 6
     assert row["off_real_tokens"] == row["peer_real_tokens"]       # the same batches, the same real tokens
     assert "| lora:4 |" in capsys.readouterr().out
+
+
+def test_merged_lora_runs_both_settings_in_one_model_beside_full_and_the_peer(tmp_path, capsys, monkeypatch):
+    """The merged setting holds the buffers (as on a CPU with AMX) and the written one none; both train the same
+    model in turns, and the model leaves without buffers."""
+    from benchmarks import merged_lora
+
+    from llama_ft.model import lora
+    from llama_ft.model.merged_lora import merged_projections
+    monkeypatch.setattr(lora, "cpu_has_amx", lambda: True)
+    seen = []
+    monkeypatch.setattr(lora, "merged_projections", lambda x, ps: seen.append(len(ps)) or merged_projections(x, ps))
+    out = tmp_path / "merged.json"
+    merged_lora.main(["--shape", "tiny", "--policy", "lora:4", "--shapes", "2x16", "--reps", "2", "--steps", "1",
+                      "--threads", str(torch.get_num_threads()), "--json", str(out)])
+    row, = json.loads(out.read_text())["rows"]
+    assert row["merged_buffers"] > 0 and seen  # the merged setting took the path
+    assert {k: len(v) for k, v in row["seconds"].items()} == {"as written": 2, "merged": 2, "peer": 2, "full": 2}
+    assert row["merged_vs_as_written"] > 0 and row["merged_vs_full"] > 0 and row["merged_vs_peer"] > 0
+    assert abs(row["first_loss"] - row["peer_first_loss"]) < 1e-2  # the untrained model and its peer agree
+    assert "merged_vs_as_written" in capsys.readouterr().out  # the table
+    torch._dynamo.reset()
+
+
+def test_merged_lora_recipe_pairs_consecutive_runs_by_tokens_and_by_steps():
+    from benchmarks.merged_lora import recipe_ratios
+    steps = [9.0, 5.0, 4.0, 30.0, 4.0, 8.0]   # the first two compile; the fourth compiled again in one run only
+    rows = [{"merged": True, "tokens_per_s": 110.0, "step_seconds": [9.0, 5.0, 2.0, 30.0, 2.0, 4.0]},
+            {"merged": False, "tokens_per_s": 100.0, "step_seconds": steps},
+            {"merged": False, "tokens_per_s": 100.0, "step_seconds": steps},
+            {"merged": True, "tokens_per_s": 125.0, "step_seconds": [9.0, 5.0, 4.0, 20.0, 4.0, 8.0]}]
+    ratios, step_ratios = recipe_ratios(rows)
+    assert ratios == pytest.approx([1.1, 1.25])
+    assert step_ratios == pytest.approx([2.0, 1.0])  # medians over steps 3+: the recompiling step left out
 
 
 def test_length_buckets_pairs_consecutive_runs_and_sums_onednns_kernel_builds():

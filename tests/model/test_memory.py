@@ -9,6 +9,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from llama_ft import LlamaConfig, LlamaForSequenceClassification
 from llama_ft.model.config import PRESETS
+from llama_ft.model.lora import merged_dtype
 from llama_ft.model.memory import training_memory
 from llama_ft.model.policies import apply_policy
 from llama_ft.train import TrainConfig, train
@@ -42,22 +43,25 @@ def measure(policy: str, grad_checkpointing: bool) -> tuple[dict, dict]:
     torch.manual_seed(0)
     model = LlamaForSequenceClassification(LlamaConfig.from_dict(SMALL), 2)
     apply_policy(model, policy)
-    est = training_memory(model, batch=B, seq_len=T)
+    est = training_memory(model, batch=B, seq_len=T,
+                          merged_lora=merged_dtype(torch.device("cpu"), torch.bfloat16, 1) is not None)
     cfg = TrainConfig(policy=policy, batch_size=B, max_steps=2, progress=False, trunk_cache=False, amp="bf16",
                       device="cpu", grad_checkpointing=grad_checkpointing)
     # Cast the weights before profiling: the profiler cannot see the frees of blocks allocated before it started.
     prepare_model(model, cfg, torch.bfloat16, torch.device("cpu"))
-    got, saved, forwards, params = {}, {}, [], set()
+    got, saved, forwards, params, held = {}, {}, [], set(), set()
 
     def pack(t):
         storage = t.untyped_storage()
         if storage.data_ptr() not in params:
-            saved.setdefault(storage.data_ptr(), (storage.nbytes(), _is_weight_copy(t)))
+            saved.setdefault(storage.data_ptr(), (storage.nbytes(), storage.data_ptr() in held or _is_weight_copy(t)))
         return t
 
     def before_forward(module, args):
         params.clear()
         params.update(p.untyped_storage().data_ptr() for p in module.parameters())
+        held.clear()  # training's merged LoRA weights (llama_ft.model.lora.MergedTraining): working copies
+        held.update(b.untyped_storage().data_ptr() for b in module.buffers())
         saved.clear()
 
     def after_forward(module, args, out):
