@@ -142,16 +142,21 @@ def merged_dtype(device: torch.device, amp_dtype: torch.dtype | None, world: int
     return amp_dtype if on else None
 
 
+def mergeable(adapter: LoRALinear) -> bool:
+    """Whether `adapter` can train through merged weights: no dropout, which only the adapter's input takes; no
+    forward hook, which a merged q/k/v would skip; no bias, which the merged GEMMs leave out; a frozen weight."""
+    return (isinstance(adapter.dropout, nn.Identity) and not _hooked(adapter) and adapter.bias is None
+            and not adapter.weight.requires_grad)
+
+
 class MergedTraining:
     """For a training run, the merged buffers (in `dtype`, the GEMMs'; None: none) of each adapter of `model`
-    that can hold them: no dropout, which only the adapter's input takes; no forward hook, which a merged q/k/v
-    would skip; no bias, which the merged GEMMs leave out; a whole weight, not an FSDP shard. The adapters then
-    train through llama_ft.model.merged_lora. `refresh()` after each optimizer step; `close()` drops the buffers
+    that is `mergeable` and holds a whole weight, not an FSDP shard. The adapters then train through
+    llama_ft.model.merged_lora. `refresh()` after each optimizer step; `close()` drops the buffers
     (the frozen weights' size once more), and the model runs as written again."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype | None):
-        self.adapters = [a for _, _, a in adapters(model) if isinstance(a.dropout, nn.Identity) and not _hooked(a)
-                         and not a.weight.requires_grad and a.bias is None] if dtype is not None else []
+        self.adapters = [a for _, _, a in adapters(model) if mergeable(a)] if dtype is not None else []
         for a in self.adapters:
             dev = a.weight.device
             a.merged_weight = torch.empty(a.out_features, a.in_features, dtype=dtype, device=dev)

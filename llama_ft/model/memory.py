@@ -12,7 +12,7 @@ import math
 
 from torch import nn
 
-from llama_ft.model.lora import LoRALinear
+from llama_ft.model.lora import LoRALinear, mergeable
 
 SHARDS = ("none", "fsdp")
 # Held on a GPU before any tensor: the CUDA context, kernel images, cuBLAS/NCCL workspaces.
@@ -39,8 +39,7 @@ def autocast_copies(module: nn.Module) -> int:
 def merged_copies(module: nn.Module) -> int:
     """Elements LoRA training through merged weights (lora.MergedTraining) holds beyond autocast's copies: each
     adapted projection's W + s B A (its s A and s B take the place of autocast's bf16 copies of A and B)."""
-    return sum(m.out_features * m.in_features for m in module.modules() if isinstance(m, LoRALinear)
-               and isinstance(m.dropout, nn.Identity) and m.bias is None)
+    return sum(m.out_features * m.in_features for m in module.modules() if isinstance(m, LoRALinear) and mergeable(m))
 
 
 def _norm_bytes(h: int, residual_bytes: int, input_grad: bool, weight_trains: bool) -> int:
