@@ -76,17 +76,22 @@ def paired_ratios(rows: list[dict]) -> list[float]:
     return [other["tokens_per_s"] / first["tokens_per_s"] for first, other in pairs]
 
 
+def child_run(cmd: list[str], what: str, env: dict | None = None) -> tuple[dict, str]:
+    """Run a child process that prints its result as one `RESULT <json>` line: (that result, its whole stdout)."""
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    result = next((line for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
+    if proc.returncode != 0 or result is None:
+        raise RuntimeError(f"{what}: the run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(result[len("RESULT "):]), proc.stdout
+
+
 def run_process(multiple: int, steps: int, threads: int | None) -> dict:
     env = {**os.environ, "ONEDNN_VERBOSE": "profile_create"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, __file__, "--one", str(multiple), "--steps", str(steps)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    result = next((line for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
-    if proc.returncode != 0 or result is None:
-        raise RuntimeError(f"multiple {multiple}: the run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    row = json.loads(result[len("RESULT "):])
-    row["onednn_kernel_build_seconds"] = kernel_seconds(proc.stdout)  # the whole run's, compiling steps included
+    row, stdout = child_run([sys.executable, __file__, "--one", str(multiple), "--steps", str(steps)],
+                            f"multiple {multiple}", env)
+    row["onednn_kernel_build_seconds"] = kernel_seconds(stdout)  # the whole run's, compiling steps included
     return row
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.length_buckets import SKIP, preset_run  # noqa: E402
+from benchmarks.length_buckets import SKIP, child_run, preset_run  # noqa: E402
 from benchmarks.run import add_turn_flags, batch_shapes, emit  # noqa: E402
 from benchmarks.train_step import (compiled_cpu_row, hf_stepper, hf_twin, ours_stepper, paired,  # noqa: E402
                                    table, turns)
@@ -95,12 +94,9 @@ def bench(model_shape: str, shape: tuple[int, int], policy: str, steps: int, rep
 
 def recipe_process(on: bool, steps: int) -> dict:
     """One process: the SQuAD preset with MERGED_TRAINING = on (benchmarks/length_buckets.preset_run)."""
-    cmd = [sys.executable, __file__, "--recipe-one", "on" if on else "off", "--recipe-steps", str(steps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    result = next((line for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
-    if proc.returncode != 0 or result is None:
-        raise RuntimeError(f"merged {on}: the run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return {"merged": on, **json.loads(result[len("RESULT "):])}
+    row, _ = child_run([sys.executable, __file__, "--recipe-one", "on" if on else "off", "--recipe-steps", str(steps)],
+                       f"merged {on}")
+    return {"merged": on, **row}
 
 
 def recipe_ratios(rows: list[dict]) -> tuple[list[float], list[float]]:
