@@ -2,9 +2,10 @@
 
 Each block is compiled on its own (`nn.Module.compile`), so parameter names, the state dict and exports stay as
 they are, and the frozen bottom under the trunk cache is never traced. Dynamo inlines the module's parameters as
-graph inputs, so one graph serves every block of the same kind (with or without LoRA). A new batch length
-recompiles once, after which the length dimension is dynamic: a run sees a handful of compilations, not one per
-length (`CompileStats` counts them into the run's result).
+graph inputs, so one graph serves every block of the same kind (with or without LoRA). On a CPU the blocks compile
+with dynamic lengths and batch sizes from the first step (DYNAMIC); elsewhere torch's default recompiles once for
+each dimension that changes. Either way a run sees a handful of compilations, not one per length (`CompileStats`
+counts them into the run's result).
 """
 from __future__ import annotations
 
@@ -53,8 +54,14 @@ _compiled_for_inference = False   # whether this process has compiled blocks for
 # where the padding costs a larger share, keep their length, as do other CPUs (not measured).
 CPU_LENGTH_MULTIPLE = 16
 CPU_BUCKET_MIN_LENGTH = 128
-# torch.compile's `dynamic` for the blocks (benchmarks/compile_shapes.py measures both settings).
-DYNAMIC: bool | None = None
+# torch.compile's `dynamic` for the training blocks, per device type; a type not listed gets torch's default (None:
+# static shapes until a second one is seen, then a recompile making each dimension that changed dynamic). A compiled
+# block has two variants (the first trainable block's input needs no gradient, the others' do), and the SQuAD
+# preset's micro-batches change length at once and size a few steps later (the token cap halves them), so the
+# default compiled both variants three times; compiled dynamic from the start on a CPU, they compile once, at the
+# same steady speed, which saves most on a first run with an empty inductor cache (benchmarks/dynamic_shapes.py,
+# BENCHMARKS.md session 35). A GPU keeps torch's default: not measured there.
+DYNAMIC: dict[str, bool | None] = {"cpu": True}
 # The blocks' forward sees several input variants in one run, each a graph of its own: the first trainable
 # block's input needs no gradient and the others' do, static then dynamic lengths, micro-batch sizes split by
 # micro_batch_tokens, and a padding mask for batches that are not right-padded (the engine's are, and run without
@@ -198,7 +205,7 @@ class Compiler:
         raise_recompile_limit()
         self.stats = CompileStats(at_step=step, frames_before=frames_compiled(), cuda_graphs=self.graphs)
         self.settings.enter_context(activation_budget(self.device_type))
-        compile_blocks(self.model, dynamic=DYNAMIC, mode=GRAPHS_MODE if self.graphs else None)
+        compile_blocks(self.model, dynamic=DYNAMIC.get(self.device_type), mode=GRAPHS_MODE if self.graphs else None)
 
     @property
     def compiled(self) -> bool:

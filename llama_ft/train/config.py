@@ -43,7 +43,8 @@ class TrainConfig:
         the cheapest are recomputed in backward, llama_ft.train.compile.ACTIVATION_MEMORY_BUDGET). True: from
         the first step; `auto`: after two eager steps, when the steps left would take at least
         compile_min_seconds (the warm-up, BENCHMARKS.md, is then repaid); False: eager. One graph serves
-        every block; a new batch length recompiles once, then lengths are dynamic. The blocks are eager again
+        every block; on a CPU lengths and batch sizes are dynamic from the first step (compile.DYNAMIC), elsewhere
+        a new length or size recompiles once, then that dimension is dynamic. The blocks are eager again
         when train() returns; names, state dict and exports are unchanged. Compiled bf16 blocks on a CPU with AMX
         pad micro-batches of 128 tokens or more up to a multiple of 16 (compile.CPU_LENGTH_MULTIPLE: oneDNN then
         reuses its kernels); the loss and gradient do not change.

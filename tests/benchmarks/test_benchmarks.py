@@ -268,3 +268,19 @@ def test_length_buckets_pairs_consecutive_runs_and_sums_onednns_kernel_builds():
            "onednn_verbose,v1,primitive,create:cache_hit,cpu,matmul,brg,undef,src:bf16,,,0.01\n"
            "onednn_verbose,v1,primitive,create:cache_miss,cpu,matmul,brg,undef,src:bf16,,,1.5\n")
     assert kernel_seconds(log) == pytest.approx(0.004)
+
+
+def test_dynamic_shapes_pairs_runs_and_charges_only_the_slow_steps_to_compilation():
+    from benchmarks.dynamic_shapes import paired_ratios, summarize
+    tokens = [1000, 1000, 1000, 2000, 1000, 1000]
+    static = summarize({"setting": "static", "train_seconds": 60.0, "step_tokens": tokens,
+                        "step_seconds": [30.0, 1.0, 1.0, 12.0, 1.0, 1.0]})   # step 4 recompiled
+    dynamic = summarize({"setting": "dynamic", "train_seconds": 40.0, "step_tokens": tokens,
+                         "step_seconds": [20.0, 1.0, 1.0, 2.0, 1.0, 1.25]})
+    assert static["steady_tokens_per_s"] == 1000.0                     # the median: the recompiling step left out
+    assert static["extra_seconds"] == pytest.approx(29.0 + 10.0)
+    assert dynamic["extra_seconds"] == pytest.approx(19.0 + 0.25)
+    (pair,) = paired_ratios([static, dynamic])
+    assert pair["train_seconds_static_over_dynamic"] == pytest.approx(1.5)
+    assert pair["median_step_static_over_dynamic"] == pytest.approx(1.0)  # steps 3+: 1, 6, 1, 0.8
+    assert paired_ratios([dynamic, static]) == [pair]

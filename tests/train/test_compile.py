@@ -96,6 +96,26 @@ def test_compiled_lora_blocks_share_one_graph_whatever_the_depth():
 
 
 @pytest.mark.slow
+def test_compiled_cpu_training_compiles_each_block_variant_once_over_changing_lengths_and_sizes(monkeypatch):
+    """On a CPU the blocks compile with dynamic lengths and batch sizes from the first step (compile.DYNAMIC):
+    micro-batches that change length and size (the token cap halves the long ones) compile the two block variants
+    (the first trainable block's input needs no gradient, the others' do) once each, where torch's default compiles
+    them again for each dimension that changes. Dynamo's guards decide the graphs: no need for inductor's code."""
+    import torch._dynamo
+
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, **kw: compile_module(self, **{**kw, "backend": "eager", "mode": None}))
+    frames = {}
+    for dynamic in (True, None):
+        monkeypatch.setitem(compile_mod.DYNAMIC, "cpu", dynamic)
+        torch._dynamo.reset()
+        _, res = run(True, epochs=1, policy="lora:4", micro_batch_tokens=120)
+        frames[dynamic] = res.compile["frames_compiled"]
+    assert frames[True] == 2 < frames[None]
+
+
+@pytest.mark.slow
 def test_compiled_training_partitions_its_graphs_under_the_activation_budget_and_restores_torchs(monkeypatch):
     """The budget has to hold when a block's joint graph is split into forward and backward, which happens at its
     first compiled call inside the training step, not when the blocks are wrapped; after the run torch's own
