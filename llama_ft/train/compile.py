@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from llama_ft.hardware import cpu_has_amx
+from llama_ft.model.attention import QUERY_BLOCKS
 from llama_ft.train.graphs import LENGTH_MULTIPLE as GRAPHS_LENGTH_MULTIPLE
 from llama_ft.train.graphs import MODE as GRAPHS_MODE
 from llama_ft.train.graphs import release as release_graphs
@@ -54,6 +55,12 @@ _compiled_for_inference = False   # whether this process has compiled blocks for
 # where the padding costs a larger share, keep their length, as do other CPUs (not measured).
 CPU_LENGTH_MULTIPLE = 16
 CPU_BUCKET_MIN_LENGTH = 128
+# Compiled bf16 blocks on a CPU pad a micro-batch shorter than CPU_MIN_LENGTH tokens up to it. Their attention
+# backward (llama_ft.model.attention) runs the query rows in QUERY_BLOCKS blocks, and a single position keeps SDPA;
+# dynamo specializes sizes of 0 and 1, so lengths 1, 2-3 and 4+ were three graphs of each block variant, and
+# SST-2's shortest phrases recompiled both variants twice mid-run (BENCHMARKS.md, session 35). Right padding
+# changes no loss (the engine's batches run plain causal attention, and heads read real positions only).
+CPU_MIN_LENGTH = 2 * QUERY_BLOCKS
 # torch.compile's `dynamic` for the training blocks, per device type; a type not listed gets torch's default (None:
 # static shapes until a second one is seen, then a recompile making each dimension that changed dynamic). A compiled
 # block has two variants (the first trainable block's input needs no gradient, the others' do), and the SQuAD
@@ -220,12 +227,15 @@ class Compiler:
     def length_multiple(self, longest: int, amp_dtype: torch.dtype | None) -> int:
         """The multiple of tokens a micro-batch whose longest example has `longest` tokens is padded up to in the
         next step: CUDA graphs' (graphs.LENGTH_MULTIPLE), compiled bf16 blocks' on a CPU with AMX
-        (CPU_LENGTH_MULTIPLE, from CPU_BUCKET_MIN_LENGTH tokens), else 1 (the longest example's length)."""
+        (CPU_LENGTH_MULTIPLE, from CPU_BUCKET_MIN_LENGTH tokens), CPU_MIN_LENGTH for compiled bf16 CPU blocks
+        below it (a multiple of it pads such a batch up to it), else 1 (the longest example's length)."""
         if self.replays:
             return GRAPHS_LENGTH_MULTIPLE
-        if self.compiled and self.cpu_buckets and amp_dtype == torch.bfloat16 and longest >= CPU_BUCKET_MIN_LENGTH:
+        if not (self.compiled and self.device_type == "cpu" and amp_dtype == torch.bfloat16):
+            return 1
+        if self.cpu_buckets and longest >= CPU_BUCKET_MIN_LENGTH:
             return CPU_LENGTH_MULTIPLE
-        return 1
+        return CPU_MIN_LENGTH if longest < CPU_MIN_LENGTH else 1
 
     def after_step(self, step: int, seconds: float, total_steps: int, tokens: int = 0,
                    mean_step_tokens: float = 0.0) -> None:

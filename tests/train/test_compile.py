@@ -116,6 +116,29 @@ def test_compiled_cpu_training_compiles_each_block_variant_once_over_changing_le
 
 
 @pytest.mark.slow
+def test_compiled_cpu_training_runs_its_shortest_micro_batches_in_the_same_graphs(monkeypatch):
+    """Micro-batches of 1 to 3 tokens are padded to 4 (compile.CPU_MIN_LENGTH): unpadded, a single position (SDPA)
+    and query blocks of one row (dynamo specializes sizes 0 and 1) compiled both block variants twice more. The
+    padding changes no loss."""
+    import random
+
+    import torch._dynamo
+
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, **kw: compile_module(self, **{**kw, "backend": "eager", "mode": None}))
+    r = random.Random(0)
+    data = [{"input_ids": [r.randrange(3, 101) for _ in range(n)], "label": n % 2} for n in [1, 2, 3] * 4 + [8] * 12]
+    # Batches of 3: dynamo's duck sizing would tie a batch of 4 to a length of 4 and recompile when they differ.
+    cfg = {"epochs": 1, "batch_size": 3, "lr": 1e-3, "amp": "bf16", "progress": False, "seed": 3, "policy": "lora:4"}
+    torch._dynamo.reset()
+    compiled = train(tiny_model("classification"), data, TrainConfig(**cfg, compile=True))
+    eager = train(tiny_model("classification"), data, TrainConfig(**cfg, compile=False))
+    assert compiled.compile["frames_compiled"] == 2
+    np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.slow
 def test_compiled_training_partitions_its_graphs_under_the_activation_budget_and_restores_torchs(monkeypatch):
     """The budget has to hold when a block's joint graph is split into forward and backward, which happens at its
     first compiled call inside the training step, not when the blocks are wrapped; after the run torch's own
@@ -259,8 +282,8 @@ def test_compiled_predict_equals_eager_over_every_length_with_one_graph_and_rest
 @pytest.mark.parametrize("amx", [True, False])
 def test_compiled_bf16_cpu_blocks_pad_long_micro_batches_to_a_multiple_of_16_with_amx(monkeypatch, amx):
     """Rounded lengths repeat, so oneDNN reuses its kernels (BENCHMARKS.md, session 33): on a CPU with AMX, once the
-    blocks compile, a bf16 micro-batch of 128 tokens or more is padded up to a multiple of 16; shorter ones, fp32,
-    eager blocks and other CPUs keep the longest example's length; CUDA graphs take theirs."""
+    blocks compile, a bf16 micro-batch of 128 tokens or more is padded up to a multiple of 16; shorter ones (but the
+    shortest, below), fp32, eager blocks and other CPUs keep the longest example's length; CUDA graphs take theirs."""
     from llama_ft.train import compile as compile_mod
     from llama_ft.train.graphs import LENGTH_MULTIPLE
     monkeypatch.setattr(compile_mod, "cpu_has_amx", lambda: amx)
@@ -272,6 +295,9 @@ def test_compiled_bf16_cpu_blocks_pad_long_micro_batches_to_a_multiple_of_16_wit
         assert compiler.length_multiple(128, torch.bfloat16) == (16 if amx else 1)
         assert compiler.length_multiple(127, torch.bfloat16) == 1
         assert compiler.length_multiple(200, None) == 1
+        # On any CPU, 1 to 3 tokens are padded to 4 (compile.CPU_MIN_LENGTH), 4 and more are not.
+        assert [compiler.length_multiple(n, torch.bfloat16) for n in (1, 3, 4, 5)] == [4, 4, 1, 1]
+        assert compiler.length_multiple(3, None) == 1
         compiler.graphs = True
         assert compiler.length_multiple(20, torch.bfloat16) == LENGTH_MULTIPLE
     finally:
