@@ -61,6 +61,13 @@ CPU_BUCKET_MIN_LENGTH = 128
 # SST-2's shortest phrases recompiled both variants twice mid-run (BENCHMARKS.md, session 35). Right padding
 # changes no loss (the engine's batches run plain causal attention, and heads read real positions only).
 CPU_MIN_LENGTH = 2 * QUERY_BLOCKS
+# Compiled bf16 blocks on a CPU take micro-batches of at most CPU_MAX_TOKENS padded tokens (longest example before
+# rounding x examples; a larger TrainConfig cap is lowered to it). Inductor's CPU code generator reduces over more
+# than 4,096 elements another way (codegen/cpp.py, need_use_acc_helper) and guards on it, so the first micro-batch
+# above it recompiled both block variants mid-run (SST-2's batches of 64 of its longest phrases; BENCHMARKS.md,
+# session 35). Splitting it changes no gradient, and micro-batches beyond 2,560-3,072 tokens bought nothing on a
+# CPU (session 22).
+CPU_MAX_TOKENS = 4096
 # torch.compile's `dynamic` for the training blocks, per device type; a type not listed gets torch's default (None:
 # static shapes until a second one is seen, then a recompile making each dimension that changed dynamic). A compiled
 # block has two variants (the first trainable block's input needs no gradient, the others' do), and the SQuAD
@@ -236,6 +243,13 @@ class Compiler:
         if self.cpu_buckets and longest >= CPU_BUCKET_MIN_LENGTH:
             return CPU_LENGTH_MULTIPLE
         return CPU_MIN_LENGTH if longest < CPU_MIN_LENGTH else 1
+
+    def token_cap(self, cap: int | None, amp_dtype: torch.dtype | None) -> int | None:
+        """The next step's micro-batch token cap, given the config's (TrainConfig.token_cap): at most
+        CPU_MAX_TOKENS once bf16 blocks on a CPU are compiled."""
+        if self.compiled and self.device_type == "cpu" and amp_dtype == torch.bfloat16:
+            return CPU_MAX_TOKENS if cap is None else min(cap, CPU_MAX_TOKENS)
+        return cap
 
     def after_step(self, step: int, seconds: float, total_steps: int, tokens: int = 0,
                    mean_step_tokens: float = 0.0) -> None:

@@ -29,7 +29,8 @@ class TrainConfig:
     compiled_micro_batch_tokens: the cap once the decoder blocks are compiled (`compile`), which keep fewer
         activations per token, so the same memory holds a larger forward pass, and a larger one runs faster (more
         rows for each matrix multiply, fewer passes a step). The eager steps before compiling, and eager runs,
-        keep micro_batch_tokens. None: micro_batch_tokens.
+        keep micro_batch_tokens. None: micro_batch_tokens. Compiled bf16 blocks on a CPU lower either to 4,096
+        (compile.CPU_MAX_TOKENS).
     global_batch: examples per optimizer step over all processes; gradient accumulation makes up the
         difference (must be a multiple of batch_size * world size). None: batch_size * world size.
     epochs / max_steps: max_steps, when set, caps the optimizer steps (and the schedule length).
@@ -47,7 +48,9 @@ class TrainConfig:
         a new length or size recompiles once, then that dimension is dynamic. The blocks are eager again
         when train() returns; names, state dict and exports are unchanged. Compiled bf16 blocks on a CPU with AMX
         pad micro-batches of 128 tokens or more up to a multiple of 16 (compile.CPU_LENGTH_MULTIPLE: oneDNN then
-        reuses its kernels); the loss and gradient do not change.
+        reuses its kernels); compiled bf16 CPU blocks pad those of 1-3 tokens up to 4 (compile.CPU_MIN_LENGTH) and
+        take at most 4,096 tokens a micro-batch (compile.CPU_MAX_TOKENS), so one graph serves every length and
+        size; the loss and gradient do not change.
     cuda_graphs: once the blocks compile on a GPU, record each block's forward and backward as CUDA graphs and
         replay them (torch.compile's `reduce-overhead`, llama_ft.train.graphs): a small model's step no longer
         waits on the host launching its kernels one by one. Micro-batch lengths are then padded up to a multiple

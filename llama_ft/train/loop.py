@@ -563,7 +563,7 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
             if epoch not in batches:
                 batches = {epoch: geo.epoch(lengths, epoch, cfg, world)}
                 step_tokens = padding_waste(lengths, batches[epoch])[0] / max(len(batches[epoch]), 1)
-            batch, cap = batches[epoch][k], cfg.token_cap(compiler.compiled)
+            batch, cap = batches[epoch][k], compiler.token_cap(cfg.token_cap(compiler.compiled), amp_dtype)
             all_pieces = [p for r in range(world) for p in split_batch(batch, geo.n_micro, r, world, lengths, cap)]
             multiple = partial(compiler.length_multiple, amp_dtype=amp_dtype)
             real, padded = padding_waste(lengths, all_pieces, multiple)

@@ -138,6 +138,34 @@ def test_compiled_cpu_training_runs_its_shortest_micro_batches_in_the_same_graph
     np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-2, atol=1e-3)
 
 
+def test_compiled_cpu_blocks_take_at_most_4096_tokens_a_micro_batch(monkeypatch):
+    """Inductor's CPU reductions over more than 4,096 elements are compiled another way, behind a guard: the loop
+    splits a compiled bf16 micro-batch above compile.CPU_MAX_TOKENS (64 x 80 tokens here) as it does for
+    TrainConfig's caps, and the gradient stays the same (the losses equal an eager run's, which does not split)."""
+    import random
+
+    import torch._dynamo
+
+    from llama_ft.train import loop
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, **kw: compile_module(self, **{**kw, "backend": "eager", "mode": None}))
+    shapes, build = [], loop.micro_batch
+    monkeypatch.setattr(loop, "micro_batch", lambda *a, **kw: (lambda b: shapes.append(tuple(b["attention_mask"].shape))
+                                                               or b)(build(*a, **kw)))
+    r = random.Random(0)
+    data = [{"input_ids": [r.randrange(3, 101) for _ in range(80)], "label": i % 2} for i in range(128)]
+    cfg = {"epochs": 1, "batch_size": 64, "lr": 1e-3, "amp": "bf16", "progress": False, "seed": 3,
+           "policy": "last:1", "trunk_cache": False}
+    torch._dynamo.reset()
+    compiled = train(tiny_model("classification"), data, TrainConfig(**cfg, compile=True))
+    assert shapes and all(b * t <= 4096 for b, t in shapes) and (32, 80) in shapes
+    shapes.clear()
+    eager = train(tiny_model("classification"), data, TrainConfig(**cfg, compile=False))
+    assert (64, 80) in shapes
+    np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-2, atol=1e-3)
+
+
 @pytest.mark.slow
 def test_compiled_training_partitions_its_graphs_under_the_activation_budget_and_restores_torchs(monkeypatch):
     """The budget has to hold when a block's joint graph is split into forward and backward, which happens at its
@@ -289,6 +317,7 @@ def test_compiled_bf16_cpu_blocks_pad_long_micro_batches_to_a_multiple_of_16_wit
     monkeypatch.setattr(compile_mod, "cpu_has_amx", lambda: amx)
     compiler = compile_mod.Compiler(tiny_model(), False, 0.0, lambda s: s)
     assert compiler.length_multiple(200, torch.bfloat16) == 1  # eager blocks
+    assert compiler.token_cap(None, torch.bfloat16) is None
     compiler._start(0)
     try:
         assert compiler.length_multiple(200, torch.bfloat16) == (16 if amx else 1)
@@ -298,6 +327,9 @@ def test_compiled_bf16_cpu_blocks_pad_long_micro_batches_to_a_multiple_of_16_wit
         # On any CPU, 1 to 3 tokens are padded to 4 (compile.CPU_MIN_LENGTH), 4 and more are not.
         assert [compiler.length_multiple(n, torch.bfloat16) for n in (1, 3, 4, 5)] == [4, 4, 1, 1]
         assert compiler.length_multiple(3, None) == 1
+        # Compiled bf16 CPU blocks take at most 4,096 tokens a micro-batch (compile.CPU_MAX_TOKENS).
+        assert [compiler.token_cap(c, torch.bfloat16) for c in (None, 2560, 8192)] == [4096, 2560, 4096]
+        assert compiler.token_cap(8192, None) == 8192
         compiler.graphs = True
         assert compiler.length_multiple(20, torch.bfloat16) == LENGTH_MULTIPLE
     finally:
