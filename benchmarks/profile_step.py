@@ -146,6 +146,7 @@ def profile(shape: str, policy: str, s: Setting, warmup: int, steps: int, reside
             "threads": torch.get_num_threads(), "step_seconds": total / 1e6 / steps, "wall_seconds": wall,
             "busy": round(total / 1e6 / steps / wall, 3), "faults_per_step": faults // steps,
             "operator_calls_per_step": sum(c for _, _, c in ops) // steps,
+            "named_kernels": sum("cpp_fused" in k for k, _, _ in ops),  # inductor's CPU kernels by name (--kernels)
             "groups": {g: round(us / total, 4) for g, us in sorted(by_group.items(), key=lambda kv: -kv[1])},
             "top_ops": [{"op": k, "share": round(us / total, 4), "calls_per_step": c // steps}
                         for k, us, c in ops[:15]]}

@@ -168,7 +168,8 @@ def test_profile_step_names_inductors_kernels_and_groups_them_as_compiled(tmp_pa
                        "--steps", "1", "--compile", "--kernels", "--threads", str(torch.get_num_threads()),
                        "--resident-gib", "0.25", "--json", str(out)])
     res = json.loads(out.read_text())
-    assert any("cpp_fused" in o["op"] for o in res["top_ops"]) and res["groups"]["compiled kernels"] > 0
+    # Counted over every operator: in a step this small, whether a kernel makes the top 15 is a matter of timing.
+    assert res["named_kernels"] > 0 and res["groups"]["compiled kernels"] > 0
     assert res["faults_per_step"] >= 0 and res["step_seconds"] > 0  # the recorded step, not the unrecorded one
     assert (inductor_config.cpp.enable_kernel_profile, inductor_config.fx_graph_cache) == before  # torch's, back
     with pytest.raises(SystemExit):
