@@ -238,7 +238,7 @@ class Compiler:
         below it (a multiple of it pads such a batch up to it), else 1 (the longest example's length)."""
         if self.replays:
             return GRAPHS_LENGTH_MULTIPLE
-        if not (self.compiled and self.device_type == "cpu" and amp_dtype == torch.bfloat16):
+        if not self.compiled_cpu_bf16(amp_dtype):
             return 1
         if self.cpu_buckets and longest >= CPU_BUCKET_MIN_LENGTH:
             return CPU_LENGTH_MULTIPLE
@@ -247,9 +247,13 @@ class Compiler:
     def token_cap(self, cap: int | None, amp_dtype: torch.dtype | None) -> int | None:
         """The next step's micro-batch token cap, given the config's (TrainConfig.token_cap): at most
         CPU_MAX_TOKENS once bf16 blocks on a CPU are compiled."""
-        if self.compiled and self.device_type == "cpu" and amp_dtype == torch.bfloat16:
+        if self.compiled_cpu_bf16(amp_dtype):
             return CPU_MAX_TOKENS if cap is None else min(cap, CPU_MAX_TOKENS)
         return cap
+
+    def compiled_cpu_bf16(self, amp_dtype: torch.dtype | None) -> bool:
+        """Whether the next step runs compiled blocks in bf16 on a CPU (CPU_MIN_LENGTH and CPU_MAX_TOKENS hold)."""
+        return self.compiled and self.device_type == "cpu" and amp_dtype == torch.bfloat16
 
     def after_step(self, step: int, seconds: float, total_steps: int, tokens: int = 0,
                    mean_step_tokens: float = 0.0) -> None:

@@ -13,6 +13,14 @@ from llama_ft.train.compile import (InferenceCompiler, auto_min_seconds, compile
 
 
 
+def eager_backend(monkeypatch):
+    """The engine's compiled blocks traced by dynamo with the `eager` backend: its guards decide the graphs, which
+    these tests count, without the seconds inductor takes to generate code."""
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, **kw: compile_module(self, **{**kw, "backend": "eager", "mode": None}))
+
+
 def run(compile, task="qa", **kw):
     model = tiny_model(task)
     base = {"epochs": 2, "batch_size": 8, "lr": 1e-3, "amp": "bf16", "progress": False, "seed": 3,
@@ -103,9 +111,7 @@ def test_compiled_cpu_training_compiles_each_block_variant_once_over_changing_le
     them again for each dimension that changes. Dynamo's guards decide the graphs: no need for inductor's code."""
     import torch._dynamo
 
-    compile_module = torch.nn.Module.compile
-    monkeypatch.setattr(torch.nn.Module, "compile",
-                        lambda self, **kw: compile_module(self, **{**kw, "backend": "eager", "mode": None}))
+    eager_backend(monkeypatch)
     frames = {}
     for dynamic in (True, None):
         monkeypatch.setitem(compile_mod.DYNAMIC, "cpu", dynamic)
@@ -124,9 +130,7 @@ def test_compiled_cpu_training_runs_its_shortest_micro_batches_in_the_same_graph
 
     import torch._dynamo
 
-    compile_module = torch.nn.Module.compile
-    monkeypatch.setattr(torch.nn.Module, "compile",
-                        lambda self, **kw: compile_module(self, **{**kw, "backend": "eager", "mode": None}))
+    eager_backend(monkeypatch)
     r = random.Random(0)
     data = [{"input_ids": [r.randrange(3, 101) for _ in range(n)], "label": n % 2} for n in [1, 2, 3] * 4 + [8] * 12]
     # Batches of 3: dynamo's duck sizing would tie a batch of 4 to a length of 4 and recompile when they differ.
@@ -147,9 +151,7 @@ def test_compiled_cpu_blocks_take_at_most_4096_tokens_a_micro_batch(monkeypatch)
     import torch._dynamo
 
     from llama_ft.train import loop
-    compile_module = torch.nn.Module.compile
-    monkeypatch.setattr(torch.nn.Module, "compile",
-                        lambda self, **kw: compile_module(self, **{**kw, "backend": "eager", "mode": None}))
+    eager_backend(monkeypatch)
     shapes, build = [], loop.micro_batch
     monkeypatch.setattr(loop, "micro_batch", lambda *a, **kw: (lambda b: shapes.append(tuple(b["attention_mask"].shape))
                                                                or b)(build(*a, **kw)))
