@@ -41,7 +41,7 @@ def one(setting: str, examples: list[dict], steps: int) -> dict:
     """`setting`: eager, static-then-dynamic or dynamic, optionally `/cap=N` (TrainConfig.micro_batch_tokens)."""
     torch._dynamo.reset()
     mode, _, cap = setting.partition("/cap=")
-    compile_mod.DYNAMIC = {"cpu": {"static-then-dynamic": None, "dynamic": True}.get(mode)}
+    compile_mod.DYNAMIC = {**compile_mod.DYNAMIC, "cpu": {"static-then-dynamic": None, "dynamic": True}.get(mode)}
     model = llama_ft.from_pretrained("smollm2-135m", task="qa", seed=0)
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(policy="lora:16", lr=5e-4, schedule="cosine", warmup_ratio=0.05, batch_size=8,
