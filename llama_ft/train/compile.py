@@ -82,6 +82,12 @@ DYNAMIC: dict[str, bool | None] = {"cpu": True}
 # one: llama.CAUSAL_FOR_RIGHT_PADDING). Past dynamo's default limit (8 graphs per function) the blocks would
 # silently run eagerly for the rest of the run.
 RECOMPILE_LIMIT = 64
+# Compiled blocks (training and inference) trace with duck sizing off (torch.fx.experimental._config.use_duck_shape):
+# by default dynamo gives dimensions that have the same size at the first compile one symbol and guards on their
+# equality, so a first micro-batch of 8 examples of 8 tokens tied the batch size to the length, and the next
+# micro-batch where they differed compiled both block variants again (a short-text recipe's first batch can be
+# that square; BENCHMARKS.md, session 36). Off, the sizes are independent symbols from the start.
+DUCK_SHAPE = False
 # The compiled training blocks' activation memory budget per device type
 # (torch._functorch.config.activation_memory_budget, 1.0 by default): below 1, the partitioner that splits each
 # block's graph into forward and backward recomputes the cheapest ops (norms, SwiGLU, casts) in the backward until
@@ -136,6 +142,19 @@ def activation_budget(device_type: str):
         yield
     finally:
         functorch_config.activation_memory_budget = before
+
+
+@contextmanager
+def duck_sizing():
+    """A context in which dynamo traces with DUCK_SHAPE's duck sizing; torch's setting comes back on exit. Dynamo
+    reads it when it compiles a frame, so the context has to hold while the compiled blocks run."""
+    import torch.fx.experimental._config as fx_config  # only once compiling
+    before = fx_config.use_duck_shape
+    fx_config.use_duck_shape = DUCK_SHAPE
+    try:
+        yield
+    finally:
+        fx_config.use_duck_shape = before
 
 
 def uncompile_blocks(model: nn.Module) -> None:
@@ -219,6 +238,7 @@ class Compiler:
         raise_recompile_limit()
         self.stats = CompileStats(at_step=step, frames_before=frames_compiled(), cuda_graphs=self.graphs)
         self.settings.enter_context(activation_budget(self.device_type))
+        self.settings.enter_context(duck_sizing())
         compile_blocks(self.model, dynamic=DYNAMIC.get(self.device_type), mode=GRAPHS_MODE if self.graphs else None)
 
     @property
@@ -308,6 +328,7 @@ class InferenceCompiler:
         self.mode, self.left, self.min_seconds = mode, total_tokens, min_seconds
         self.saved: list | None = None
         self.decided = False
+        self.settings = ExitStack()  # duck_sizing while the pass runs compiled
 
     def __enter__(self) -> InferenceCompiler:
         if self.mode is True:
@@ -318,6 +339,7 @@ class InferenceCompiler:
         global _compiled_for_inference
         _compiled_for_inference = True
         raise_recompile_limit()
+        self.settings.enter_context(duck_sizing())
         self.saved = [getattr(layer, "_compiled_call_impl", None) for layer in self.layers]
         for layer in self.layers:
             layer._compiled_call_impl = None
@@ -336,6 +358,7 @@ class InferenceCompiler:
         return self.saved is not None
 
     def __exit__(self, *exc) -> None:
+        self.settings.close()
         if self.saved is not None:
             for layer, impl in zip(self.layers, self.saved):
                 layer._compiled_call_impl = impl

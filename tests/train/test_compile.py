@@ -133,7 +133,6 @@ def test_compiled_cpu_training_runs_its_shortest_micro_batches_in_the_same_graph
     eager_backend(monkeypatch)
     r = random.Random(0)
     data = [{"input_ids": [r.randrange(3, 101) for _ in range(n)], "label": n % 2} for n in [1, 2, 3] * 4 + [8] * 12]
-    # Batches of 3: dynamo's duck sizing would tie a batch of 4 to a length of 4 and recompile when they differ.
     cfg = {"epochs": 1, "batch_size": 3, "lr": 1e-3, "amp": "bf16", "progress": False, "seed": 3, "policy": "lora:4"}
     torch._dynamo.reset()
     compiled = train(tiny_model("classification"), data, TrainConfig(**cfg, compile=True))
@@ -166,6 +165,37 @@ def test_compiled_cpu_blocks_take_at_most_4096_tokens_a_micro_batch(monkeypatch)
     eager = train(tiny_model("classification"), data, TrainConfig(**cfg, compile=False))
     assert (64, 80) in shapes
     np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-2, atol=1e-3)
+
+
+def test_compiled_blocks_keep_a_square_first_micro_batchs_sizes_apart_and_restore_torchs_duck_sizing(monkeypatch):
+    """A first micro-batch of 8 examples of 8 tokens: with dynamo's duck sizing its batch size and length share
+    one symbol, and the last micro-batch (3 x 8) compiled both block variants again. compile.DUCK_SHAPE keeps them
+    apart while the blocks run compiled, for training and for an inference pass, and torch's setting is back
+    after each."""
+    import random
+
+    import torch._dynamo
+    import torch.fx.experimental._config as fx_config
+
+    from llama_ft.train.compile import InferenceCompiler
+    eager_backend(monkeypatch)
+    r = random.Random(0)
+    data = [{"input_ids": [r.randrange(3, 101) for _ in range(8)], "label": i % 2} for i in range(11)]
+    cfg = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "amp": "bf16", "progress": False, "seed": 3,
+           "policy": "lora:4", "compile": True, "length_grouping": False}
+    before = fx_config.use_duck_shape
+    frames = {}
+    for duck in (False, True):
+        monkeypatch.setattr(compile_mod, "DUCK_SHAPE", duck)
+        torch._dynamo.reset()
+        frames[duck] = train(tiny_model("classification"), data, TrainConfig(**cfg)).compile["frames_compiled"]
+        assert fx_config.use_duck_shape == before
+    assert frames[False] == 2 < frames[True]
+    monkeypatch.setattr(compile_mod, "DUCK_SHAPE", False)
+    seen = []
+    with InferenceCompiler(tiny_model("classification"), True, 0):
+        seen.append(fx_config.use_duck_shape)
+    assert seen == [False] and fx_config.use_duck_shape == before
 
 
 @pytest.mark.slow
