@@ -47,13 +47,17 @@ def preset_run(steps: int) -> dict:
     training questions; the step log's figures (tokens/s over the steps after the first SKIP), the whole train()
     call's seconds, its compile report and the peak resident memory the log recorded."""
     preset = PRESETS["default"]
-    examples = training_examples(steps)
-    model = llama_ft.from_pretrained("smollm2-135m", task="qa", seed=0)
     keys = ("policy", "lr", "weight_decay", "schedule", "warmup_ratio", "batch_size", "global_batch",
             "micro_batch_tokens", "compiled_micro_batch_tokens")
+    return logged_run(llama_ft.from_pretrained("smollm2-135m", task="qa", seed=0), training_examples(steps),
+                      {k: preset[k] for k in keys}, steps)
+
+
+def logged_run(model, examples: list[dict], settings: dict, steps: int) -> dict:
+    """In this process: `model` trained on `examples` under TrainConfig(**settings), one epoch of at most `steps`
+    steps, compiled from the first; preset_run's figures from the step log."""
     with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(**{k: preset[k] for k in keys}, epochs=1, max_steps=steps, compile=True, output_dir=out,
-                          progress=False)
+        cfg = TrainConfig(**settings, epochs=1, max_steps=steps, compile=True, output_dir=out, progress=False)
         start = time.perf_counter()
         res = train(model, examples, cfg)
         train_seconds = time.perf_counter() - start

@@ -282,6 +282,7 @@ def test_dynamic_shapes_pairs_runs_and_charges_only_the_slow_steps_to_compilatio
     assert static["extra_seconds"] == pytest.approx(29.0 + 10.0)
     assert dynamic["extra_seconds"] == pytest.approx(19.0 + 0.25)
     (pair,) = paired_ratios([static, dynamic])
-    assert pair["train_seconds_static_over_dynamic"] == pytest.approx(1.5)
-    assert pair["median_step_static_over_dynamic"] == pytest.approx(1.0)  # steps 3+: 1, 6, 1, 0.8
+    assert pair["other"] == "static" and pair["train_seconds_other_over_dynamic"] == pytest.approx(1.5)
+    assert pair["median_step_other_over_dynamic"] == pytest.approx(1.0)  # steps 3+: 1, 6, 1, 0.8
     assert paired_ratios([dynamic, static]) == [pair]
+    assert paired_ratios([static, {**static, "setting": "duck"}]) == []   # no dynamic run: no pair
