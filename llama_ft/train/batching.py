@@ -57,12 +57,14 @@ def epoch_batches(lengths: np.ndarray, global_batch: int, seed: int, epoch: int,
 
 
 def split_batch(batch: np.ndarray, micro_batches: int, rank: int, world: int,
-                lengths: np.ndarray | None = None, max_tokens: int | None = None) -> list[np.ndarray]:
+                lengths: np.ndarray | None = None, max_tokens: int | None = None,
+                multiple: Callable[[int], int] | None = None) -> list[np.ndarray]:
     """This rank's micro-batches of one step: the step is cut into `micro_batches` contiguous (length-sorted)
     pieces and rank r takes pieces r, r + world, ...; one process and N processes thus see the same pieces.
     A batch smaller than `world` gives nothing to anybody (callers drop it). With `max_tokens`, a piece whose
     padded size (its longest example x its examples) exceeds it is halved until it fits or holds one example:
-    the step's gradient is the same, and activation memory follows the budget, not the longest batch."""
+    the step's gradient is the same, and activation memory follows the budget, not the longest batch.
+    `multiple`: as in padding_waste, the budget counting each piece's length as it will be padded."""
     n = min(micro_batches, len(batch))
     n -= n % world
     if n == 0:
@@ -70,15 +72,17 @@ def split_batch(batch: np.ndarray, micro_batches: int, rank: int, world: int,
     pieces = np.array_split(batch, n)[rank::world]
     if max_tokens is None:
         return pieces
-    return [q for p in pieces for q in cap_tokens(p, lengths, max_tokens)]
+    return [q for p in pieces for q in cap_tokens(p, lengths, max_tokens, multiple)]
 
 
-def cap_tokens(piece: np.ndarray, lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
-    """`piece` halved (recursively) until each part's padded tokens are at most `max_tokens` (or it is one
-    example)."""
-    if len(piece) == 1 or int(lengths[piece].max()) * len(piece) <= max_tokens:
+def cap_tokens(piece: np.ndarray, lengths: np.ndarray, max_tokens: int,
+               multiple: Callable[[int], int] | None = None) -> list[np.ndarray]:
+    """`piece` halved (recursively) until each part's padded tokens (its longest example, rounded up to a multiple
+    of multiple(longest) when given, x its examples) are at most `max_tokens` (or it is one example)."""
+    longest = int(lengths[piece].max())
+    if len(piece) == 1 or padded_length(longest, multiple(longest) if multiple else 1) * len(piece) <= max_tokens:
         return [piece]
-    return [q for half in np.array_split(piece, 2) for q in cap_tokens(half, lengths, max_tokens)]
+    return [q for half in np.array_split(piece, 2) for q in cap_tokens(half, lengths, max_tokens, multiple)]
 
 
 def padding_waste(lengths: np.ndarray, pieces: list[np.ndarray],

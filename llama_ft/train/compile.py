@@ -61,12 +61,12 @@ CPU_BUCKET_MIN_LENGTH = 128
 # SST-2's shortest phrases recompiled both variants twice mid-run (BENCHMARKS.md, session 35). Right padding
 # changes no loss (the engine's batches run plain causal attention, and heads read real positions only).
 CPU_MIN_LENGTH = 2 * QUERY_BLOCKS
-# Compiled bf16 blocks on a CPU take micro-batches of at most CPU_MAX_TOKENS padded tokens (longest example before
-# rounding x examples; a larger TrainConfig cap is lowered to it). Inductor's CPU code generator reduces over more
-# than 4,096 elements another way (codegen/cpp.py, need_use_acc_helper) and guards on it, so the first micro-batch
-# above it recompiled both block variants mid-run (SST-2's batches of 64 of its longest phrases; BENCHMARKS.md,
-# session 35). Splitting it changes no gradient, and micro-batches beyond 2,560-3,072 tokens bought nothing on a
-# CPU (session 22).
+# Compiled bf16 blocks on a CPU take micro-batches of at most CPU_MAX_TOKENS padded tokens (longest example as
+# padded, CPU_LENGTH_MULTIPLE included, x examples; a larger TrainConfig cap is lowered to it). Inductor's CPU code
+# generator reduces over more than 4,096 elements another way (codegen/cpp.py, need_use_acc_helper) and guards on
+# it, so the first micro-batch above it recompiled both block variants mid-run (SST-2's batches of 64 of its longest
+# phrases; BENCHMARKS.md, session 35). Splitting it changes no gradient, and micro-batches beyond 2,560-3,072 tokens
+# bought nothing on a CPU (session 22).
 CPU_MAX_TOKENS = 4096
 # torch.compile's `dynamic` for the training blocks, per device type; a type not listed gets torch's default (None:
 # static shapes until a second one is seen, then a recompile making each dimension that changed dynamic). A compiled

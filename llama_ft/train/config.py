@@ -23,7 +23,7 @@ class TrainConfig:
         rank already regularises them and whose B starts at zero).
     schedule: `linear` or `cosine` decay to zero after `warmup_ratio` of the steps of linear warm-up.
     batch_size: examples per forward pass (micro-batch) on one process.
-    micro_batch_tokens: a cap on a micro-batch's padded tokens (longest example x examples): a micro-batch of
+    micro_batch_tokens: a cap on a micro-batch's padded tokens (longest example as padded x examples): a micro-batch of
         long examples is halved until it fits, so activation memory follows this budget rather than the longest
         batch of the run, with the same gradient. None: no cap.
     compiled_micro_batch_tokens: the cap once the decoder blocks are compiled (`compile`), which keep fewer

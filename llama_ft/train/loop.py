@@ -564,12 +564,15 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
                 batches = {epoch: geo.epoch(lengths, epoch, cfg, world)}
                 step_tokens = padding_waste(lengths, batches[epoch])[0] / max(len(batches[epoch]), 1)
             batch, cap = batches[epoch][k], compiler.token_cap(cfg.token_cap(compiler.compiled), amp_dtype)
-            all_pieces = [p for r in range(world) for p in split_batch(batch, geo.n_micro, r, world, lengths, cap)]
             multiple = partial(compiler.length_multiple, amp_dtype=amp_dtype)
+            # The cap counts the tokens a piece is padded to: CPU_MAX_TOKENS guards what the compiled blocks see.
+            pieces = partial(split_batch, batch, geo.n_micro, world=world, lengths=lengths, max_tokens=cap,
+                             multiple=multiple)
+            all_pieces = [p for r in range(world) for p in pieces(r)]
             real, padded = padding_waste(lengths, all_pieces, multiple)
             lr, t0 = optimizer.param_groups[0]["lr"], time.perf_counter()
             mbs = [micro_batch(train_set, p, model.config.pad_token_id, device, cache, multiple(int(lengths[p].max())))
-                   for p in split_batch(batch, geo.n_micro, rank, world, lengths, cap)]
+                   for p in pieces(rank)]
             try:
                 loss, gnorm = train_step(loss_model, mbs, optimizer, scheduler, scaler, params,
                                          step_examples=len(batch), world=world, amp_dtype=amp_dtype,

@@ -32,3 +32,12 @@ def test_token_cap_halves_only_the_pieces_over_budget():
     # One example over the budget stays whole (it cannot be split), and no cap leaves the pieces as they were.
     assert [p.tolist() for p in split_batch(np.arange(2), 1, 0, 1, np.array([500, 500]), 100)] == [[0], [1]]
     assert [p.tolist() for p in split_batch(batch, 2, 0, 1, lengths)] == [list(range(8)), list(range(8, 16))]
+
+
+def test_token_cap_counts_the_length_a_piece_is_padded_to():
+    """16 examples of 129 tokens fit 16 x 129 = 2,064 tokens as they are, not once padded to a multiple of 16
+    (16 x 144 = 2,304)."""
+    lengths, batch = np.full(16, 129), np.arange(16)
+    assert len(split_batch(batch, 1, 0, 1, lengths, max_tokens=2064)) == 1
+    pieces = split_batch(batch, 1, 0, 1, lengths, max_tokens=2064, multiple=lambda n: 16)
+    assert [len(p) for p in pieces] == [8, 8]

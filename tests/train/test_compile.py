@@ -167,6 +167,31 @@ def test_compiled_cpu_blocks_take_at_most_4096_tokens_a_micro_batch(monkeypatch)
     np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-2, atol=1e-3)
 
 
+def test_compiled_cpu_blocks_count_the_4096_tokens_after_rounding_lengths_up(monkeypatch):
+    """On a CPU with AMX, compiled micro-batches of 128 tokens or more are padded to a multiple of 16: 26 examples
+    of 150 tokens (3,900) become 26 x 160 = 4,160 tokens, over compile.CPU_MAX_TOKENS, so the loop splits them
+    (counting the rounded length) and the losses stay an eager run's."""
+    import random
+
+    import torch._dynamo
+
+    from llama_ft.train import loop
+    eager_backend(monkeypatch)
+    monkeypatch.setattr(compile_mod, "machine_kind", lambda device_type: "cpu-amx")  # the rounding, on any CPU
+    shapes, build = [], loop.micro_batch
+    monkeypatch.setattr(loop, "micro_batch", lambda *a, **kw: (lambda b: shapes.append(tuple(b["attention_mask"].shape))
+                                                               or b)(build(*a, **kw)))
+    r = random.Random(0)
+    data = [{"input_ids": [r.randrange(3, 101) for _ in range(150)], "label": i % 2} for i in range(52)]
+    cfg = {"epochs": 1, "batch_size": 26, "lr": 1e-3, "amp": "bf16", "progress": False, "seed": 3,
+           "policy": "last:1", "trunk_cache": False}
+    torch._dynamo.reset()
+    compiled = train(tiny_model("classification"), data, TrainConfig(**cfg, compile=True))
+    assert shapes and all(b * t <= 4096 for b, t in shapes) and (13, 160) in shapes
+    eager = train(tiny_model("classification"), data, TrainConfig(**cfg, compile=False))
+    np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-2, atol=1e-3)
+
+
 def test_compiled_blocks_keep_a_square_first_micro_batchs_sizes_apart_and_restore_torchs_duck_sizing(monkeypatch):
     """A first micro-batch of 8 examples of 8 tokens: with dynamo's duck sizing its batch size and length share
     one symbol, and the last micro-batch (3 x 8) compiled both block variants again. compile.DUCK_SHAPE keeps them

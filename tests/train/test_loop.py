@@ -121,7 +121,7 @@ def test_compiled_steps_take_the_compiled_token_cap_and_eager_steps_the_other(mo
     monkeypatch.setattr(compile_mod, "compile_blocks", lambda model, **kw: 0)
     monkeypatch.setitem(compile_mod.AUTO_MIN_SECONDS, "cpu", 0.0)
     caps, split = [], loop_mod.split_batch
-    monkeypatch.setattr(loop_mod, "split_batch", lambda *a: caps.append(a[-1]) or split(*a))
+    monkeypatch.setattr(loop_mod, "split_batch", lambda *a, **kw: caps.append(kw["max_tokens"]) or split(*a, **kw))
     data = dataset(n=40, max_len=30)
     kw = {"policy": "last:2", "batch_size": 8, "trunk_cache": False, "epochs": 1}
     capped = train(tiny_model(), data, train_config(compile="auto", micro_batch_tokens=64,
