@@ -86,7 +86,8 @@ RECOMPILE_LIMIT = 64
 # by default dynamo gives dimensions that have the same size at the first compile one symbol and guards on their
 # equality, so a first micro-batch of 8 examples of 8 tokens tied the batch size to the length, and the next
 # micro-batch where they differed compiled both block variants again (a short-text recipe's first batch can be
-# that square; BENCHMARKS.md, session 36). Off, the sizes are independent symbols from the start.
+# that square; BENCHMARKS.md, session 36). Off, the sizes are independent symbols from the start. It only decides
+# which sizes dynamo ties, so it holds on every device (measured on a CPU).
 DUCK_SHAPE = False
 # The compiled training blocks' activation memory budget per device type
 # (torch._functorch.config.activation_memory_budget, 1.0 by default): below 1, the partitioner that splits each
