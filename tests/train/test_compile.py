@@ -141,10 +141,9 @@ def test_compiled_cpu_training_runs_its_shortest_micro_batches_in_the_same_graph
     np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-2, atol=1e-3)
 
 
-def test_compiled_cpu_blocks_take_at_most_4096_tokens_a_micro_batch(monkeypatch):
-    """Inductor's CPU reductions over more than 4,096 elements are compiled another way, behind a guard: the loop
-    splits a compiled bf16 micro-batch above compile.CPU_MAX_TOKENS (64 x 80 tokens here) as it does for
-    TrainConfig's caps, and the gradient stays the same (the losses equal an eager run's, which does not split)."""
+def shapes_compiled_and_eager(monkeypatch, length: int, n: int, batch_size: int):
+    """`n` random examples of `length` tokens through train() (`last:1`, bf16), compiled (dynamo's eager backend)
+    and eagerly: (compiled result, its micro-batches' [B, T], eager result, its [B, T])."""
     import random
 
     import torch._dynamo
@@ -155,15 +154,24 @@ def test_compiled_cpu_blocks_take_at_most_4096_tokens_a_micro_batch(monkeypatch)
     monkeypatch.setattr(loop, "micro_batch", lambda *a, **kw: (lambda b: shapes.append(tuple(b["attention_mask"].shape))
                                                                or b)(build(*a, **kw)))
     r = random.Random(0)
-    data = [{"input_ids": [r.randrange(3, 101) for _ in range(80)], "label": i % 2} for i in range(128)]
-    cfg = {"epochs": 1, "batch_size": 64, "lr": 1e-3, "amp": "bf16", "progress": False, "seed": 3,
+    data = [{"input_ids": [r.randrange(3, 101) for _ in range(length)], "label": i % 2} for i in range(n)]
+    cfg = {"epochs": 1, "batch_size": batch_size, "lr": 1e-3, "amp": "bf16", "progress": False, "seed": 3,
            "policy": "last:1", "trunk_cache": False}
     torch._dynamo.reset()
     compiled = train(tiny_model("classification"), data, TrainConfig(**cfg, compile=True))
-    assert shapes and all(b * t <= 4096 for b, t in shapes) and (32, 80) in shapes
+    compiled_shapes = list(shapes)
     shapes.clear()
     eager = train(tiny_model("classification"), data, TrainConfig(**cfg, compile=False))
-    assert (64, 80) in shapes
+    return compiled, compiled_shapes, eager, shapes
+
+
+def test_compiled_cpu_blocks_take_at_most_4096_tokens_a_micro_batch(monkeypatch):
+    """Inductor's CPU reductions over more than 4,096 elements are compiled another way, behind a guard: the loop
+    splits a compiled bf16 micro-batch above compile.CPU_MAX_TOKENS (64 x 80 tokens here) as it does for
+    TrainConfig's caps, and the gradient stays the same (the losses equal an eager run's, which does not split)."""
+    compiled, shapes, eager, eager_shapes = shapes_compiled_and_eager(monkeypatch, 80, 128, 64)
+    assert shapes and all(b * t <= 4096 for b, t in shapes) and (32, 80) in shapes
+    assert (64, 80) in eager_shapes
     np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-2, atol=1e-3)
 
 
@@ -171,24 +179,9 @@ def test_compiled_cpu_blocks_count_the_4096_tokens_after_rounding_lengths_up(mon
     """On a CPU with AMX, compiled micro-batches of 128 tokens or more are padded to a multiple of 16: 26 examples
     of 150 tokens (3,900) become 26 x 160 = 4,160 tokens, over compile.CPU_MAX_TOKENS, so the loop splits them
     (counting the rounded length) and the losses stay an eager run's."""
-    import random
-
-    import torch._dynamo
-
-    from llama_ft.train import loop
-    eager_backend(monkeypatch)
     monkeypatch.setattr(compile_mod, "machine_kind", lambda device_type: "cpu-amx")  # the rounding, on any CPU
-    shapes, build = [], loop.micro_batch
-    monkeypatch.setattr(loop, "micro_batch", lambda *a, **kw: (lambda b: shapes.append(tuple(b["attention_mask"].shape))
-                                                               or b)(build(*a, **kw)))
-    r = random.Random(0)
-    data = [{"input_ids": [r.randrange(3, 101) for _ in range(150)], "label": i % 2} for i in range(52)]
-    cfg = {"epochs": 1, "batch_size": 26, "lr": 1e-3, "amp": "bf16", "progress": False, "seed": 3,
-           "policy": "last:1", "trunk_cache": False}
-    torch._dynamo.reset()
-    compiled = train(tiny_model("classification"), data, TrainConfig(**cfg, compile=True))
+    compiled, shapes, eager, _ = shapes_compiled_and_eager(monkeypatch, 150, 52, 26)
     assert shapes and all(b * t <= 4096 for b, t in shapes) and (13, 160) in shapes
-    eager = train(tiny_model("classification"), data, TrainConfig(**cfg, compile=False))
     np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-2, atol=1e-3)
 
 
