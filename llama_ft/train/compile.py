@@ -145,17 +145,11 @@ def activation_budget(device_type: str):
         functorch_config.activation_memory_budget = before
 
 
-@contextmanager
 def duck_sizing():
-    """A context in which dynamo traces with DUCK_SHAPE's duck sizing; torch's setting comes back on exit. Dynamo
-    reads it when it compiles a frame, so the context has to hold while the compiled blocks run."""
+    """A context in which dynamo traces with DUCK_SHAPE's duck sizing (torch's config patch: its setting comes back
+    on exit). Dynamo reads it when it compiles a frame, so the context has to hold while the compiled blocks run."""
     import torch.fx.experimental._config as fx_config  # only once compiling
-    before = fx_config.use_duck_shape
-    fx_config.use_duck_shape = DUCK_SHAPE
-    try:
-        yield
-    finally:
-        fx_config.use_duck_shape = before
+    return fx_config.patch(use_duck_shape=DUCK_SHAPE)
 
 
 def uncompile_blocks(model: nn.Module) -> None:
