@@ -2,7 +2,8 @@
 transformers' `generate`, same weights, prompts, batches and stop tokens, in the same run.
 
     python benchmarks/generation.py [--questions 96] [--batch 16] [--decode-rows 64] [--prefill-rows 16]
-        [--study 4000] [--rows recipe,recipe-session22,recipe-prefix-only,prefix,plain] [--threads 1] [--json out.json]
+        [--study 4000] [--rows recipe,recipe-unpacked,recipe-session22,recipe-prefix-only,prefix,plain]
+        [--threads 1] [--json out.json]
 
 Prompts are SQuAD dev questions spread evenly over the file (`--first`: the file's first ones, which come from
 a few articles with short contexts; `--study N`: the first of the 1,000 test questions of `train_squad.py --n N`,
@@ -13,8 +14,9 @@ prompts decode together, questions about one paragraph next to each other, prefi
 time, the prefix every prompt starts with run once for all groups and, on a CPU, held once in the decoding cache;
 `recipe-session22`: as session 22 ran it, each group's prefix its own and copied into every row's cache, memory
 handed back after every group; `recipe-prefix-only`: the recipe with only the prefix every prompt starts with
-shared, as before `prefix_runs`). Prints a table and JSON: seconds per question, ratios (> 1: llama_ft faster)
-and the share of identical replies.
+shared, as before `prefix_runs`; `recipe-unpacked`: the recipe multiplying by the weights as they are, not by
+copies laid out for oneDNN, `llama_ft.model.packed`). Prints a table and JSON: seconds per question, ratios
+(> 1: llama_ft faster) and the share of identical replies.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import llama_ft  # noqa: E402
 from benchmarks.forward import hf_twin  # noqa: E402
 from llama_ft.model import generate as gen  # noqa: E402
+from llama_ft.model import packed  # noqa: E402
 from llama_ft.model.generate import generate, shared_prefix_length  # noqa: E402
 from llama_ft.tasks.squad.data import load_squad, study_split  # noqa: E402
 from llama_ft.tasks.squad.zero_shot import DECODE_ROWS, PREFILL_ROWS, decode_groups, qa_prompt  # noqa: E402
@@ -105,6 +108,15 @@ def prefix_only(run, *args):
         gen.SHARE_RUNS = True
 
 
+def unpacked(run, *args):
+    """`run(*args)` with generation multiplying by the weights as they are (llama_ft.model.packed.PACKED off)."""
+    packed.PACKED = False
+    try:
+        return run(*args)
+    finally:
+        packed.PACKED = True
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--questions", type=int, default=96)
@@ -114,9 +126,9 @@ def main(argv=None) -> int:
     ap.add_argument("--prefill-rows", type=int, default=PREFILL_ROWS, help="the recipe row's prefill batch")
     ap.add_argument("--study", type=int, metavar="N", help="the test questions of train_squad.py --n N")
     ap.add_argument("--rows", type=lambda v: v.split(","), default=["recipe", "prefix", "plain"],
-                    help="llama_ft's rows to run, comma-separated: recipe, recipe-session22, recipe-prefix-only, "
-                         "prefix, plain "
-                         "(transformers always runs)")
+                    help="llama_ft's rows to run, comma-separated: recipe, recipe-unpacked, recipe-session22, "
+                         "recipe-prefix-only, prefix, plain (transformers always runs, last; a row named again "
+                         "runs again)")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--data", help="the SQuAD file (default: dev-open; with --study, the train file)")
     ap.add_argument("--json")
@@ -150,6 +162,9 @@ def main(argv=None) -> int:
             "recipe-prefix-only": (f"{recipe}, only the common prefix shared (SHARE_RUNS off)",
                                    lambda: prefix_only(run_recipe, lm, wide, stop, tok.pad_token_id,
                                                        args.prefill_rows), wide_order),
+            "recipe-unpacked": (f"{recipe}, weights not packed (packed.PACKED off)",
+                                lambda: unpacked(run_recipe, lm, wide, stop, tok.pad_token_id, args.prefill_rows),
+                                wide_order),
             "prefix": ("llama_ft (shared prefix)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, True),
                        order),
             "plain": ("llama_ft (no sharing)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, False), order),
@@ -157,8 +172,12 @@ def main(argv=None) -> int:
     unknown = set(args.rows) - set(runs)
     if unknown:
         ap.error(f"--rows {','.join(sorted(unknown))}: choose from {','.join(runs)}")
-    for key in [k for k in runs if k in args.rows or k == "transformers"]:
+    # In --rows' order; a row named again runs again (A/B in turns, as the host's speed drifts).
+    keys = [k for k in args.rows if k != "transformers"] + ["transformers"]
+    for i, key in enumerate(keys):
         name, fn, made_in = runs[key]
+        if keys.count(key) > 1:
+            name = f"{name} (turn {keys[:i + 1].count(key)})"
         sec, out = fn()
         times[name] = sec, in_prompt_order(made_in, out)
     base = times["transformers generate"]

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from llama_ft.heap import keep_freed_pages, release_free_memory
 from llama_ft.model.llama import KVCache, LlamaForCausalLM
+from llama_ft.model.packed import packed_weights
 
 # A shared prefix shorter than this is not worth a separate forward.
 MIN_SHARED_PREFIX = 8
@@ -224,6 +225,16 @@ def generate(model: LlamaForCausalLM, prompts: list[list[int]], max_new_tokens: 
     cfg = model.config
     stop = set(stop_ids if stop_ids is not None else cfg.eos_ids)
     pad = pad_id if pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else 0)
+    with packed_weights(model):
+        out = _generate(model, prompts, max_new_tokens, stop, pad, amp, share_prefix, prefill_batch, prefix)
+    if device.type == "cpu" and release_memory:  # the cache's buffers and the prefill's copies fragment the heap
+        release_free_memory()
+    return out
+
+
+def _generate(model, prompts, max_new_tokens, stop, pad, amp, share_prefix, prefill_batch, prefix):
+    """generate()'s prefill and decoding steps (its arguments, `stop` a set and `pad` resolved)."""
+    device = next(model.parameters()).device
     logits, cache, mask = prefill(model, prompts, pad, amp, share_prefix, prefill_batch, reserve=max_new_tokens,
                                   prefix=prefix)
     out: list[list[int]] = [[] for _ in prompts]
@@ -251,9 +262,6 @@ def generate(model: LlamaForCausalLM, prompts: list[list[int]], max_new_tokens: 
         mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(nxt[:, None], mask, kv_cache=cache, last_only=True)[:, -1]
-    if device.type == "cpu" and release_memory:  # the cache's buffers and the prefill's copies fragment the heap
-        del cache, logits
-        release_free_memory()
     return out
 
 
@@ -262,10 +270,11 @@ def generate_groups(model: LlamaForCausalLM, groups: list[list[list[int]]], **kw
     every prompt of the set starts with runs once for all groups (shared_prefix), and on a CPU the freed heap is
     handed back once, after the last group, so each group reuses the pages the one before it freed. `kwargs`:
     generate's, but for `prefix` and `release_memory`."""
-    prefix = shared_prefix(model, [p for g in groups for p in g], kwargs.get("amp"))
-    try:
-        for prompts in groups:
-            yield generate(model, prompts, **kwargs, prefix=prefix, release_memory=False)
-    finally:
-        if next(model.parameters()).device.type == "cpu":
-            release_free_memory()
+    with packed_weights(model):  # once for all groups
+        prefix = shared_prefix(model, [p for g in groups for p in g], kwargs.get("amp"))
+        try:
+            for prompts in groups:
+                yield generate(model, prompts, **kwargs, prefix=prefix, release_memory=False)
+        finally:
+            if next(model.parameters()).device.type == "cpu":
+                release_free_memory()

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llama_ft.hardware import cpu_has_amx
+from llama_ft.model.packed import packed_linear
 
 # Off: every projection takes autograd's backward (benchmarks/weight_grad_layout.py compares the two in one run).
 TOKEN_MAJOR = True
@@ -121,7 +122,12 @@ def add_up_projection(y: Tensor, z: Tensor, b: Tensor) -> Tensor:
 
 
 class Linear(nn.Linear):
-    """nn.Linear (the same parameters and state dict) whose forward is `linear` above."""
+    """nn.Linear (the same parameters and state dict) whose forward is `linear` above, or, inside
+    llama_ft.model.packed.packed_weights and without autograd, a product by its packed weight."""
+
+    packed_weight: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.packed_weight is not None and not torch.is_grad_enabled():
+            return packed_linear(x, self.packed_weight, self.bias)
         return linear(x, self.weight, self.bias)

@@ -398,7 +398,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
     def __init__(self, cfg: LlamaConfig):
         super().__init__(cfg)
         self.model = LlamaModel(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if not self._is_meta():
             self.init_weights()
         self.tie_weights()

@@ -1,0 +1,57 @@
+"""Linear weights laid out ahead of time for oneDNN's bf16 matrix multiplies, while a model generates on a CPU with
+AMX.
+
+`F.linear` on a bf16 CPU tensor hands oneDNN the weight in PyTorch's row-major layout, and oneDNN reorders it into
+the blocked layout its AMX kernels read, on every call. A decoding step multiplies a few dozen rows by every
+weight of the model: the reorder then costs about as much as the product, and the step reads each weight twice.
+`packed_weights` reorders each bf16 weight once, before generation, and `Linear` multiplies by that copy while it
+exists (the same kernels, so the same products; BENCHMARKS.md, session 37; benchmarks/generation.py compares).
+The copies live only inside the context, beside the weights, which stay as they are: state dicts, training and
+exports never see them.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from llama_ft.hardware import cpu_has_amx
+
+# Off: generation multiplies by the weights as they are (benchmarks/generation.py's `recipe-unpacked` row).
+PACKED = True
+# The batch rows oneDNN lays the weights out for: a decoding batch (zero_shot.DECODE_ROWS). Measured on the
+# 30-block model: products of 1 to 3,200 rows equal F.linear's, and run at least as fast as with a layout for 1 row.
+PACK_ROWS = 64
+
+_reorder = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
+_packed_linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+
+
+def packs(weight: Tensor) -> bool:
+    """Whether packed_weights lays out this weight: bf16, on a CPU with AMX, with oneDNN's ops in this torch."""
+    return (PACKED and weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and _reorder is not None
+            and _packed_linear is not None and torch.backends.mkldnn.is_available() and cpu_has_amx())
+
+
+@contextmanager
+def packed_weights(model: nn.Module) -> Iterator[int]:
+    """Inside: every module of `model` with a `packed_weight` slot (llama_ft.model.linear.Linear) whose weight `packs`
+    multiplies by a packed copy of it in inference (no autograd). Yields how many it packed. A nested context
+    packs nothing more; each removes only the copies it made."""
+    mine = [m for m in model.modules()
+            if getattr(m, "packed_weight", False) is None and isinstance(m, nn.Linear) and packs(m.weight)]
+    for m in mine:
+        m.packed_weight = _reorder(m.weight.detach(), PACK_ROWS)
+    try:
+        yield len(mine)
+    finally:
+        for m in mine:
+            m.packed_weight = None
+
+
+def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
+    """x W^T + b with W laid out by packed_weights; x is cast to bf16 (autocast would)."""
+    return _packed_linear(x.to(torch.bfloat16), packed, None if bias is None else bias.to(torch.bfloat16),
+                          "none", [None], "")
