@@ -270,11 +270,13 @@ def generate_groups(model: LlamaForCausalLM, groups: list[list[list[int]]], **kw
     every prompt of the set starts with runs once for all groups (shared_prefix), and on a CPU the freed heap is
     handed back once, after the last group, so each group reuses the pages the one before it freed. `kwargs`:
     generate's, but for `prefix` and `release_memory`."""
-    with packed_weights(model):  # once for all groups
-        prefix = shared_prefix(model, [p for g in groups for p in g], kwargs.get("amp"))
-        try:
+    try:
+        with packed_weights(model):  # once for all groups
+            prefix = shared_prefix(model, [p for g in groups for p in g], kwargs.get("amp"))
             for prompts in groups:
                 yield generate(model, prompts, **kwargs, prefix=prefix, release_memory=False)
-        finally:
-            if next(model.parameters()).device.type == "cpu":
-                release_free_memory()
+    finally:
+        # After the packed copies and the prefix's cache are gone, so that their pages go back too.
+        prefix = None
+        if next(model.parameters()).device.type == "cpu":
+            release_free_memory()

@@ -5,9 +5,10 @@ AMX.
 the blocked layout its AMX kernels read, on every call. A decoding step multiplies a few dozen rows by every
 weight of the model: the reorder then costs about as much as the product, and the step reads each weight twice.
 `packed_weights` reorders each bf16 weight once, before generation, and `Linear` multiplies by that copy while it
-exists (the same kernels, so the same products; BENCHMARKS.md, session 37; benchmarks/generation.py compares).
-The copies live only inside the context, beside the weights, which stay as they are: state dicts, training and
-exports never see them.
+exists: the same kernels, whose products matched F.linear's bit for bit alone, though a few greedy replies of the
+zero-shot row change with their rounding (BENCHMARKS.md, session 37; benchmarks/generation.py compares). The copies
+live only inside the context, beside the weights, which stay as they are: state dicts, training and exports never
+see them. They hold as much memory as the bf16 weights while they exist.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from llama_ft.hardware import cpu_has_amx
 
 # Off: generation multiplies by the weights as they are (benchmarks/generation.py's `recipe-unpacked` row).
 PACKED = True
-# The batch rows oneDNN lays the weights out for: a decoding batch (zero_shot.DECODE_ROWS). Measured on the
-# 30-block model: products of 1 to 3,200 rows equal F.linear's, and run at least as fast as with a layout for 1 row.
+# The batch rows oneDNN lays the weights out for: a decoding batch (zero_shot.DECODE_ROWS). Products of any number
+# of rows take it; a layout for 1 row was no faster and rounded differently (BENCHMARKS.md, session 37).
 PACK_ROWS = 64
 
 _reorder = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
