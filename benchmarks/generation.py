@@ -99,22 +99,15 @@ def run_hf(ref, groups, stop, pad) -> tuple[float, list]:
     return time.perf_counter() - t, out
 
 
-def prefix_only(run, *args):
-    """`run(*args)` with prefill sharing only the prefix every prompt of a batch starts with."""
-    gen.SHARE_RUNS = False
+def with_setting(module, name: str, value, run, *args):
+    """`run(*args)` with `module.name` set to `value`, restored after (SHARE_RUNS off: prefill shares only the prefix
+    every prompt of a batch starts with; packed.PACKED off: generation multiplies by the weights as they are)."""
+    saved = getattr(module, name)
+    setattr(module, name, value)
     try:
         return run(*args)
     finally:
-        gen.SHARE_RUNS = True
-
-
-def unpacked(run, *args):
-    """`run(*args)` with generation multiplying by the weights as they are (llama_ft.model.packed.PACKED off)."""
-    packed.PACKED = False
-    try:
-        return run(*args)
-    finally:
-        packed.PACKED = True
+        setattr(module, name, saved)
 
 
 def main(argv=None) -> int:
@@ -160,10 +153,11 @@ def main(argv=None) -> int:
                                  lambda: run_recipe(lm, wide, stop, tok.pad_token_id, args.prefill_rows, before=True),
                                  wide_order),
             "recipe-prefix-only": (f"{recipe}, only the common prefix shared (SHARE_RUNS off)",
-                                   lambda: prefix_only(run_recipe, lm, wide, stop, tok.pad_token_id,
-                                                       args.prefill_rows), wide_order),
+                                   lambda: with_setting(gen, "SHARE_RUNS", False, run_recipe, lm, wide, stop,
+                                                        tok.pad_token_id, args.prefill_rows), wide_order),
             "recipe-unpacked": (f"{recipe}, weights not packed (packed.PACKED off)",
-                                lambda: unpacked(run_recipe, lm, wide, stop, tok.pad_token_id, args.prefill_rows),
+                                lambda: with_setting(packed, "PACKED", False, run_recipe, lm, wide, stop,
+                                                     tok.pad_token_id, args.prefill_rows),
                                 wide_order),
             "prefix": ("llama_ft (shared prefix)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, True),
                        order),
