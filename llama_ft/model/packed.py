@@ -49,7 +49,7 @@ def packed_weights(model: nn.Module) -> Iterator[int]:
         yield len(mine)
     finally:
         for m in mine:
-            m.packed_weight = None
+            del m.packed_weight   # back to the class's None: the module is as it was
 
 
 def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
