@@ -26,6 +26,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 
@@ -99,17 +100,6 @@ def run_hf(ref, groups, stop, pad) -> tuple[float, list]:
     return time.perf_counter() - t, out
 
 
-def with_setting(module, name: str, value, run, *args):
-    """`run(*args)` with `module.name` set to `value`, restored after (SHARE_RUNS off: prefill shares only the prefix
-    every prompt of a batch starts with; packed.PACKED off: generation multiplies by the weights as they are)."""
-    saved = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        return run(*args)
-    finally:
-        setattr(module, name, saved)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--questions", type=int, default=96)
@@ -153,12 +143,11 @@ def main(argv=None) -> int:
                                  lambda: run_recipe(lm, wide, stop, tok.pad_token_id, args.prefill_rows, before=True),
                                  wide_order),
             "recipe-prefix-only": (f"{recipe}, only the common prefix shared (SHARE_RUNS off)",
-                                   lambda: with_setting(gen, "SHARE_RUNS", False, run_recipe, lm, wide, stop,
-                                                        tok.pad_token_id, args.prefill_rows), wide_order),
+                                   lambda: patch.object(gen, "SHARE_RUNS", False)(run_recipe)(
+                                       lm, wide, stop, tok.pad_token_id, args.prefill_rows), wide_order),
             "recipe-unpacked": (f"{recipe}, weights not packed (packed.PACKED off)",
-                                lambda: with_setting(packed, "PACKED", False, run_recipe, lm, wide, stop,
-                                                     tok.pad_token_id, args.prefill_rows),
-                                wide_order),
+                                lambda: patch.object(packed, "PACKED", False)(run_recipe)(
+                                    lm, wide, stop, tok.pad_token_id, args.prefill_rows), wide_order),
             "prefix": ("llama_ft (shared prefix)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, True),
                        order),
             "plain": ("llama_ft (no sharing)", lambda: run_ours(lm, groups, stop, tok.pad_token_id, False), order),

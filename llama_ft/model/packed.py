@@ -26,6 +26,10 @@ PACKED = True
 # of rows take it; a layout for 1 row was no faster and rounded differently (BENCHMARKS.md, session 37).
 PACK_ROWS = 64
 
+# Read once, as linear.py does: generation asks for every weight, and under a torch without the feature table each
+# question would read /proc/cpuinfo again.
+AMX = cpu_has_amx()
+
 _reorder = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
 _packed_linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 
@@ -33,7 +37,7 @@ _packed_linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 def packs(weight: Tensor) -> bool:
     """Whether packed_weights lays out this weight: bf16, on a CPU with AMX, with oneDNN's ops in this torch."""
     return (PACKED and weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and _reorder is not None
-            and _packed_linear is not None and torch.backends.mkldnn.is_available() and cpu_has_amx())
+            and _packed_linear is not None and torch.backends.mkldnn.is_available() and AMX)
 
 
 @contextmanager

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(packed._reorder is None or bf16_kernels is None 
 @pytest.fixture
 def on_amx(monkeypatch):
     """The rule as on a CPU with AMX (oneDNN runs the same products on any CPU with bf16 kernels)."""
-    monkeypatch.setattr(packed, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(packed, "AMX", True)
 
 
 @pytest.fixture
@@ -64,12 +64,12 @@ def test_the_context_leaves_the_model_as_it_was_and_autograd_takes_the_weights(o
 
 def test_only_bf16_weights_on_a_cpu_with_amx_are_packed(monkeypatch):
     weight = torch.zeros(8, 8, dtype=torch.bfloat16)
-    monkeypatch.setattr(packed, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(packed, "AMX", True)
     assert packs(weight) and not packs(weight.float())
     monkeypatch.setattr(packed, "PACKED", False)
     assert not packs(weight)
     monkeypatch.setattr(packed, "PACKED", True)
-    monkeypatch.setattr(packed, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(packed, "AMX", False)
     assert not packs(weight)
 
 
