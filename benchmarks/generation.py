@@ -65,15 +65,11 @@ def run_recipe(lm, groups, stop, pad, prefill_rows: int, before: bool = False) -
     end. `before`: as session 22 ran it, each group its own prefix, copied into every row, memory handed back
     after every group."""
     settings = dict(max_new_tokens=24, stop_ids=stop, pad_id=pad, amp=torch.bfloat16, prefill_batch=prefill_rows)
-    apart = gen.PREFIX_APART
-    gen.PREFIX_APART = not before
-    try:
+    with patch.object(gen, "PREFIX_APART", not before):
         t = time.perf_counter()
         outs = ([generate(lm, g, **settings) for g in groups] if before
                 else list(gen.generate_groups(lm, groups, **settings)))
         return time.perf_counter() - t, [r for out in outs for r in out]
-    finally:
-        gen.PREFIX_APART = apart
 
 
 def run_ours(lm, groups, stop, pad, share: bool, prefill_rows: int | None = None) -> tuple[float, list]:

@@ -241,6 +241,10 @@ class Compiler:
         """Whether the blocks run compiled from the next step on."""
         return self.stats is not None
 
+    def starts_after(self, step: int) -> bool:
+        """Whether the blocks were compiled after this step, so that the next one traces and builds their graphs."""
+        return self.stats is not None and self.stats.at_step == step
+
     @property
     def replays(self) -> bool:
         """Whether the blocks replay CUDA graphs from the next step on."""
@@ -305,15 +309,23 @@ class Compiler:
         return self.stats.to_dict()
 
 
+# What a progress bar says while a training step or an inference batch compiles the decoder blocks: dynamo and
+# inductor run inside it, for seconds with a filled inductor cache and for half a minute or more with an empty one
+# (a fresh machine; BENCHMARKS.md, session 38), and the bar would otherwise stand still with no reason given.
+COMPILING = "compiling the decoder blocks"
+
+
 class InferenceCompiler:
     """Compiled decoder blocks for one long inference pass over length-sorted batches: now (True), never (False),
     or `auto`, after the first batch, when the remaining tokens at its speed would take at least `min_seconds`
     eagerly (None: auto_min_inference_seconds for the model's device, lower once the process has compiled a pass
     before). The blocks compile with dynamic shapes, so every batch length and size shares one graph (right-padded
     batches need no mask; a left-padded one would add a second graph). On exit the blocks are as they were (eager,
-    or training's compiled blocks)."""
+    or training's compiled blocks). `bar`: the pass's progress bar (tqdm), which says COMPILING while the batch
+    that compiles runs."""
 
-    def __init__(self, model: nn.Module, mode: bool | str, total_tokens: int, min_seconds: float | None = None):
+    def __init__(self, model: nn.Module, mode: bool | str, total_tokens: int, min_seconds: float | None = None,
+                 bar=None):
         if mode not in ("auto", True, False):
             raise ValueError(f"compile={mode!r}; use auto, True or False.")
         if min_seconds is None and mode == "auto":
@@ -324,6 +336,7 @@ class InferenceCompiler:
         self.saved: list | None = None
         self.decided = False
         self.settings = ExitStack()  # duck_sizing while the pass runs compiled
+        self.bar, self.noted = bar, False
 
     def __enter__(self) -> InferenceCompiler:
         if self.mode is True:
@@ -339,9 +352,17 @@ class InferenceCompiler:
         for layer in self.layers:
             layer._compiled_call_impl = None
             layer.compile(dynamic=True)
+        self._say(COMPILING)  # the next batch compiles
+
+    def _say(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+        self.noted = bool(text)
 
     def after_batch(self, seconds: float, tokens: int) -> None:
         """Count a finished batch of `tokens` (padded) that took `seconds`; `auto` decides after the first."""
+        if self.noted:  # the batch that compiled is done
+            self._say("")
         self.left -= tokens
         if self.mode == "auto" and not self.decided:
             self.decided = True

@@ -39,7 +39,7 @@ from llama_ft.train.checkpoint import (
     trainable_state,
     write_weights,
 )
-from llama_ft.train.compile import Compiler, InferenceCompiler, auto_min_seconds
+from llama_ft.train.compile import COMPILING, Compiler, InferenceCompiler, auto_min_seconds
 from llama_ft.train.config import TrainConfig, inference_amp, resolve_amp, resolve_device, resolve_frozen_dtype
 from llama_ft.train.distributed import all_reduce_sum, barrier, init_distributed, no_sync, wrap
 from llama_ft.train.divergence import DivergenceError, DivergenceGuard, NonFiniteError, TrainingError, chance_loss
@@ -422,6 +422,13 @@ class StepLog:
         self.reprobe = reprobe
         self.bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.policy}", unit="step", disable=not show,
                         dynamic_ncols=True)
+        self.noted = False
+
+    def note(self, text: str) -> None:
+        """Say `text` in the bar until the next step's figures replace it (COMPILING before the step that
+        compiles)."""
+        self.bar.set_postfix_str(text)
+        self.noted = True
 
     def __call__(self, res: TrainResult, *, step: int, epoch: int, loss: float, lr: float, grad_norm: float,
                  real: int, padded: int, seconds: float, flops: float) -> None:
@@ -442,7 +449,8 @@ class StepLog:
                        **mfu, seconds=seconds, real_tokens=real, padded_tokens=padded, memory=mem["current"],
                        peak_memory=mem["peak"])
         self.bar.update(1)
-        if step % self.log_every == 0 or step == self.total:
+        if step % self.log_every == 0 or step == self.total or self.noted:
+            self.noted = False
             shown = {"mfu": f"{mfu['mfu']:.1%}"} if mfu else {}
             self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{real / seconds:,.0f}", **shown, lr=f"{lr:.2e}")
 
@@ -557,6 +565,8 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
         graphs=resolve_cuda_graphs(cfg.cuda_graphs, device.type, compile_mode, cfg.grad_checkpointing, world))
     epoch_t0, batches, trim = time.perf_counter(), {}, heap.StepTrim()
     merged = MergedTraining(work, merged_dtype(device, amp_dtype, world))
+    if compiler.compiled:  # compile=True: the first step compiles
+        steplog.note(COMPILING)
     try:
         while step < geo.total_steps:
             epoch, k = divmod(step, geo.steps_per_epoch)
@@ -589,6 +599,8 @@ def train(model: nn.Module, train_set: list[dict], cfg: TrainConfig, eval_set: l
             compiler.after_step(step, dt, geo.total_steps, real, step_tokens)
             steplog(res, step=step, epoch=epoch, loss=loss, lr=lr, grad_norm=gnorm, real=real, padded=padded,
                     seconds=dt, flops=flops.of_lengths(lengths[np.concatenate(all_pieces)]))
+            if compiler.starts_after(step):
+                steplog.note(COMPILING)
             if geo.end_of_epoch(step):
                 res.epoch_seconds.append(time.perf_counter() - epoch_t0)
                 epoch_t0 = time.perf_counter()
@@ -656,7 +668,8 @@ def predict(model: nn.Module, dataset: list[dict], batch_size: int = 64, amp: st
     bar = tqdm(total=len(dataset), desc=progress, unit=unit, disable=progress is None, dynamic_ncols=True)
     batches = sorted_batches(lengths, batch_size)
     padded = padding_waste(lengths, batches)[1]
-    with merged_adapters(model, padded >= MERGE_MIN_TOKENS), InferenceCompiler(model, compile, padded) as compiler:
+    compiler = InferenceCompiler(model, compile, padded, bar=bar)
+    with merged_adapters(model, padded >= MERGE_MIN_TOKENS), compiler:
         for idx in batches:
             t0 = time.perf_counter()
             b = collate([dataset[i] for i in idx], pad)

@@ -138,8 +138,9 @@ class TrunkCache:
         batches = sorted_batches(lengths, batch_size)
         if device.type == "cpu":
             keep_freed_pages()  # the pass may be a process's first (predict_versions): else each batch faults anew
-        with InferenceCompiler(model, compile, padding_waste(lengths, batches)[1]) as compiler:
-            for idx in tqdm(batches, desc="trunk cache", disable=not show_progress, leave=False):
+        bar = tqdm(batches, desc="trunk cache", disable=not show_progress, leave=False)
+        with InferenceCompiler(model, compile, padding_waste(lengths, batches)[1], bar=bar) as compiler:
+            for idx in bar:
                 t0 = time.perf_counter()
                 b = collate([dataset[i] for i in idx], pad)
                 ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)

@@ -405,3 +405,84 @@ def test_the_loop_pads_each_micro_batch_to_the_compilers_multiple_and_logs_that_
     assert all(p % 16 == 0 for p in padded) and sum(padded) > sum(r["real_tokens"] for r in log)
     assert lengths_seen and all(t % 16 == 0 for t in lengths_seen)  # the batches the blocks ran
     assert set(asked) <= {len(d["input_ids"]) for d in data} and len(asked) >= 2 * len(log)
+
+
+class SaidBar:
+    """A tqdm that keeps, in order, each postfix it was told and each update: what the bar said while each step
+    or batch ran."""
+    events: list = []
+
+    @classmethod
+    def make(cls):
+        from tqdm.auto import tqdm
+        cls.events = []
+
+        class Bar(tqdm):
+            def set_postfix_str(self, s="", refresh=True):
+                cls.events.append(("say", s))
+                return super().set_postfix_str(s, refresh)
+
+            def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+                cls.events.append(("say", ", ".join(f"{k}={v}" for k, v in kwargs.items())))
+                return super().set_postfix(ordered_dict, refresh, **kwargs)
+
+            def update(self, n=1):
+                cls.events.append(("update", n))
+                return super().update(n)
+        return Bar
+
+    @classmethod
+    def showing_at_each_update(cls) -> list[str]:
+        """For each update, the postfix last said before it (the one before stays up when nothing was said)."""
+        out, now = [], ""
+        for kind, v in cls.events:
+            if kind == "say":
+                now = v
+            else:
+                out.append(now)
+        return out
+
+
+def test_the_bars_say_when_a_batch_compiles(monkeypatch):
+    """A pass whose first batch compiles (compile=True) says so before it and stops saying so after it; one that
+    `auto` compiles after its first batch says so for the second. The trunk cache's pass does the same."""
+    from llama_ft.train import loop
+    from llama_ft.train.compile import COMPILING
+    eager_backend(monkeypatch)
+    monkeypatch.setattr(loop, "tqdm", SaidBar.make())
+    model, data = tiny_model("qa"), dataset("qa", n=24)
+    predict(model, data, batch_size=8, compile=True, progress="score")
+    assert SaidBar.events[:2] == [("say", COMPILING), ("say", "")]
+    assert [e[0] for e in SaidBar.events[2:]] == ["update"] * 3   # said while the first batch ran, then cleared
+    monkeypatch.setattr(loop, "tqdm", SaidBar.make())
+    monkeypatch.setattr(compile_mod, "auto_min_inference_seconds", lambda *a, **k: 0.0)
+    predict(model, data, batch_size=8, compile="auto", progress="score")
+    assert SaidBar.events == [("say", COMPILING), ("update", 8), ("say", ""), ("update", 8), ("update", 8)]
+    from llama_ft.train import trunk
+    from llama_ft.train.config import TrainConfig as Config
+    from llama_ft.train.loop import apply_training_policy
+    monkeypatch.setattr(trunk, "tqdm", SaidBar.make())
+    apply_training_policy(model, Config(policy="last:1", progress=False))
+    trunk.TrunkCache(model, trunk.find_split(model), data, np.array([len(d["input_ids"]) for d in data]),
+                     batch_size=8, device=torch.device("cpu"), amp_dtype=None, dtype=torch.float32,
+                     ram_bytes=float("inf"), tmp_dir=None, show_progress=True, compile=True)
+    assert SaidBar.events[:2] == [("say", COMPILING), ("say", "")]   # the first batch ran between the two
+    assert ("say", COMPILING) not in SaidBar.events[2:]
+
+
+def test_the_training_bar_says_which_step_compiles(monkeypatch):
+    """compile=True: the bar says COMPILING before the first step and its figures replace it after that step
+    (log_every would otherwise keep the word up for ten steps); `auto` says it after the probe steps, for the
+    step that compiles."""
+    from llama_ft.train import loop
+    from llama_ft.train.compile import AUTO_PROBE_STEPS, COMPILING
+    eager_backend(monkeypatch)
+    for mode, compiling_step in ((True, 1), ("auto", AUTO_PROBE_STEPS + 1)):
+        monkeypatch.setattr(loop, "tqdm", SaidBar.make())
+        run(mode, progress=True, compile_min_seconds=0.0, epochs=1)
+        said = SaidBar.showing_at_each_update()
+        assert said[compiling_step - 1] == COMPILING, (mode, said)
+        assert all(s != COMPILING for i, s in enumerate(said) if i != compiling_step - 1), (mode, said)
+        # The figures come back right after the step that compiled, though log_every is 10.
+        after = SaidBar.events[[i for i, e in enumerate(SaidBar.events) if e[0] == "update"][compiling_step - 1] + 1]
+        assert after[0] == "say" and after[1].startswith("loss="), (mode, SaidBar.events)
