@@ -446,7 +446,7 @@ class SaidBar:
 def test_the_bars_say_when_a_batch_compiles(monkeypatch):
     """A pass whose first batch compiles (compile=True) says so before it and stops saying so after it; one that
     `auto` compiles after its first batch says so for the second. The trunk cache's pass does the same."""
-    from llama_ft.train import loop
+    from llama_ft.train import apply_training_policy, loop, trunk
     from llama_ft.train.compile import COMPILING
     eager_backend(monkeypatch)
     monkeypatch.setattr(loop, "tqdm", SaidBar.make())
@@ -458,11 +458,8 @@ def test_the_bars_say_when_a_batch_compiles(monkeypatch):
     monkeypatch.setattr(compile_mod, "auto_min_inference_seconds", lambda *a, **k: 0.0)
     predict(model, data, batch_size=8, compile="auto", progress="score")
     assert SaidBar.events == [("say", COMPILING), ("update", 8), ("say", ""), ("update", 8), ("update", 8)]
-    from llama_ft.train import trunk
-    from llama_ft.train.config import TrainConfig as Config
-    from llama_ft.train.loop import apply_training_policy
     monkeypatch.setattr(trunk, "tqdm", SaidBar.make())
-    apply_training_policy(model, Config(policy="last:1", progress=False))
+    apply_training_policy(model, TrainConfig(policy="last:1", progress=False))
     trunk.TrunkCache(model, trunk.find_split(model), data, np.array([len(d["input_ids"]) for d in data]),
                      batch_size=8, device=torch.device("cpu"), amp_dtype=None, dtype=torch.float32,
                      ram_bytes=float("inf"), tmp_dir=None, show_progress=True, compile=True)
