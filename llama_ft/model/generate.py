@@ -226,15 +226,15 @@ def generate(model: LlamaForCausalLM, prompts: list[list[int]], max_new_tokens: 
     stop = set(stop_ids if stop_ids is not None else cfg.eos_ids)
     pad = pad_id if pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else 0)
     with packed_weights(model):
-        out = _generate(model, prompts, max_new_tokens, stop, pad, amp, share_prefix, prefill_batch, prefix)
+        out = _generate(model, device, prompts, max_new_tokens, stop, pad, amp, share_prefix, prefill_batch, prefix)
     if device.type == "cpu" and release_memory:  # the cache's buffers and the prefill's copies fragment the heap
         release_free_memory()
     return out
 
 
-def _generate(model, prompts, max_new_tokens, stop, pad, amp, share_prefix, prefill_batch, prefix):
-    """generate()'s prefill and decoding steps (its arguments, `stop` a set and `pad` resolved)."""
-    device = next(model.parameters()).device
+def _generate(model, device, prompts, max_new_tokens, stop, pad, amp, share_prefix, prefill_batch, prefix):
+    """generate()'s prefill and decoding steps (its arguments, the model's device, `stop` a set and `pad`
+    resolved)."""
     logits, cache, mask = prefill(model, prompts, pad, amp, share_prefix, prefill_batch, reserve=max_new_tokens,
                                   prefix=prefix)
     out: list[list[int]] = [[] for _ in prompts]
