@@ -286,3 +286,26 @@ def test_dynamic_shapes_pairs_runs_and_charges_only_the_slow_steps_to_compilatio
     assert pair["median_step_other_over_dynamic"] == pytest.approx(1.0)  # steps 3+: 1, 6, 1, 0.8
     assert paired_ratios([dynamic, static]) == [pair]
     assert paired_ratios([static, {**static, "setting": "duck"}]) == []   # no dynamic run: no pair
+
+
+def test_attention_backward_builds_the_first_layers_of_the_model_it_is_given(tmp_path, capsys, monkeypatch):
+    """--model and --layers choose the shape: the model the settings share has that many blocks, and the row says
+    which shape it measured. The blocks run eagerly here, to be quick (both backwards run eagerly too)."""
+    from benchmarks import attention_backward
+    from benchmarks.train_step import ours_stepper
+    from llama_ft.hf.loading import random_model
+    built = []
+    monkeypatch.setattr(attention_backward, "random_model",
+                        lambda cfg, *a, **k: built.append(cfg.num_hidden_layers) or random_model(cfg, *a, **k))
+    monkeypatch.setattr(attention_backward, "ours_stepper",
+                        lambda model, policy, s, compile: ours_stepper(model, policy, s, compile=False))
+    out = tmp_path / "attention_backward.json"
+    attention_backward.main(["--model", "tiny", "--layers", "1", "--shapes", "2x16", "--blocks", "2", "--reps", "1",
+                             "--steps", "1", "--threads", str(torch.get_num_threads()), "--json", str(out)])
+    row, = json.loads(out.read_text())["rows"]
+    assert built == [1] and (row["model"], row["layers"]) == ("tiny", 1)
+    assert set(row["seconds"]) == {"flash", "gemm-2", "peer"} and row["gemm-2_vs_flash"] > 0
+    assert "| tiny | 1 |" in capsys.readouterr().out  # the table
+    with pytest.raises(SystemExit):
+        attention_backward.main(["--model", "tiny", "--layers", "0"])
+    torch._dynamo.reset()
