@@ -90,8 +90,9 @@ def main(argv=None) -> int:
     shapes = batch_shapes(ap, args.shapes)
     if any(n < 1 for n in args.blocks):
         ap.error(f"--blocks {args.blocks}: each is a count of query-row blocks, 1 or more")
-    if args.layers is not None and args.layers < 1:
-        ap.error(f"--layers {args.layers}: a count of decoder blocks, 1 or more")
+    if args.layers is not None and not 1 <= args.layers <= config(args.model).num_hidden_layers:
+        ap.error(f"--layers {args.layers}: {args.model} has {config(args.model).num_hidden_layers} decoder blocks; "
+                 "pass 1 to that many")
     torch.set_num_threads(args.threads)
     blocks = list(dict.fromkeys(args.blocks))
     rows = []

@@ -306,6 +306,8 @@ def test_attention_backward_builds_the_first_layers_of_the_model_it_is_given(tmp
     assert built == [1] and (row["model"], row["layers"]) == ("tiny", 1)
     assert set(row["seconds"]) == {"flash", "gemm-2", "peer"} and row["gemm-2_vs_flash"] > 0
     assert "| tiny | 1 |" in capsys.readouterr().out  # the table
-    with pytest.raises(SystemExit):
-        attention_backward.main(["--model", "tiny", "--layers", "0"])
+    for layers in ("0", "5"):  # tiny has 4 blocks
+        with pytest.raises(SystemExit):
+            attention_backward.main(["--model", "tiny", "--layers", layers])
+    assert "tiny has 4 decoder blocks" in capsys.readouterr().err
     torch._dynamo.reset()
