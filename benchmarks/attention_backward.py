@@ -84,15 +84,15 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="smollm2-135m", choices=[*SHAPES, "tiny"],
                     help="the model shape (random weights; tiny: a check of the plumbing)")
     ap.add_argument("--layers", type=int, default=None,
-                    help="only the first N decoder blocks (the Llama-3.2-1B shape's 16 do not fit twice in 24 GiB)")
+                    help="only the first N decoder blocks: a wide shape's blocks in less time and memory")
     add_turn_flags(ap)
     args = ap.parse_args(argv)
     shapes = batch_shapes(ap, args.shapes)
     if any(n < 1 for n in args.blocks):
         ap.error(f"--blocks {args.blocks}: each is a count of query-row blocks, 1 or more")
-    if args.layers is not None and not 1 <= args.layers <= config(args.model).num_hidden_layers:
-        ap.error(f"--layers {args.layers}: {args.model} has {config(args.model).num_hidden_layers} decoder blocks; "
-                 "pass 1 to that many")
+    most = config(args.model).num_hidden_layers
+    if args.layers is not None and not 1 <= args.layers <= most:
+        ap.error(f"--layers {args.layers}: {args.model} has {most} decoder blocks; pass 1 to that many")
     torch.set_num_threads(args.threads)
     blocks = list(dict.fromkeys(args.blocks))
     rows = []
