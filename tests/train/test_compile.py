@@ -407,40 +407,36 @@ def test_the_loop_pads_each_micro_batch_to_the_compilers_multiple_and_logs_that_
     assert set(asked) <= {len(d["input_ids"]) for d in data} and len(asked) >= 2 * len(log)
 
 
-class SaidBar:
-    """A tqdm that keeps, in order, each postfix it was told and each update: what the bar said while each step
-    or batch ran."""
+def recording_bar() -> tuple[type, list]:
+    """A tqdm class, and the list in which its bars keep, in order, each postfix they were told and each update:
+    what a bar said while each step or batch ran."""
+    from tqdm.auto import tqdm
     events: list = []
 
-    @classmethod
-    def make(cls):
-        from tqdm.auto import tqdm
-        cls.events = []
+    class Bar(tqdm):
+        def set_postfix_str(self, s="", refresh=True):
+            events.append(("say", s))
+            return super().set_postfix_str(s, refresh)
 
-        class Bar(tqdm):
-            def set_postfix_str(self, s="", refresh=True):
-                cls.events.append(("say", s))
-                return super().set_postfix_str(s, refresh)
+        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+            events.append(("say", ", ".join(f"{k}={v}" for k, v in kwargs.items())))
+            return super().set_postfix(ordered_dict, refresh, **kwargs)
 
-            def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
-                cls.events.append(("say", ", ".join(f"{k}={v}" for k, v in kwargs.items())))
-                return super().set_postfix(ordered_dict, refresh, **kwargs)
+        def update(self, n=1):
+            events.append(("update", n))
+            return super().update(n)
+    return Bar, events
 
-            def update(self, n=1):
-                cls.events.append(("update", n))
-                return super().update(n)
-        return Bar
 
-    @classmethod
-    def showing_at_each_update(cls) -> list[str]:
-        """For each update, the postfix last said before it (the one before stays up when nothing was said)."""
-        out, now = [], ""
-        for kind, v in cls.events:
-            if kind == "say":
-                now = v
-            else:
-                out.append(now)
-        return out
+def showing_at_each_update(events: list) -> list[str]:
+    """For each update, the postfix last said before it (the one before stays up when nothing was said)."""
+    out, now = [], ""
+    for kind, v in events:
+        if kind == "say":
+            now = v
+        else:
+            out.append(now)
+    return out
 
 
 def test_the_bars_say_when_a_batch_compiles(monkeypatch):
@@ -449,22 +445,25 @@ def test_the_bars_say_when_a_batch_compiles(monkeypatch):
     from llama_ft.train import apply_training_policy, loop, trunk
     from llama_ft.train.compile import COMPILING
     eager_backend(monkeypatch)
-    monkeypatch.setattr(loop, "tqdm", SaidBar.make())
+    bar, events = recording_bar()
+    monkeypatch.setattr(loop, "tqdm", bar)
     model, data = tiny_model("qa"), dataset("qa", n=24)
     predict(model, data, batch_size=8, compile=True, progress="score")
-    assert SaidBar.events[:2] == [("say", COMPILING), ("say", "")]
-    assert [e[0] for e in SaidBar.events[2:]] == ["update"] * 3   # said while the first batch ran, then cleared
-    monkeypatch.setattr(loop, "tqdm", SaidBar.make())
+    assert events[:2] == [("say", COMPILING), ("say", "")]
+    assert [e[0] for e in events[2:]] == ["update"] * 3   # said while the first batch ran, then cleared
+    bar, events = recording_bar()
+    monkeypatch.setattr(loop, "tqdm", bar)
     monkeypatch.setattr(compile_mod, "auto_min_inference_seconds", lambda *a, **k: 0.0)
     predict(model, data, batch_size=8, compile="auto", progress="score")
-    assert SaidBar.events == [("say", COMPILING), ("update", 8), ("say", ""), ("update", 8), ("update", 8)]
-    monkeypatch.setattr(trunk, "tqdm", SaidBar.make())
+    assert events == [("say", COMPILING), ("update", 8), ("say", ""), ("update", 8), ("update", 8)]
+    bar, events = recording_bar()
+    monkeypatch.setattr(trunk, "tqdm", bar)
     apply_training_policy(model, TrainConfig(policy="last:1", progress=False))
     trunk.TrunkCache(model, trunk.find_split(model), data, np.array([len(d["input_ids"]) for d in data]),
                      batch_size=8, device=torch.device("cpu"), amp_dtype=None, dtype=torch.float32,
                      ram_bytes=float("inf"), tmp_dir=None, show_progress=True, compile=True)
-    assert SaidBar.events[:2] == [("say", COMPILING), ("say", "")]   # the first batch ran between the two
-    assert ("say", COMPILING) not in SaidBar.events[2:]
+    assert events[:2] == [("say", COMPILING), ("say", "")]   # the first batch ran between the two
+    assert ("say", COMPILING) not in events[2:]
 
 
 def test_the_training_bar_says_which_step_compiles(monkeypatch):
@@ -475,11 +474,12 @@ def test_the_training_bar_says_which_step_compiles(monkeypatch):
     from llama_ft.train.compile import AUTO_PROBE_STEPS, COMPILING
     eager_backend(monkeypatch)
     for mode, compiling_step in ((True, 1), ("auto", AUTO_PROBE_STEPS + 1)):
-        monkeypatch.setattr(loop, "tqdm", SaidBar.make())
+        bar, events = recording_bar()
+        monkeypatch.setattr(loop, "tqdm", bar)
         run(mode, progress=True, compile_min_seconds=0.0, epochs=1)
-        said = SaidBar.showing_at_each_update()
+        said = showing_at_each_update(events)
         assert said[compiling_step - 1] == COMPILING, (mode, said)
         assert all(s != COMPILING for i, s in enumerate(said) if i != compiling_step - 1), (mode, said)
         # The figures come back right after the step that compiled, though log_every is 10.
-        after = SaidBar.events[[i for i, e in enumerate(SaidBar.events) if e[0] == "update"][compiling_step - 1] + 1]
-        assert after[0] == "say" and after[1].startswith("loss="), (mode, SaidBar.events)
+        after = events[[i for i, e in enumerate(events) if e[0] == "update"][compiling_step - 1] + 1]
+        assert after[0] == "say" and after[1].startswith("loss="), (mode, events)
