@@ -1,8 +1,8 @@
 """Shared fixtures. Data lives in ../shared beside the checkout; tests fail (never skip) when it is absent.
 
 A probe patched into code that runs compiled (a block's forward or backward) must not append to a Python list:
-dynamo guards on the list's length and recompiles at every call (one test took 155 s instead of 35), and in a
-backward the append breaks the graph. Count with a tensor (`hits.add_(1)` is part of the graph), or record at trace
+dynamo guards on the list's length and recompiles at every call (BENCHMARKS.md, session 40), and in a backward
+the append breaks the graph. Count with a tensor (`hits.add_(1)` is part of the graph), or record at trace
 time with `torch._dynamo.comptime.comptime`, whose function may use module globals but no closure."""
 from pathlib import Path
 from types import MappingProxyType

@@ -234,11 +234,9 @@ def test_merged_lora_runs_both_settings_in_one_model_beside_full_and_the_peer(tm
     from llama_ft.model import lora
     from llama_ft.model.merged_lora import merged_projections
     monkeypatch.setattr(lora, "cpu_has_amx", lambda: True)
-    seen = torch.zeros((), dtype=torch.long)
+    seen = torch.zeros((), dtype=torch.long)  # a tensor, not a list: the blocks run compiled (tests/conftest.py)
 
     def counted(x, ps):
-        # A tensor, not a list: compiled blocks that append to a list guard on its length and recompile at every
-        # step; a tensor's in-place add is part of their graph.
         seen.add_(1)
         return merged_projections(x, ps)
     monkeypatch.setattr(lora, "merged_projections", counted)

@@ -121,12 +121,11 @@ def test_only_a_bf16_cpu_training_forward_takes_it():
 def test_compiled_blocks_train_through_it_like_eager_blocks(monkeypatch):
     """Compiled (and only compiled) bf16 blocks call it, padded batches included (right-padded: plain causal,
     no mask); the losses equal eager training with SDPA's backward."""
-    calls = torch.zeros(2, dtype=torch.long)  # [without a mask, with one]
+    # [without a mask, with one]; a tensor, not a list: the blocks run compiled (tests/conftest.py)
+    calls = torch.zeros(2, dtype=torch.long)
     real = llama.causal_attention
 
     def counted(q, k, v, mask):
-        # A tensor, not a list: compiled code that appends to a Python list guards on its length and recompiles
-        # at every call; a tensor's in-place add is part of the graph.
         calls[int(mask is not None)] += 1
         return real(q, k, v, mask)
     monkeypatch.setattr(llama, "causal_attention", counted)

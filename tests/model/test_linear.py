@@ -132,9 +132,8 @@ def test_compiled_training_with_it_matches_compiled_training_without_it(policy, 
     real = linear.weight_grad
 
     def counted(dy, x):
-        # comptime: recorded while dynamo traces the backward, not in the graph. A list appended to in a backward
-        # is a side effect dynamo cannot trace: every block would break its graph around the projections (and
-        # compile several times as long). A comptime function takes no closure: the list is the module's.
+        # Recorded while dynamo traces the backward, not in its graph (tests/conftest.py); a comptime function
+        # takes no closure, so the list is the module's.
         comptime(lambda ctx: TRACED_WEIGHT_GRADS.append(True))
         return real(dy, x)
     TRACED_WEIGHT_GRADS.clear()
