@@ -231,7 +231,7 @@ def test_compiled_training_partitions_its_graphs_under_the_activation_budget_and
         functorch_config.activation_memory_budget) or partition(*a, **kw))
     torch._dynamo.reset()  # graphs an earlier test compiled would be reused without partitioning
     before = functorch_config.activation_memory_budget
-    with torch._inductor.config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False):
+    with functorch_config.patch(enable_autograd_cache=False):
         _, res = run(True, epochs=1, policy="lora:4")
     assert res.compile is not None and seen
     assert set(seen) == {compile_mod.ACTIVATION_MEMORY_BUDGET["cpu"]} != {before}
