@@ -407,9 +407,9 @@ def test_the_loop_pads_each_micro_batch_to_the_compilers_multiple_and_logs_that_
     assert set(asked) <= {len(d["input_ids"]) for d in data} and len(asked) >= 2 * len(log)
 
 
-def recording_bar() -> tuple[type, list]:
-    """A tqdm class, and the list in which its bars keep, in order, each postfix they were told and each update:
-    what a bar said while each step or batch ran."""
+def recording_bars(monkeypatch, module) -> list:
+    """`module`'s tqdm replaced by one whose bars keep, in order, each postfix they were told and each update (what
+    a bar said while each step or batch ran), in the list returned."""
     from tqdm.auto import tqdm
     events: list = []
 
@@ -425,7 +425,8 @@ def recording_bar() -> tuple[type, list]:
         def update(self, n=1):
             events.append(("update", n))
             return super().update(n)
-    return Bar, events
+    monkeypatch.setattr(module, "tqdm", Bar)
+    return events
 
 
 def showing_at_each_update(events: list) -> list[str]:
@@ -445,19 +446,16 @@ def test_the_bars_say_when_a_batch_compiles(monkeypatch):
     from llama_ft.train import apply_training_policy, loop, trunk
     from llama_ft.train.compile import COMPILING
     eager_backend(monkeypatch)
-    bar, events = recording_bar()
-    monkeypatch.setattr(loop, "tqdm", bar)
+    events = recording_bars(monkeypatch, loop)
     model, data = tiny_model("qa"), dataset("qa", n=24)
     predict(model, data, batch_size=8, compile=True, progress="score")
     assert events[:2] == [("say", COMPILING), ("say", "")]
     assert [e[0] for e in events[2:]] == ["update"] * 3   # said while the first batch ran, then cleared
-    bar, events = recording_bar()
-    monkeypatch.setattr(loop, "tqdm", bar)
+    events = recording_bars(monkeypatch, loop)
     monkeypatch.setattr(compile_mod, "auto_min_inference_seconds", lambda *a, **k: 0.0)
     predict(model, data, batch_size=8, compile="auto", progress="score")
     assert events == [("say", COMPILING), ("update", 8), ("say", ""), ("update", 8), ("update", 8)]
-    bar, events = recording_bar()
-    monkeypatch.setattr(trunk, "tqdm", bar)
+    events = recording_bars(monkeypatch, trunk)
     apply_training_policy(model, TrainConfig(policy="last:1", progress=False))
     trunk.TrunkCache(model, trunk.find_split(model), data, np.array([len(d["input_ids"]) for d in data]),
                      batch_size=8, device=torch.device("cpu"), amp_dtype=None, dtype=torch.float32,
@@ -474,8 +472,7 @@ def test_the_training_bar_says_which_step_compiles(monkeypatch):
     from llama_ft.train.compile import AUTO_PROBE_STEPS, COMPILING
     eager_backend(monkeypatch)
     for mode, compiling_step in ((True, 1), ("auto", AUTO_PROBE_STEPS + 1)):
-        bar, events = recording_bar()
-        monkeypatch.setattr(loop, "tqdm", bar)
+        events = recording_bars(monkeypatch, loop)
         run(mode, progress=True, compile_min_seconds=0.0, epochs=1)
         said = showing_at_each_update(events)
         assert said[compiling_step - 1] == COMPILING, (mode, said)
