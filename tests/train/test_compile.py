@@ -231,6 +231,8 @@ def test_compiled_training_partitions_its_graphs_under_the_activation_budget_and
         functorch_config.activation_memory_budget) or partition(*a, **kw))
     torch._dynamo.reset()  # graphs an earlier test compiled would be reused without partitioning
     before = functorch_config.activation_memory_budget
+    # A hit in AOTAutograd's cache would hand back the forward and backward already split, without calling the
+    # partitioner (these graphs bypass that cache today: its counters say `autograd_cache_bypass`).
     with functorch_config.patch(enable_autograd_cache=False):
         _, res = run(True, epochs=1, policy="lora:4")
     assert res.compile is not None and seen
